@@ -1,0 +1,73 @@
+package main
+
+import (
+	"embed"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/herd-run/herd"
+	"github.com/herd-run/herd/internal/httpd"
+)
+
+//go:embed www
+var defaultRoot embed.FS
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	flags := newFlagSet("serve", "[ROOT]", stderr)
+	var (
+		listen   listFlag
+		srv      herd.Server
+		static   httpd.StaticOptions
+		logLevel = flags.String("log-level", "info", "log level: debug, info, warn or error")
+	)
+	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
+	flags.IntVar(&srv.Workers, "workers", 0, "worker processes (default: number of CPUs)")
+	flags.StringVar(&srv.Strategy, "strategy", "accept", "accept strategy: "+strings.Join(herd.Strategies(), ", "))
+	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
+	flags.IntVar(&srv.Backlog, "backlog", 511, "listen backlog (capped by net.core.somaxconn)")
+	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
+	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
+	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
+	flags.BoolVar(&static.FollowSymlinks, "follow-symlinks", false, "serve symlinks that point outside ROOT")
+	flags.BoolVar(&static.Autoindex, "autoindex", false, "list directories that have no index.html")
+	pos, err := parse(flags, args, 1)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	srv.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	srv.Listen = listen
+
+	if len(pos) == 1 {
+		srv.Handler, err = httpd.Static(pos[0], static)
+		if err != nil {
+			return err
+		}
+	} else {
+		sub, _ := fs.Sub(defaultRoot, "www")
+		srv.Handler = httpd.StaticFS(http.FS(sub), static)
+	}
+	srv.ConfigureServer = func(s *http.Server) {
+		s.ReadHeaderTimeout = 10 * time.Second
+		s.IdleTimeout = 75 * time.Second // nginx's keepalive_timeout
+	}
+	if !herd.IsWorker() && len(pos) == 0 {
+		srv.Logger.Info("no ROOT given: serving the built-in page")
+	}
+	return srv.ListenAndServe()
+}
+

@@ -1,0 +1,235 @@
+// Package herd runs an http.Handler as a prefork server on Linux: one master
+// process owns the listening sockets and keeps N worker processes serving
+// them, reloading, resizing and stopping them on the signals nginx and
+// gunicorn users know.
+//
+// Go cannot fork, so the workers are this same program executed again. The
+// program's main builds a Server the same way in the master and in every
+// worker and calls ListenAndServe (or Start); in a worker that call serves
+// and then exits the process, so nothing after it runs there:
+//
+//	func main() {
+//		srv := &herd.Server{Listen: []string{":8080"}, Handler: myHandler}
+//		if err := srv.ListenAndServe(); err != nil {
+//			log.Fatal(err)
+//		}
+//	}
+//
+// How a connection gets from the kernel to one worker is the Strategy; see
+// docs/STRATEGIES.md for what each one does and costs.
+//
+// Signals to the master: TERM or INT stop at once, QUIT stops gracefully
+// (workers finish in-flight requests, bounded by DrainTimeout), HUP starts a
+// new generation of workers and retires the old one once the new one is
+// ready, TTIN and TTOU add or remove a worker.
+package herd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/master"
+	"github.com/herd-run/herd/internal/shm"
+	"github.com/herd-run/herd/internal/worker"
+	"golang.org/x/sys/unix"
+)
+
+// Server is a prefork HTTP server. The zero value of every option but
+// Handler is usable.
+type Server struct {
+	// Handler answers requests in the workers.
+	Handler http.Handler
+
+	// Listen lists the addresses to listen on: "host:port" for TCP (an
+	// empty host means all IPv4 addresses), "unix:PATH" or a path with a
+	// slash for a unix socket. Port 0 picks a free port; Addrs tells which.
+	// Default ":8080".
+	Listen []string
+
+	// Workers is the number of worker processes; default the number of CPUs.
+	Workers int
+
+	// Strategy names how connections reach workers: see Strategies. Default
+	// "accept".
+	Strategy string
+
+	// Threads is the number of accepting threads per worker (per listener
+	// for the blocking strategies); default 1.
+	Threads int
+
+	// Backlog is the listen(2) backlog; default 511. The kernel caps it at
+	// net.core.somaxconn.
+	Backlog int
+
+	// DrainTimeout bounds how long a stopping worker may take to finish the
+	// requests it has; default 30s.
+	DrainTimeout time.Duration
+
+	// ReadyTimeout bounds how long workers may take to report ready, at
+	// start and on reload; default 30s.
+	ReadyTimeout time.Duration
+
+	// PIDFile, if set, receives the master's pid.
+	PIDFile string
+
+	// ConfigureServer, if set, adjusts each worker's http.Server before it
+	// serves: timeouts, limits, ErrorLog.
+	ConfigureServer func(*http.Server)
+
+	// Logger receives the master's and workers' events; default slog.Default().
+	Logger *slog.Logger
+
+	master *master.Master
+	done   chan struct{}
+	err    error
+}
+
+// ListenAndServe starts the server and blocks until it has stopped. In a
+// worker process it does not return.
+func (s *Server) ListenAndServe() error {
+	if err := s.Start(); err != nil {
+		return err
+	}
+	return s.Wait()
+}
+
+// ListenAndServe runs handler prefork on addr with the default options.
+func ListenAndServe(addr string, handler http.Handler) error {
+	return (&Server{Listen: []string{addr}, Handler: handler}).ListenAndServe()
+}
+
+// IsWorker reports whether this process is a herd worker, for programs that
+// want to skip master-only work (such as printing a banner) in workers.
+func IsWorker() bool {
+	_, ok := os.LookupEnv(worker.EnvKey)
+	return ok
+}
+
+// Strategies lists the accept strategies this build has.
+func Strategies() []string { return accept.Names() }
+
+// Start makes the listening sockets and the workers, and returns once every
+// worker has reported ready. It returns an error if a socket cannot be made
+// (an address in use, say) or the workers are not ready within ReadyTimeout.
+//
+// In a worker process Start does not return: it serves until the master
+// tells it to stop and then exits the process.
+func (s *Server) Start() error {
+	if s.Handler == nil {
+		return errors.New("herd: Server.Handler is nil")
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	spec, err := worker.FromEnv()
+	if err != nil {
+		log.Error(err.Error())
+		os.Exit(2)
+	}
+	if spec != nil {
+		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, Log: log}))
+	}
+
+	listen := s.Listen
+	if len(listen) == 0 {
+		listen = []string{":8080"}
+	}
+	m, err := master.New(master.Config{
+		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
+		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
+		PIDFile: s.PIDFile, Log: log,
+	})
+	if err != nil {
+		return fmt.Errorf("herd: %w", err)
+	}
+	s.master = m
+	s.done = make(chan struct{})
+	go func() {
+		s.err = m.Run()
+		close(s.done)
+	}()
+	timeout := s.ReadyTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	select {
+	case <-m.Ready():
+		return nil
+	case <-s.done:
+		return fmt.Errorf("herd: stopped before the workers were ready: %v", s.err)
+	case <-time.After(timeout):
+		m.Signal(unix.SIGTERM)
+		<-s.done
+		return fmt.Errorf("herd: workers not ready within %v", timeout)
+	}
+}
+
+// Addrs returns the addresses the server listens on, with chosen ports
+// filled in. It is empty before Start.
+func (s *Server) Addrs() []string {
+	if s.master == nil {
+		return nil
+	}
+	return s.master.Addrs()
+}
+
+// Wait blocks until the server has stopped — by a signal, Shutdown or Close.
+func (s *Server) Wait() error {
+	if s.done == nil {
+		return errors.New("herd: server not started")
+	}
+	<-s.done
+	return s.err
+}
+
+// Shutdown stops the server gracefully, as SIGQUIT does: workers stop
+// accepting and finish their requests. If ctx ends first, the workers are
+// stopped at once and ctx's error is returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.master == nil {
+		return errors.New("herd: server not started")
+	}
+	s.master.Signal(unix.SIGQUIT)
+	select {
+	case <-s.done:
+		return s.err
+	case <-ctx.Done():
+		s.master.Signal(unix.SIGTERM)
+		<-s.done
+		return ctx.Err()
+	}
+}
+
+// Close stops the server at once, as SIGTERM does.
+func (s *Server) Close() error {
+	if s.master == nil {
+		return errors.New("herd: server not started")
+	}
+	s.master.Signal(unix.SIGTERM)
+	return s.Wait()
+}
+
+// Reload replaces every worker with a new one, as SIGHUP does.
+func (s *Server) Reload() {
+	if s.master != nil {
+		s.master.Signal(unix.SIGHUP)
+	}
+}
+
+// Stats is a copy of the scoreboard: per-worker and total counters.
+type Stats = shm.Snapshot
+
+// Stats reads the scoreboard.
+func (s *Server) Stats() Stats {
+	if s.master == nil {
+		return Stats{}
+	}
+	return s.master.Snapshot()
+}

@@ -1,0 +1,151 @@
+// Package accept holds herd's accept strategies: the ways a connection
+// travels from the kernel's accept queue of a shared listening socket to
+// exactly one worker process. Each strategy lives in one file named after
+// it, so "where does a connection get accepted under strategy X" has a
+// one-file answer:
+//
+//	go      netpoll.go   Go's netpoller on the inherited listener
+//	accept  blocking.go  threads blocked in accept4(2), kernel wake-one
+//
+// Every strategy counts what it does in the worker's scoreboard record:
+// wakeups (returns from the call that waits for a connection), accepts,
+// spurious wakeups (woken, nothing to accept) and timeouts (returned because
+// a bound expired). See docs/STRATEGIES.md.
+package accept
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// A Strategy accepts connections for one worker process.
+//
+// Serve runs the strategy's accepting threads and passes every accepted
+// connection to deliver, which takes ownership of it. It returns when Stop
+// has been called and no more connections will be delivered, or with an
+// error when the strategy cannot go on.
+//
+// Stop asks Serve to stop accepting and returns at once. A connection the
+// kernel has queued but this worker has not yet accepted must stay queued
+// for the other workers: a stopping strategy may finish an accept already
+// under way (and deliver it), but never closes the shared listener.
+type Strategy interface {
+	Serve(deliver func(net.Conn)) error
+	Stop()
+}
+
+// Listener is an inherited listening socket as a strategy sees it.
+type Listener struct {
+	FD   int    // descriptor number in this process
+	Addr string // for logs
+}
+
+// Config is what a worker gives its strategy.
+type Config struct {
+	Listeners []Listener
+	Threads   int         // accepting threads per listener (at least 1)
+	Stats     *shm.Record // this worker's scoreboard record
+	Log       *slog.Logger
+}
+
+type factory func(Config) (Strategy, error)
+
+var strategies = map[string]factory{
+	"go":     newNetpoll,
+	"accept": newBlocking,
+}
+
+// Names lists the strategies this build implements, sorted.
+func Names() []string {
+	names := make([]string, 0, len(strategies))
+	for n := range strategies {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Check reports whether name is a strategy this build implements.
+func Check(name string) error {
+	if _, ok := strategies[name]; !ok {
+		return fmt.Errorf("unknown accept strategy %q (have: %v)", name, Names())
+	}
+	return nil
+}
+
+// New makes the named strategy.
+func New(name string, cfg Config) (Strategy, error) {
+	if err := Check(name); err != nil {
+		return nil, err
+	}
+	if len(cfg.Listeners) == 0 {
+		return nil, errors.New("accept: no listeners")
+	}
+	if cfg.Threads < 1 {
+		cfg.Threads = 1
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return strategies[name](cfg)
+}
+
+// fdConn turns a freshly accepted, blocking, close-on-exec descriptor into a
+// net.Conn and closes the original. net.FileConn costs a dup(2) and an
+// epoll_ctl(2): the price of handing a raw accept to net/http. (The native
+// engine serves the descriptor directly.)
+func fdConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(f)
+	f.Close()
+	return c, err
+}
+
+// transient reports whether an accept4 error is about one connection or a
+// signal, so the accepting thread simply goes round again.
+func transient(err error) bool {
+	switch err {
+	case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.EPERM:
+		return true
+	}
+	return false
+}
+
+// exhaustion throttles a thread that hit the descriptor limit (EMFILE,
+// ENFILE, ENOBUFS, ENOMEM): spinning on accept4 would burn a core and make
+// matters worse, so the thread sleeps and tries again, and the episode is
+// logged once rather than per attempt. nginx does the same by disabling
+// accept events for a while (ngx_event_accept.c, ngx_disable_accept_events).
+type exhaustion struct {
+	active atomic.Bool
+}
+
+const exhaustionPause = 100 * time.Millisecond
+
+func (e *exhaustion) hit(err error, log *slog.Logger) bool {
+	switch err {
+	case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+	default:
+		return false
+	}
+	if e.active.CompareAndSwap(false, true) {
+		log.Warn("accept paused: out of resources", "err", err)
+	}
+	time.Sleep(exhaustionPause)
+	return true
+}
+
+func (e *exhaustion) recovered(log *slog.Logger) {
+	if e.active.Load() && e.active.CompareAndSwap(true, false) {
+		log.Info("accept resumed")
+	}
+}

@@ -1,0 +1,118 @@
+package accept
+
+import (
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// Strategy "accept": every accepting thread of every worker sleeps in a
+// blocking accept4(2) on the shared listening socket.
+//
+// Since Linux 2.6 the listening socket's wait queue entries are exclusive
+// (WQ_FLAG_EXCLUSIVE), so an incoming connection wakes exactly one sleeper:
+// there is no thundering herd and no lock is needed. This is the prefork
+// server of seed 000, UNP §30.6, and Apache's prefork MPM with a single
+// listener (SINGLE_LISTEN_UNSERIALIZED_ACCEPT).
+//
+// A blocking accept cannot watch two sockets, so each listener gets its own
+// Threads accepting threads. A thread blocked in accept4 cannot be
+// interrupted without closing the socket, which other workers still use;
+// instead SO_RCVTIMEO bounds every block (the timeout applies to accept as
+// well as to recv), and the thread checks whether it should stop each time
+// the bound expires. A connection that arrives while a worker is stopping is
+// either accepted by that worker before it stops (and served) or left in the
+// queue for another: it is never dropped.
+type blocking struct {
+	cfg      Config
+	stopping atomic.Bool
+	out      exhaustion
+}
+
+// acceptBlockBound is the SO_RCVTIMEO put on the listeners: how long a
+// stopping worker may take to notice.
+const acceptBlockBound = 250 * time.Millisecond
+
+func newBlocking(cfg Config) (Strategy, error) {
+	tv := unix.NsecToTimeval(acceptBlockBound.Nanoseconds())
+	for _, l := range cfg.Listeners {
+		// The master creates listeners blocking; make sure, since O_NONBLOCK
+		// belongs to the open file description that every worker shares.
+		if err := unix.SetNonblock(l.FD, false); err != nil {
+			return nil, fmt.Errorf("accept: listener %s: %w", l.Addr, err)
+		}
+		if err := unix.SetsockoptTimeval(l.FD, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return nil, fmt.Errorf("accept: SO_RCVTIMEO on %s: %w", l.Addr, err)
+		}
+	}
+	return &blocking{cfg: cfg}, nil
+}
+
+func (b *blocking) Stop() { b.stopping.Store(true) }
+
+func (b *blocking) Serve(deliver func(net.Conn)) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(b.cfg.Listeners)*b.cfg.Threads)
+	for _, l := range b.cfg.Listeners {
+		for range b.cfg.Threads {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := b.thread(l, deliver); err != nil {
+					b.Stop() // one broken listener stops the worker; the master replaces it
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
+	// The thread's identity is what the kernel queues as a waiter; keep the
+	// goroutine on it so per-thread tools (strace -f, perf) see one waiter.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	st := b.cfg.Stats
+	for !b.stopping.Load() {
+		start := time.Now()
+		fd, _, err := unix.Accept4(l.FD, unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+			st.Inc(shm.Wakeups)
+			st.Inc(shm.Accepts)
+			b.out.recovered(b.cfg.Log)
+			c, err := fdConn(fd)
+			if err != nil {
+				b.cfg.Log.Warn("accept: wrap connection", "listener", l.Addr, "err", err)
+				continue
+			}
+			deliver(c)
+		case err == unix.EAGAIN:
+			// Either SO_RCVTIMEO expired (nobody came) or we were woken and
+			// another thread took the connection first.
+			if time.Since(start) >= acceptBlockBound*9/10 {
+				st.Inc(shm.Timeouts)
+			} else {
+				st.Inc(shm.Wakeups)
+				st.Inc(shm.Spurious)
+			}
+		case err == unix.ECONNABORTED:
+			st.Inc(shm.Wakeups) // woken for a connection that was reset while queued
+			st.Inc(shm.Spurious)
+		case transient(err):
+		case b.out.hit(err, b.cfg.Log):
+		default:
+			return fmt.Errorf("accept4 on %s: %w", l.Addr, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,129 @@
+package accept
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// Strategy "go": what a naive Go prefork server does. Each worker turns the
+// inherited listener into a net.Listener (net.FileListener), which registers
+// it with the Go runtime's netpoller: EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET,
+// never EPOLLEXCLUSIVE. Every worker's epoll instance is on the socket's wait
+// queue, so one incoming connection wakes every idle worker; one wins
+// accept4 and the rest find EAGAIN and go back to sleep — the thundering
+// herd of seed 004, scene 2.
+//
+// To count the herd, the accept loop is the one net.TCPListener.Accept runs,
+// written out over syscall.RawConn: try accept4; on EAGAIN park on the
+// netpoller until the socket is readable; try again. Each return from the
+// park is a wakeup, and a wakeup whose accept4 found EAGAIN is spurious. The
+// syscalls and the epoll registration are exactly those of Accept.
+type netpoll struct {
+	cfg       Config
+	listeners []net.Listener
+	stopOnce  sync.Once
+	out       exhaustion
+}
+
+func newNetpoll(cfg Config) (Strategy, error) {
+	s := &netpoll{cfg: cfg}
+	for _, l := range cfg.Listeners {
+		f := os.NewFile(uintptr(l.FD), l.Addr)
+		ln, err := net.FileListener(f) // dups the descriptor and sets O_NONBLOCK
+		f.Close()
+		if err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("accept: listener %s: %w", l.Addr, err)
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+	return s, nil
+}
+
+// Stop closes this worker's duplicates of the listeners, which wakes the
+// parked accept loops. The sockets themselves, and their queues, stay open
+// in the master and the other workers.
+func (s *netpoll) Stop() {
+	s.stopOnce.Do(func() {
+		for _, ln := range s.listeners {
+			ln.Close()
+		}
+	})
+}
+
+func (s *netpoll) Serve(deliver func(net.Conn)) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(s.listeners)*s.cfg.Threads)
+	for i, ln := range s.listeners {
+		rc, err := ln.(syscall.Conn).SyscallConn()
+		if err != nil {
+			s.Stop()
+			wg.Wait()
+			return fmt.Errorf("accept: %s: %w", s.cfg.Listeners[i].Addr, err)
+		}
+		for range s.cfg.Threads {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.loop(rc, s.cfg.Listeners[i].Addr, deliver); err != nil {
+					s.Stop()
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) error {
+	st := s.cfg.Stats
+	for {
+		var fd int
+		var aerr error
+		parked := false
+		err := rc.Read(func(lfd uintptr) bool {
+			if parked {
+				st.Inc(shm.Wakeups)
+			}
+			fd, _, aerr = unix.Accept4(int(lfd), unix.SOCK_CLOEXEC)
+			if aerr == unix.EAGAIN {
+				if parked {
+					st.Inc(shm.Spurious)
+				}
+				parked = true
+				return false // park on the netpoller
+			}
+			return true
+		})
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil // Stop closed the listener
+			}
+			return fmt.Errorf("accept on %s: %w", addr, err)
+		}
+		switch {
+		case aerr == nil:
+			st.Inc(shm.Accepts)
+			s.out.recovered(s.cfg.Log)
+			c, err := fdConn(fd)
+			if err != nil {
+				s.cfg.Log.Warn("accept: wrap connection", "listener", addr, "err", err)
+				continue
+			}
+			deliver(c)
+		case transient(aerr):
+		case s.out.hit(aerr, s.cfg.Log):
+		default:
+			return fmt.Errorf("accept4 on %s: %w", addr, aerr)
+		}
+	}
+}

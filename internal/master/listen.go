@@ -1,0 +1,186 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Socket is a listening socket the master owns for its whole life. Workers
+// come and go; the socket, and the connections queued on it, stay.
+type Socket struct {
+	Addr string   // as it is reached: "127.0.0.1:8080", "unix:/run/app.sock"
+	File *os.File // blocking, close-on-exec; passed to workers explicitly
+	path string   // unix socket path to remove at exit
+}
+
+// ParseAddr splits a --listen value into a network and an address. A value
+// starting with "unix:" or containing a slash is a unix socket path; anything
+// else is TCP host:port, where an empty host means all IPv4 addresses, as in
+// nginx's "listen 8080".
+func ParseAddr(s string) (network, addr string, err error) {
+	if p, ok := strings.CutPrefix(s, "unix:"); ok || strings.Contains(s, "/") {
+		if !ok {
+			p = s
+		}
+		if p == "" {
+			return "", "", fmt.Errorf("listen %q: empty unix socket path", s)
+		}
+		return "unix", p, nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", "", fmt.Errorf("listen %q: want host:port, unix:PATH or a path", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", "", fmt.Errorf("listen %q: bad port %q", s, port)
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		if _, err := net.LookupHost(host); err != nil {
+			return "", "", fmt.Errorf("listen %q: unknown host %q", s, host)
+		}
+	}
+	return "tcp", s, nil
+}
+
+// Listen creates a listening socket with raw syscalls, because net.Listen
+// neither takes a backlog (it uses net.core.somaxconn) nor leaves the socket
+// out of the master's netpoller — and the master must never poll a socket
+// its workers accept on, or an exclusive-wakeup strategy would not be.
+func Listen(s string, backlog int) (*Socket, error) {
+	network, addr, err := ParseAddr(s)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		return listenUnix(addr, backlog)
+	}
+	return listenTCP(addr, backlog)
+}
+
+func listenTCP(addr string, backlog int) (*Socket, error) {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	family := unix.AF_INET
+	var sa unix.Sockaddr
+	if ip4 := ta.IP.To4(); ta.IP == nil || ip4 != nil {
+		a := &unix.SockaddrInet4{Port: ta.Port}
+		if ip4 != nil {
+			copy(a.Addr[:], ip4)
+		}
+		sa = a
+	} else {
+		family = unix.AF_INET6
+		a := &unix.SockaddrInet6{Port: ta.Port}
+		copy(a.Addr[:], ta.IP.To16())
+		if ta.Zone != "" {
+			if ifi, err := net.InterfaceByName(ta.Zone); err == nil {
+				a.ZoneId = uint32(ifi.Index)
+			}
+		}
+		sa = a
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: socket: %w", addr, err)
+	}
+	fail := func(op string, err error) (*Socket, error) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %s: %w", addr, op, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("SO_REUSEADDR", err)
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return fail("IPV6_V6ONLY", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("bind", err)
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		return fail("listen", err)
+	}
+	bound := addr
+	if got, err := unix.Getsockname(fd); err == nil {
+		bound = sockaddrString(got)
+	}
+	return &Socket{Addr: bound, File: os.NewFile(uintptr(fd), "tcp:"+bound)}, nil
+}
+
+func listenUnix(path string, backlog int) (*Socket, error) {
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen unix:%s: socket: %w", path, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen unix:%s: bind: %w", path, err)
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return nil, fmt.Errorf("listen unix:%s: listen: %w", path, err)
+	}
+	return &Socket{Addr: "unix:" + path, File: os.NewFile(uintptr(fd), "unix:"+path), path: path}, nil
+}
+
+// removeStaleSocket removes a socket file left by a server that died, and
+// refuses to touch one that something still listens on, or a non-socket.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen unix:%s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("listen unix:%s: file exists and is not a socket", path)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return fmt.Errorf("listen unix:%s: address already in use", path)
+	}
+	return os.Remove(path)
+}
+
+// Close closes the socket and removes a unix socket's file.
+func (s *Socket) Close() error {
+	err := s.File.Close()
+	if s.path != "" {
+		os.Remove(s.path)
+	}
+	return err
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return fmt.Sprint(sa)
+}
+
+// somaxconn is the kernel's cap on any listen backlog, or 0 if unknown.
+func somaxconn() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}

@@ -1,0 +1,102 @@
+package worker
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/herd-run/herd/internal/shm"
+)
+
+// The nethttp engine serves the user's http.Handler with net/http.Server over
+// a net.Listener that the accept strategy feeds.
+
+// handoff is the net.Listener between a strategy and http.Server: the
+// strategy pushes accepted connections, Serve pops them.
+//
+// Stopping is done in an order that loses nothing: the strategy stops and
+// returns (no more pushes), then drain() makes Accept hand out what is left
+// and only then report closed. Serve has registered a connection with the
+// server by the time it calls Accept again, so once Serve returns every
+// accepted connection is known to Server.Shutdown, which waits for it.
+type handoff struct {
+	conns   chan net.Conn
+	drained chan struct{}
+	once    sync.Once
+	addr    net.Addr
+}
+
+func newHandoff(addr net.Addr) *handoff {
+	return &handoff{conns: make(chan net.Conn, 64), drained: make(chan struct{}), addr: addr}
+}
+
+func (h *handoff) push(c net.Conn) { h.conns <- c }
+
+func (h *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.conns:
+		return c, nil
+	case <-h.drained:
+		select {
+		case c := <-h.conns:
+			return c, nil
+		default:
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+// drain: no more pushes will come; Accept returns the rest, then ErrClosed.
+func (h *handoff) drain() { h.once.Do(func() { close(h.drained) }) }
+
+// Close is called by http.Server.Shutdown, after drain.
+func (h *handoff) Close() error { h.drain(); return nil }
+
+func (h *handoff) Addr() net.Addr { return h.addr }
+
+// countedConn keeps the scoreboard's Active and BytesOut fields. It must
+// keep ReadFrom reachable: net/http's response writer hands a file body to
+// the connection's ReadFrom, which is where sendfile(2) happens; hiding it
+// behind a plain Write wrapper would silently copy through user space.
+type countedConn struct {
+	net.Conn
+	st   *shm.Record
+	once sync.Once
+}
+
+func newCountedConn(c net.Conn, st *shm.Record) *countedConn {
+	st.Inc(shm.Active)
+	return &countedConn{Conn: c, st: st}
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.st.Add(shm.BytesOut, int64(n))
+	return n, err
+}
+
+func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{c.Conn}, r)
+	}
+	c.st.Add(shm.BytesOut, n)
+	return n, err
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.st.Add(shm.Active, -1) })
+	return c.Conn.Close()
+}
+
+// countRequests bumps Requests once a handler has answered.
+func countRequests(h http.Handler, st *shm.Record) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		st.Inc(shm.Requests)
+	})
+}

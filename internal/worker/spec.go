@@ -1,0 +1,56 @@
+package worker
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Go cannot fork, so a worker is the same binary executed again by the
+// master with the same arguments. What makes it a worker is the Spec in its
+// environment and these inherited descriptors (exec.Cmd.ExtraFiles start at 3).
+const (
+	EnvKey          = "HERD_WORKER"
+	CtrlFD          = 3 // SOCK_SEQPACKET to the master: readiness, and EOF when the master dies
+	ShmFD           = 4 // the scoreboard memfd
+	FirstListenerFD = 5 // the listening sockets, in Spec.Listeners order
+)
+
+// Spec is what the master tells a worker it spawns. The worker takes its
+// serving options from here rather than from its own arguments, so the
+// master stays the one authority on how its workers accept.
+type Spec struct {
+	Slot         int           `json:"slot"`
+	Generation   int           `json:"gen"`
+	Record       int           `json:"record"`
+	Listeners    []string      `json:"listeners"`
+	Strategy     string        `json:"strategy"`
+	Threads      int           `json:"threads"`
+	DrainTimeout time.Duration `json:"drain_timeout"`
+}
+
+// Env renders the spec as an environment entry.
+func (s *Spec) Env() string {
+	b, err := json.Marshal(s)
+	if err != nil {
+		panic(err) // a Spec always marshals
+	}
+	return EnvKey + "=" + string(b)
+}
+
+// FromEnv returns the spec of this process, or nil if it is not a worker.
+func FromEnv() (*Spec, error) {
+	v, ok := os.LookupEnv(EnvKey)
+	if !ok {
+		return nil, nil
+	}
+	var s Spec
+	if err := json.Unmarshal([]byte(v), &s); err != nil {
+		return nil, fmt.Errorf("worker: bad %s: %w", EnvKey, err)
+	}
+	if len(s.Listeners) == 0 || s.Record < 0 {
+		return nil, fmt.Errorf("worker: incomplete %s: %s", EnvKey, v)
+	}
+	return &s, nil
+}

@@ -1,0 +1,210 @@
+// Package worker is a worker process's life: it picks up what the master
+// passed it (listening sockets, the scoreboard, a control socket), runs the
+// accept strategy feeding the serving engine, reports readiness, and stops
+// the way the master asks — gracefully on SIGQUIT, at once on SIGTERM, and
+// at once when the master itself is gone.
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"time"
+
+	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// Options are the parts of a worker that come from the program rather than
+// from the master.
+type Options struct {
+	Handler http.Handler
+	// Configure, if set, adjusts the http.Server before it serves
+	// (timeouts, ErrorLog, ...). Handler and ConnState belong to herd.
+	Configure func(*http.Server)
+	Log       *slog.Logger
+}
+
+// Run is the whole life of a worker process and returns its exit code.
+func Run(spec *Spec, opts Options) int {
+	os.Unsetenv(EnvKey) // a handler's child processes are not herd workers
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("worker", spec.Slot, "gen", spec.Generation, "pid", os.Getpid())
+	if err := run(spec, opts, log); err != nil {
+		log.Error("worker failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func run(spec *Spec, opts Options, log *slog.Logger) error {
+	// Signals first: a QUIT that arrives while we start must not kill us
+	// with a goroutine dump (Go's default for SIGQUIT).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGQUIT, unix.SIGTERM)
+	// The master alone decides about reloads and worker counts; a terminal's
+	// Ctrl-C reaches the whole process group, and the master turns it into
+	// a stop for everyone.
+	signal.Ignore(unix.SIGINT, unix.SIGHUP, unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
+
+	region, err := shm.Open(os.NewFile(ShmFD, "scoreboard"), true)
+	if err != nil {
+		return err
+	}
+	board, err := shm.AttachScoreboard(region.Bytes())
+	if err != nil {
+		return err
+	}
+	st := board.Record(spec.Record)
+	if st == nil {
+		return fmt.Errorf("worker: scoreboard record %d out of range", spec.Record)
+	}
+	st.Store(shm.PID, uint64(os.Getpid()))
+
+	ctrl := os.NewFile(CtrlFD, "master")
+	masterGone := make(chan struct{})
+	go watchMaster(ctrl, masterGone)
+
+	listeners := make([]accept.Listener, len(spec.Listeners))
+	for i, a := range spec.Listeners {
+		listeners[i] = accept.Listener{FD: FirstListenerFD + i, Addr: a}
+	}
+	ln := newHandoff(listenerAddr(listeners[0].FD)) // before a strategy may close the fd
+	strat, err := accept.New(spec.Strategy, accept.Config{
+		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	srv := &http.Server{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if opts.Configure != nil {
+		opts.Configure(srv)
+	}
+	srv.Handler = countRequests(opts.Handler, st)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	accepting := make(chan error, 1)
+	go func() {
+		accepting <- strat.Serve(func(c net.Conn) { ln.push(newCountedConn(c, st)) })
+	}()
+
+	stopBeat := heartbeat(st)
+	defer stopBeat()
+
+	st.Store(shm.State, shm.StateReady)
+	if _, err := ctrl.Write([]byte("ready")); err != nil {
+		return fmt.Errorf("worker: tell master ready: %w", err)
+	}
+	log.Debug("worker ready", "strategy", spec.Strategy)
+
+	select {
+	case sig := <-sigs:
+		if sig == unix.SIGTERM {
+			return nil // fast stop: the connections close with the process
+		}
+	case <-masterGone:
+		log.Warn("master is gone; exiting")
+		return nil
+	case err := <-accepting:
+		return fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
+	case err := <-served:
+		return fmt.Errorf("http server: %w", err)
+	}
+
+	// Graceful stop: stop accepting, serve what was accepted, drain.
+	st.Store(shm.State, shm.StateStopping)
+	strat.Stop()
+	if err := <-accepting; err != nil {
+		log.Warn("accept strategy stopped with error", "err", err)
+	}
+	ln.drain()
+	<-served
+	ctx, cancel := context.WithTimeout(context.Background(), spec.DrainTimeout)
+	defer cancel()
+	go func() {
+		// A second TERM, or the master's death, cuts the drain short.
+		select {
+		case <-sigs:
+		case <-masterGone:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("drain cut short", "err", err, "active", st.Load(shm.Active))
+		srv.Close()
+	}
+	return nil
+}
+
+// watchMaster returns when the master's end of the control socket closes:
+// the master exited, however it died. A pipe's EOF is the one notice that
+// survives SIGKILL; PR_SET_PDEATHSIG would be tied to the master's spawning
+// OS thread, which the Go runtime may retire at any time.
+func watchMaster(ctrl *os.File, gone chan<- struct{}) {
+	buf := make([]byte, 64)
+	for {
+		if _, err := ctrl.Read(buf); err != nil {
+			close(gone)
+			return
+		}
+	}
+}
+
+// heartbeat refreshes the record's Heartbeat field every second so the
+// master (and `herd status`) can tell a stuck worker from a quiet one.
+func heartbeat(st *shm.Record) (stop func()) {
+	t := time.NewTicker(time.Second)
+	done := make(chan struct{})
+	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
+	go func() {
+		for {
+			select {
+			case now := <-t.C:
+				st.Store(shm.Heartbeat, uint64(now.UnixNano()))
+			case <-done:
+				t.Stop()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// listenerAddr reads a socket's local address without wrapping the
+// descriptor in a net.Listener (which would register it with the netpoller).
+func listenerAddr(fd int) net.Addr {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port, Zone: zoneName(a.ZoneId)}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}
+	}
+	return &net.TCPAddr{}
+}
+
+func zoneName(id uint32) string {
+	if id == 0 {
+		return ""
+	}
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifi.Name
+	}
+	return strconv.Itoa(int(id))
+}
