@@ -70,4 +70,3 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	return srv.ListenAndServe()
 }
-

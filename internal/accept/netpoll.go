@@ -21,13 +21,16 @@ import (
 // herd of seed 004, scene 2.
 //
 // To count the herd, the accept loop is the one net.TCPListener.Accept runs,
-// written out over syscall.RawConn: try accept4; on EAGAIN park on the
-// netpoller until the socket is readable; try again. Each return from the
-// park is a wakeup, and a wakeup whose accept4 found EAGAIN is spurious. The
-// syscalls and the epoll registration are exactly those of Accept.
+// written out: try accept4; on EAGAIN park on the netpoller until the socket
+// is readable; try again. Each return from the park is a wakeup, and a
+// wakeup whose accept4 found EAGAIN is spurious. A net.Listener's RawConn
+// refuses Read, so the loop parks through an *os.File made from a
+// non-blocking duplicate of the socket, which the runtime registers with the
+// same netpoller and the same flags as net.FileListener would: the syscalls
+// and the epoll registration are exactly those of Accept.
 type netpoll struct {
 	cfg       Config
-	listeners []net.Listener
+	listeners []*os.File
 	stopOnce  sync.Once
 	out       exhaustion
 }
@@ -35,14 +38,17 @@ type netpoll struct {
 func newNetpoll(cfg Config) (Strategy, error) {
 	s := &netpoll{cfg: cfg}
 	for _, l := range cfg.Listeners {
-		f := os.NewFile(uintptr(l.FD), l.Addr)
-		ln, err := net.FileListener(f) // dups the descriptor and sets O_NONBLOCK
-		f.Close()
+		fd, err := unix.FcntlInt(uintptr(l.FD), unix.F_DUPFD_CLOEXEC, 0)
+		if err == nil {
+			// O_NONBLOCK lands on the open file description all workers
+			// share, as net.FileListener's does.
+			err = unix.SetNonblock(fd, true)
+		}
 		if err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("accept: listener %s: %w", l.Addr, err)
 		}
-		s.listeners = append(s.listeners, ln)
+		s.listeners = append(s.listeners, os.NewFile(uintptr(fd), l.Addr)) // non-blocking: goes to the netpoller
 	}
 	return s, nil
 }
@@ -62,7 +68,7 @@ func (s *netpoll) Serve(deliver func(net.Conn)) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(s.listeners)*s.cfg.Threads)
 	for i, ln := range s.listeners {
-		rc, err := ln.(syscall.Conn).SyscallConn()
+		rc, err := ln.SyscallConn()
 		if err != nil {
 			s.Stop()
 			wg.Wait()
@@ -105,7 +111,7 @@ func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) 
 			return true
 		})
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, os.ErrClosed) {
 				return nil // Stop closed the listener
 			}
 			return fmt.Errorf("accept on %s: %w", addr, err)

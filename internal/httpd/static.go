@@ -85,6 +85,11 @@ func (f rootFS) Open(name string) (http.File, error) {
 		name = "."
 	}
 	file, err := f.root.Open(name)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// Escaping the root ("path escapes from parent") and any other
+		// refusal is 403, not the 500 net/http would make of it.
+		return nil, fs.ErrPermission
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -140,9 +140,32 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		}
 		cancel()
 	}()
-	if err := srv.Shutdown(ctx); err != nil {
+	if err := drainConns(ctx, srv, st); err != nil {
 		log.Warn("drain cut short", "err", err, "active", st.Load(shm.Active))
 		srv.Close()
+	}
+	return nil
+}
+
+// drainConns waits until every connection this worker accepted is closed.
+//
+// It does not use http.Server.Shutdown: Shutdown makes a connection that was
+// accepted but whose request has not been read yet hang up without an
+// answer (net/http's conn.serve returns when it finds the server shutting
+// down), which is the very drop a reload must not cause. Instead keep-alive
+// is turned off — idle connections are closed, and every request already
+// accepted, or read from now on, is answered with "Connection: close" — and
+// the worker waits for the connection count to reach zero.
+func drainConns(ctx context.Context, srv *http.Server, st *shm.Record) error {
+	srv.SetKeepAlivesEnabled(false)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for st.Load(shm.Active) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
 	return nil
 }
