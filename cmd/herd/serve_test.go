@@ -2,8 +2,8 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -252,7 +252,9 @@ func TestReloadUnderLoadFailsNothing(t *testing.T) {
 
 			stop := make(chan struct{})
 			done := make(chan loadResult)
-			go func() { done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 100000, 30*time.Second, stop) }()
+			go func() {
+				done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 100000, 30*time.Second, stop)
+			}()
 			time.Sleep(200 * time.Millisecond)
 			for gen := 2; gen <= 4; gen++ {
 				h.signal(syscall.SIGHUP)

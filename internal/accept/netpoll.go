@@ -1,11 +1,11 @@
 package accept
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/herd-run/herd/internal/shm"
@@ -32,6 +32,7 @@ type netpoll struct {
 	cfg       Config
 	listeners []*os.File
 	stopOnce  sync.Once
+	stopped   atomic.Bool
 	out       exhaustion
 }
 
@@ -58,6 +59,7 @@ func newNetpoll(cfg Config) (Strategy, error) {
 // in the master and the other workers.
 func (s *netpoll) Stop() {
 	s.stopOnce.Do(func() {
+		s.stopped.Store(true)
 		for _, ln := range s.listeners {
 			ln.Close()
 		}
@@ -111,8 +113,8 @@ func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) 
 			return true
 		})
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return nil // Stop closed the listener
+			if s.stopped.Load() {
+				return nil // Stop closed the listener ("use of closed file")
 			}
 			return fmt.Errorf("accept on %s: %w", addr, err)
 		}

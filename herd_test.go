@@ -1,0 +1,132 @@
+package herd_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd"
+)
+
+// Workers are this test binary executed again (the os/exec helper-process
+// pattern). A worker must build the same Server its master did, so each
+// test names its server in HERD_TEST_SERVER, which workers inherit, and
+// TestMain builds that server in the worker instead of running tests.
+func TestMain(m *testing.M) {
+	if herd.IsWorker() {
+		switch os.Getenv("HERD_TEST_SERVER") {
+		case "":
+			Example()
+		case "slow":
+			slowServer().Start()
+		}
+		os.Exit(3) // Start does not return in a worker
+	}
+	os.Exit(m.Run())
+}
+
+func slowServer() *herd.Server {
+	return &herd.Server{
+		Listen:  []string{"127.0.0.1:0"},
+		Workers: 2,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				time.Sleep(time.Second)
+			}
+			io.WriteString(w, "done "+r.URL.Path)
+		}),
+	}
+}
+
+// Shutdown, like SIGQUIT, lets a request that is being handled finish.
+func TestShutdownFinishesSlowRequest(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "slow")
+	srv := slowServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + srv.Addrs()[0]
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(base + "/slow")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	// Wait until the worker holds the request.
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Stats().Total.Active == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if body := <-got; body != "done /slow" {
+		t.Errorf("in-flight request got %q, want its full answer", body)
+	}
+	if waited := time.Since(start); waited < 500*time.Millisecond {
+		t.Errorf("Shutdown returned after %v, before the slow request could finish", waited)
+	}
+	if _, err := http.Get(base + "/"); err == nil {
+		t.Errorf("server still answers after Shutdown")
+	}
+}
+
+// Close, like SIGTERM, does not wait for requests: the slow request's
+// connection is closed without an answer.
+func TestCloseDoesNotWait(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "slow")
+	srv := slowServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + srv.Addrs()[0] + "/slow")
+		if err == nil {
+			resp.Body.Close()
+		}
+		got <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Stats().Total.Active == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err == nil {
+		t.Errorf("the slow request was answered: Close waited for it")
+	}
+}
+
+// Start reports a busy address as an error, in one line, and starts nothing.
+func TestStartBusyAddress(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "slow")
+	first := slowServer()
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second := slowServer()
+	second.Listen = first.Addrs()
+	err := second.Start()
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("second Start on %v: %v, want address already in use", first.Addrs(), err)
+	}
+}
+
+func TestStartNeedsHandler(t *testing.T) {
+	if err := (&herd.Server{}).Start(); err == nil {
+		t.Fatal("Start with no Handler succeeded")
+	}
+}

@@ -1,0 +1,104 @@
+package shm
+
+import (
+	"os"
+	"testing"
+)
+
+func newBoard(t *testing.T, n int) (*Region, *Scoreboard) {
+	t.Helper()
+	r, err := Create("test", Size(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	b, err := NewScoreboard(r.Bytes(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, b
+}
+
+func TestRecordsAreCacheLineAligned(t *testing.T) {
+	_, b := newBoard(t, 4)
+	base := &b.mem[0]
+	for i := 0; i < 4; i++ {
+		off := uintptrOf(b.Record(i)) - uintptrOf(base)
+		if off%64 != 0 {
+			t.Errorf("record %d at offset %d, not on a cache line", i, off)
+		}
+	}
+}
+
+func TestClaimReleaseKeepsTotals(t *testing.T) {
+	_, b := newBoard(t, 2)
+	i := b.Claim(0, 1, 1)
+	j := b.Claim(1, 1, 1)
+	if i < 0 || j < 0 || i == j {
+		t.Fatalf("claims %d, %d", i, j)
+	}
+	if k := b.Claim(2, 1, 1); k != -1 {
+		t.Fatalf("claimed record %d from a full board", k)
+	}
+	b.Record(i).Add(Requests, 5)
+	b.Record(i).Add(Accepts, 4)
+	b.Record(j).Add(Requests, 2)
+	b.Release(i)
+	s := b.Snapshot()
+	if len(s.Live) != 1 || s.Total.Requests != 7 || s.Total.Accepts != 4 {
+		t.Fatalf("after release: %d live, totals %+v", len(s.Live), s.Total)
+	}
+	k := b.Claim(3, 2, 1)
+	if k != i || b.Record(k).Load(Requests) != 0 || b.Record(k).Load(Slot) != 3 {
+		t.Fatalf("reclaimed record %d not reset: requests %d slot %d", k, b.Record(k).Load(Requests), b.Record(k).Load(Slot))
+	}
+}
+
+// A status reader maps the master's memfd read-only and sees its writes.
+func TestSharedAcrossMappings(t *testing.T) {
+	r, b := newBoard(t, 3)
+	b.SetMaster(42, 7, 3)
+	b.Record(b.Claim(0, 7, 1)).Add(Wakeups, 9)
+	f, err := os.Open("/proc/self/fd/" + itoa(int(r.File().Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := Open(f, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	view, err := AttachScoreboard(ro.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := view.Snapshot()
+	if s.MasterPID != 42 || s.Generation != 7 || s.Total.Wakeups != 9 || view.Len() != 3 {
+		t.Fatalf("read-only view: %+v", s)
+	}
+}
+
+// The scoreboard is untrusted input: a corrupted header is refused and
+// out-of-range indices give nil, not a panic or a stray write.
+func TestUntrustedScoreboard(t *testing.T) {
+	_, b := newBoard(t, 2)
+	if b.Record(-1) != nil || b.Record(2) != nil {
+		t.Fatal("out-of-range record index accepted")
+	}
+	b.Release(99) // must not panic
+	mem := make([]byte, Size(2))
+	if _, err := AttachScoreboard(mem); err == nil {
+		t.Fatal("attached to a region with no magic")
+	}
+	copy(mem, b.mem[:headerSize])
+	b2 := &Scoreboard{mem: mem}
+	b2.h(hRecords).Store(1 << 40)
+	if _, err := AttachScoreboard(mem); err == nil {
+		t.Fatal("attached to a header that claims more records than fit")
+	}
+	b.Record(0).Store(PID, 1<<63)
+	b.Record(0).Store(State, StateReady)
+	if s := b.Snapshot(); s.Live[0].PID != -1 {
+		t.Fatalf("absurd pid shown as %d", s.Live[0].PID)
+	}
+}
