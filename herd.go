@@ -78,6 +78,23 @@ type Server struct {
 	// PIDFile, if set, receives the master's pid.
 	PIDFile string
 
+	// MultiAccept makes the epoll-based strategies (epoll, exclusive,
+	// nginx) accept until EAGAIN on each wakeup instead of once.
+	MultiAccept bool
+
+	// WorkerConnections is each worker's connection budget: nginx's
+	// accept_disabled rule and fdpass's limit use it. Default 1024.
+	WorkerConnections int
+
+	// AcceptMutexDelay is how long a worker that lost the accept mutex
+	// waits before trying again (strategy nginx). Default 500ms.
+	AcceptMutexDelay time.Duration
+
+	// ExclusiveReorder re-adds the listener to a worker's epoll every N
+	// accepts (strategy exclusive; nginx 1.21.6 uses 16). Default 16;
+	// negative: never.
+	ExclusiveReorder int
+
 	// ConfigureServer, if set, adjusts each worker's http.Server before it
 	// serves: timeouts, limits, ErrorLog.
 	ConfigureServer func(*http.Server)
@@ -144,7 +161,8 @@ func (s *Server) Start() error {
 	m, err := master.New(master.Config{
 		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
-		PIDFile: s.PIDFile, Log: log,
+		PIDFile: s.PIDFile, Log: log, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
+		MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
 	})
 	if err != nil {
 		return fmt.Errorf("herd: %w", err)

@@ -4,8 +4,15 @@
 // it, so "where does a connection get accepted under strategy X" has a
 // one-file answer:
 //
-//	go      netpoll.go   Go's netpoller on the inherited listener
-//	accept  blocking.go  threads blocked in accept4(2), kernel wake-one
+//	go         netpoll.go    Go's netpoller on the inherited listener: the herd
+//	accept     blocking.go   threads blocked in accept4(2), kernel wake-one
+//	flock      flock.go      accept serialised by flock(2) (serial.go)
+//	mutex      mutex.go      accept serialised by a futex in shared memory (serial.go)
+//	epoll      epoll.go      each worker's own level-triggered epoll: the herd
+//	exclusive  exclusive.go  the same with EPOLLEXCLUSIVE, re-added every 16 accepts
+//	nginx      nginx.go      nginx's accept_mutex: trylock, the holder polls the listener
+//	reuseport  reuseport.go  one SO_REUSEPORT socket per worker slot, held by the master
+//	fdpass     fdpass.go     the master accepts and passes descriptors (SCM_RIGHTS)
 //
 // Every strategy counts what it does in the worker's scoreboard record:
 // wakeups (returns from the call that waits for a connection), accepts,
@@ -49,19 +56,43 @@ type Listener struct {
 	Addr string // for logs
 }
 
-// Config is what a worker gives its strategy.
+// Config is what a worker gives its strategy. The fields after Log matter
+// only to the strategies that name them.
 type Config struct {
 	Listeners []Listener
-	Threads   int         // accepting threads per listener (at least 1)
+	Threads   int         // accepting threads per worker (per listener for accept)
 	Stats     *shm.Record // this worker's scoreboard record
 	Log       *slog.Logger
+
+	PID               int           // this worker's pid: the accept mutex's owner word
+	MultiAccept       bool          // epoll, exclusive, nginx: accept until EAGAIN per wakeup
+	WorkerConnections int           // nginx: the connection budget behind accept_disabled
+	LockFile          string        // flock: the file every accepting thread opens and locks
+	Mutex             *shm.Mutex    // mutex, nginx: the accept mutex in shared memory
+	MutexDelay        time.Duration // nginx: accept_mutex_delay
+	ReorderEvery      int           // exclusive: re-add the listener every N accepts (0: never)
+	Passed            <-chan Passed // fdpass: descriptors the master sends
+}
+
+// Passed is a connection the master accepted and sent over the control
+// socket (fdpass). Ack tells the master it may close its copy.
+type Passed struct {
+	FD  int
+	Ack func()
 }
 
 type factory func(Config) (Strategy, error)
 
 var strategies = map[string]factory{
-	"go":     newNetpoll,
-	"accept": newBlocking,
+	"go":        newNetpoll,
+	"accept":    newBlocking,
+	"flock":     newFlock,
+	"mutex":     newMutex,
+	"epoll":     newEpoll,
+	"exclusive": newExclusive,
+	"nginx":     newNginx,
+	"reuseport": newReuseport,
+	"fdpass":    newFdpass,
 }
 
 // Names lists the strategies this build implements, sorted.
@@ -95,6 +126,15 @@ func New(name string, cfg Config) (Strategy, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.PID == 0 {
+		cfg.PID = os.Getpid()
+	}
+	if cfg.WorkerConnections <= 0 {
+		cfg.WorkerConnections = 1024
+	}
+	if cfg.MutexDelay <= 0 {
+		cfg.MutexDelay = 500 * time.Millisecond
 	}
 	return strategies[name](cfg)
 }

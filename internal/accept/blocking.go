@@ -33,6 +33,9 @@ type blocking struct {
 	cfg      Config
 	stopping atomic.Bool
 	out      exhaustion
+	// drainOnStop: when stopping, accept what is already queued before
+	// returning (reuseport: the socket is this slot's alone).
+	drainOnStop bool
 }
 
 // acceptBlockBound is the SO_RCVTIMEO put on the listeners: how long a
@@ -114,5 +117,30 @@ func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
 			return fmt.Errorf("accept4 on %s: %w", l.Addr, err)
 		}
 	}
+	if b.drainOnStop {
+		b.drain(l, deliver)
+	}
 	return nil
+}
+
+// drain accepts connections already queued on l, without waiting for more.
+func (b *blocking) drain(l Listener, deliver func(net.Conn)) {
+	for {
+		pfd := []unix.PollFd{{Fd: int32(l.FD), Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 {
+			return
+		}
+		fd, _, err := unix.Accept4(l.FD, unix.SOCK_CLOEXEC)
+		if err != nil {
+			if transient(err) {
+				continue
+			}
+			return // EAGAIN: another thread took it; or the queue is empty
+		}
+		b.cfg.Stats.Inc(shm.Wakeups)
+		b.cfg.Stats.Inc(shm.Accepts)
+		if c, err := fdConn(fd); err == nil {
+			deliver(c)
+		}
+	}
 }

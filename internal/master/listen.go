@@ -52,18 +52,27 @@ func ParseAddr(s string) (network, addr string, err error) {
 // neither takes a backlog (it uses net.core.somaxconn) nor leaves the socket
 // out of the master's netpoller — and the master must never poll a socket
 // its workers accept on, or an exclusive-wakeup strategy would not be.
-func Listen(s string, backlog int) (*Socket, error) {
+func Listen(s string, backlog int) (*Socket, error) { return listen(s, backlog, false) }
+
+// ListenReusePort creates one more socket of a SO_REUSEPORT group on a TCP
+// address; every socket of a group must set the option before bind.
+func ListenReusePort(s string, backlog int) (*Socket, error) { return listen(s, backlog, true) }
+
+func listen(s string, backlog int, reusePort bool) (*Socket, error) {
 	network, addr, err := ParseAddr(s)
 	if err != nil {
 		return nil, err
 	}
 	if network == "unix" {
+		if reusePort {
+			return nil, fmt.Errorf("listen %s: the reuseport strategy needs TCP addresses", s)
+		}
 		return listenUnix(addr, backlog)
 	}
-	return listenTCP(addr, backlog)
+	return listenTCP(addr, backlog, reusePort)
 }
 
-func listenTCP(addr string, backlog int) (*Socket, error) {
+func listenTCP(addr string, backlog int, reusePort bool) (*Socket, error) {
 	ta, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
@@ -97,6 +106,11 @@ func listenTCP(addr string, backlog int) (*Socket, error) {
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return fail("SO_REUSEADDR", err)
+	}
+	if reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("SO_REUSEPORT", err)
+		}
 	}
 	if family == unix.AF_INET6 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {

@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,11 @@ type Config struct {
 	StopTimeout  time.Duration // after a fast stop, how long before SIGKILL; default 5s
 	PIDFile      string
 
+	MultiAccept       bool          // epoll strategies: accept until EAGAIN per wakeup
+	WorkerConnections int           // per worker; nginx's accept_disabled, fdpass's limit; default 1024
+	MutexDelay        time.Duration // nginx: accept_mutex_delay; default 500ms
+	ReorderEvery      int           // exclusive: re-add every N accepts; default 16, negative: never
+
 	// Path and Args are the command a worker runs: by default this very
 	// executable with this process's arguments. Env is added to the
 	// environment the master has.
@@ -65,6 +71,10 @@ type Master struct {
 	sockets []*Socket
 	region  *shm.Region
 	board   *shm.Scoreboard
+
+	lockFile string            // flock: the accept lock file
+	reuse    map[int][]*Socket // reuseport: each slot's own sockets
+	disp     *dispatcher       // fdpass: the master accepts and passes
 
 	signals chan os.Signal
 	events  chan event
@@ -143,29 +153,67 @@ func New(cfg Config) (*Master, error) {
 	if max := somaxconn(); max > 0 && cfg.Backlog > max {
 		m.log.Warn("backlog exceeds net.core.somaxconn; the kernel caps it", "backlog", cfg.Backlog, "somaxconn", max)
 	}
-	for _, a := range cfg.Listen {
-		s, err := Listen(a, cfg.Backlog)
-		if err != nil {
-			m.closeSockets()
-			return nil, err
+	if err := m.open(); err != nil {
+		m.closeSockets()
+		if m.region != nil {
+			m.region.Close()
 		}
-		m.sockets = append(m.sockets, s)
+		if m.lockFile != "" {
+			os.Remove(m.lockFile)
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// open makes what the master holds for its whole life: the sockets (one set,
+// or one per slot for reuseport), the scoreboard, the lock file for flock,
+// and the pid file last.
+func (m *Master) open() error {
+	cfg := m.cfg
+	if cfg.Strategy == "reuseport" {
+		m.reuse = map[int][]*Socket{}
+		for slot := 0; slot < cfg.Workers; slot++ {
+			socks, err := m.slotSockets(slot)
+			if err != nil {
+				return err
+			}
+			if slot == 0 {
+				m.sockets = socks
+			}
+		}
+	} else {
+		for _, a := range cfg.Listen {
+			s, err := Listen(a, cfg.Backlog)
+			if err != nil {
+				return err
+			}
+			m.sockets = append(m.sockets, s)
+		}
 	}
 	region, err := shm.Create(shm.ScoreboardName, shm.Size(2*MaxWorkers))
 	if err != nil {
-		m.closeSockets()
-		return nil, err
+		return err
 	}
 	m.region = region
 	m.board, _ = shm.NewScoreboard(region.Bytes(), 2*MaxWorkers)
+	if cfg.Strategy == "flock" {
+		f, err := os.CreateTemp("", "herd-accept-*.lock")
+		if err != nil {
+			return fmt.Errorf("flock: lock file: %w", err)
+		}
+		m.lockFile = f.Name()
+		f.Close()
+	}
+	if cfg.Strategy == "fdpass" {
+		m.disp = newDispatcher(m.log, m.board, cfg.WorkerConnections)
+	}
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
-			m.closeSockets()
-			region.Close()
-			return nil, err
+			return err
 		}
 	}
-	return m, nil
+	return nil
 }
 
 func fill(cfg *Config) error {
@@ -203,6 +251,21 @@ func fill(cfg *Config) error {
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 5 * time.Second
+	}
+	if cfg.WorkerConnections == 0 {
+		cfg.WorkerConnections = 1024
+	}
+	if cfg.WorkerConnections < 1 {
+		return fmt.Errorf("worker connections must be positive, not %d", cfg.WorkerConnections)
+	}
+	if cfg.MutexDelay == 0 {
+		cfg.MutexDelay = 500 * time.Millisecond
+	}
+	switch {
+	case cfg.ReorderEvery == 0:
+		cfg.ReorderEvery = 16 // nginx 1.21.6
+	case cfg.ReorderEvery < 0:
+		cfg.ReorderEvery = 0
 	}
 	if cfg.DrainTimeout < 0 || cfg.ReadyTimeout < 0 || cfg.StopTimeout < 0 {
 		return errors.New("timeouts must not be negative")
@@ -264,6 +327,12 @@ func (m *Master) Run() error {
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 	m.log.Info("herd master started", "pid", os.Getpid(), "listen", strings.Join(m.Addrs(), ","),
 		"workers", m.workers, "strategy", m.cfg.Strategy)
+	if m.disp != nil {
+		if err := m.disp.run(m.sockets); err != nil {
+			return err
+		}
+		defer m.disp.stop()
+	}
 	m.fillSlots()
 	for !(m.stopping && len(m.procs) == 0) {
 		select {
@@ -295,6 +364,9 @@ func (m *Master) handleSignal(sig os.Signal) {
 		m.workers++
 		m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 		m.log.Info("TTIN: one worker more", "workers", m.workers)
+		if m.reuse != nil {
+			m.steerReuseport() // a retired slot still draining may be wanted again
+		}
 	case unix.SIGTTOU:
 		if m.stopping || m.workers <= 1 {
 			return
@@ -302,6 +374,9 @@ func (m *Master) handleSignal(sig os.Signal) {
 		m.workers--
 		m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 		m.log.Info("TTOU: one worker fewer", "workers", m.workers)
+		if m.reuse != nil {
+			m.steerReuseport() // before the slot's worker stops and drains
+		}
 		for p := range m.procs {
 			if p.slot >= m.workers {
 				m.stopProc(p, unix.SIGQUIT)
@@ -321,6 +396,9 @@ func (m *Master) handleEvent(ev event) {
 		}
 		ev.p.ready = true
 		m.board.Record(ev.p.rec).Store(shm.State, shm.StateReady)
+		if m.disp != nil && !ev.p.stopping {
+			m.disp.ready(ev.p)
+		}
 		m.log.Debug("worker ready", "slot", ev.p.slot, "gen", ev.p.gen, "pid", ev.p.pid())
 		m.unwait(ev.p)
 		m.checkReady()
@@ -436,15 +514,26 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	child := os.NewFile(uintptr(fds[1]), "master-ctrl")
 	defer child.Close()
 
-	names := make([]string, len(m.sockets))
+	sockets := m.sockets
+	if m.reuse != nil {
+		if sockets, err = m.slotSockets(slot); err != nil {
+			child.Close()
+			ctrl.Close()
+			m.board.Release(rec)
+			return nil, err
+		}
+	}
+	names := make([]string, len(sockets))
 	files := []*os.File{child, m.region.File()}
-	for i, s := range m.sockets {
+	for i, s := range sockets {
 		names[i] = s.Addr
 		files = append(files, s.File)
 	}
 	spec := worker.Spec{
 		Slot: slot, Generation: gen, Record: rec, Listeners: names,
 		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
+		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
+		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
 	cmd.Env = append(withoutKey(os.Environ(), worker.EnvKey), m.cfg.Env...)
@@ -464,8 +553,9 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	return p, nil
 }
 
-// readControl turns the worker's messages into events. Today there is one:
-// "ready", sent once the worker accepts connections.
+// readControl handles the worker's messages: "ready", sent once the worker
+// accepts connections, becomes an event for the loop; "ack SEQ" (fdpass)
+// goes straight to the dispatcher.
 func (m *Master) readControl(p *proc) {
 	buf := make([]byte, 64)
 	for {
@@ -473,8 +563,13 @@ func (m *Master) readControl(p *proc) {
 		if err != nil || n == 0 {
 			return
 		}
-		if string(buf[:n]) == "ready" {
+		msg := string(buf[:n])
+		if msg == "ready" {
 			m.post(event{kind: evReady, p: p})
+		} else if seq, ok := strings.CutPrefix(msg, "ack "); ok && m.disp != nil {
+			if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
+				m.disp.ack(p, n)
+			}
 		}
 	}
 }
@@ -488,8 +583,20 @@ func withoutKey(env []string, key string) []string {
 // reap accounts for an exited worker.
 func (m *Master) reap(p *proc, err error) {
 	delete(m.procs, p)
+	// The control socket stays open until the dispatcher has taken back
+	// what the worker did not acknowledge.
+	if m.disp != nil {
+		m.disp.gone(p)
+	}
 	p.ctrl.Close()
 	m.board.Release(p.rec)
+	// A worker killed while holding the accept mutex cannot release it.
+	if m.board.AcceptMutex().ForceUnlock(p.pid()) {
+		m.log.Warn("freed the accept mutex held by a dead worker", "pid", p.pid())
+	}
+	if m.reuse != nil {
+		defer m.closeRetiredSlot(p.slot)
+	}
 	attrs := []any{"slot", p.slot, "gen", p.gen, "pid", p.pid(), "status", exitStatus(err)}
 	if p.stopping || m.stopping {
 		m.log.Info("worker exited", attrs...)
@@ -598,6 +705,9 @@ func (m *Master) stopProc(p *proc, sig unix.Signal) {
 		return
 	}
 	p.stopping = true
+	if m.disp != nil {
+		m.disp.retire(p)
+	}
 	if r := m.board.Record(p.rec); r != nil && sig == unix.SIGQUIT {
 		r.Store(shm.State, shm.StateStopping)
 	}
@@ -638,6 +748,9 @@ func (m *Master) close() {
 		}
 		m.closeSockets()
 		m.region.Close()
+		if m.lockFile != "" {
+			os.Remove(m.lockFile)
+		}
 		if m.cfg.PIDFile != "" {
 			removePIDFile(m.cfg.PIDFile)
 		}
@@ -645,6 +758,14 @@ func (m *Master) close() {
 }
 
 func (m *Master) closeSockets() {
+	if m.reuse != nil {
+		for _, socks := range m.reuse {
+			for _, s := range socks {
+				s.Close()
+			}
+		}
+		return // m.sockets is slot 0's
+	}
 	for _, s := range m.sockets {
 		s.Close()
 	}

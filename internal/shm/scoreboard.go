@@ -68,6 +68,8 @@ const (
 	hRetiredTimeouts
 	hRetiredRequests
 	hRetiredBytes
+	hMutex        // the accept mutex's futex word (low 32 bits): holder's pid
+	hMutexWaiters // processes sleeping on it
 )
 
 // Worker states stored in the State field.
@@ -240,12 +242,15 @@ type WorkerStat struct {
 
 // Snapshot is a copy of the whole scoreboard at one moment.
 type Snapshot struct {
-	MasterPID  int          `json:"master_pid"`
-	Generation int          `json:"generation"`
-	Workers    int          `json:"workers"`
-	Reloads    uint64       `json:"reloads"`
-	Restarts   uint64       `json:"restarts"`
-	Live       []WorkerStat `json:"live"`
+	MasterPID  int    `json:"master_pid"`
+	Generation int    `json:"generation"`
+	Workers    int    `json:"workers"`
+	Reloads    uint64 `json:"reloads"`
+	Restarts   uint64 `json:"restarts"`
+	// MutexHolder is the pid holding the accept mutex (strategies mutex
+	// and nginx), or 0.
+	MutexHolder int          `json:"accept_mutex_holder"`
+	Live        []WorkerStat `json:"live"`
 	// Total adds the live records to those of workers that have exited.
 	Total WorkerStat `json:"total"`
 }
@@ -260,11 +265,12 @@ func (s *Scoreboard) Snapshot() Snapshot {
 		return int(v)
 	}
 	snap := Snapshot{
-		MasterPID:  clamp(s.h(hMasterPID).Load()),
-		Generation: clamp(s.h(hGeneration).Load()),
-		Workers:    clamp(s.h(hWorkers).Load()),
-		Reloads:    s.h(hReloads).Load(),
-		Restarts:   s.h(hRestarts).Load(),
+		MasterPID:   clamp(s.h(hMasterPID).Load()),
+		Generation:  clamp(s.h(hGeneration).Load()),
+		Workers:     clamp(s.h(hWorkers).Load()),
+		Reloads:     s.h(hReloads).Load(),
+		Restarts:    s.h(hRestarts).Load(),
+		MutexHolder: s.AcceptMutex().Holder(),
 	}
 	t := &snap.Total
 	t.Accepts = s.h(hRetiredAccepts).Load()

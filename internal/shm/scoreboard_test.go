@@ -3,6 +3,7 @@ package shm
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 func newBoard(t *testing.T, n int) (*Region, *Scoreboard) {
@@ -100,5 +101,36 @@ func TestUntrustedScoreboard(t *testing.T) {
 	b.Record(0).Store(State, StateReady)
 	if s := b.Snapshot(); s.Live[0].PID != -1 {
 		t.Fatalf("absurd pid shown as %d", s.Live[0].PID)
+	}
+}
+
+// The mutex excludes, a holder's pid is visible, an unlock by someone else
+// fails, a bounded wait returns, and the master can free a dead holder's lock.
+func TestAcceptMutex(t *testing.T) {
+	_, b := newBoard(t, 1)
+	m := b.AcceptMutex()
+	if !m.TryLock(100) || m.TryLock(200) {
+		t.Fatal("lock did not exclude")
+	}
+	if b.Snapshot().MutexHolder != 100 {
+		t.Fatalf("holder %d, want 100", b.Snapshot().MutexHolder)
+	}
+	if m.Unlock(200) {
+		t.Fatal("a non-holder unlocked")
+	}
+	if m.Lock(200, 20*time.Millisecond) {
+		t.Fatal("Lock succeeded while held")
+	}
+	got := make(chan bool)
+	go func() { got <- m.Lock(200, 5*time.Second) }()
+	time.Sleep(20 * time.Millisecond)
+	if !m.ForceUnlock(100) {
+		t.Fatal("ForceUnlock of the holder failed")
+	}
+	if !<-got || m.Holder() != 200 {
+		t.Fatalf("waiter not woken by ForceUnlock; holder %d", m.Holder())
+	}
+	if !m.Unlock(200) || m.Holder() != 0 {
+		t.Fatal("unlock by holder failed")
 	}
 }

@@ -28,6 +28,12 @@ type Spec struct {
 	Strategy     string        `json:"strategy"`
 	Threads      int           `json:"threads"`
 	DrainTimeout time.Duration `json:"drain_timeout"`
+
+	MultiAccept       bool          `json:"multi_accept,omitempty"`
+	WorkerConnections int           `json:"worker_connections,omitempty"`
+	LockFile          string        `json:"lock_file,omitempty"`
+	MutexDelay        time.Duration `json:"accept_mutex_delay,omitempty"`
+	ReorderEvery      int           `json:"exclusive_reorder,omitempty"`
 }
 
 // Env renders the spec as an environment entry.

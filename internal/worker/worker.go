@@ -70,9 +70,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	}
 	st.Store(shm.PID, uint64(os.Getpid()))
 
-	ctrl := os.NewFile(CtrlFD, "master")
+	ctrl := newControl(CtrlFD)
 	masterGone := make(chan struct{})
-	go watchMaster(ctrl, masterGone)
+	go ctrl.read(masterGone)
 
 	listeners := make([]accept.Listener, len(spec.Listeners))
 	for i, a := range spec.Listeners {
@@ -81,6 +81,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	ln := newHandoff(listenerAddr(listeners[0].FD)) // before a strategy may close the fd
 	strat, err := accept.New(spec.Strategy, accept.Config{
 		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
+		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
+		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), MutexDelay: spec.MutexDelay,
+		ReorderEvery: spec.ReorderEvery, Passed: ctrl.passed,
 	})
 	if err != nil {
 		return err
@@ -102,7 +105,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	defer stopBeat()
 
 	st.Store(shm.State, shm.StateReady)
-	if _, err := ctrl.Write([]byte("ready")); err != nil {
+	if err := ctrl.send("ready"); err != nil {
 		return fmt.Errorf("worker: tell master ready: %w", err)
 	}
 	log.Debug("worker ready", "strategy", spec.Strategy)
@@ -124,6 +127,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	// Graceful stop: stop accepting, serve what was accepted, drain.
 	st.Store(shm.State, shm.StateStopping)
 	strat.Stop()
+	ctrl.stopPassing()
 	if err := <-accepting; err != nil {
 		log.Warn("accept strategy stopped with error", "err", err)
 	}
@@ -168,20 +172,6 @@ func drainConns(ctx context.Context, srv *http.Server, st *shm.Record) error {
 		}
 	}
 	return nil
-}
-
-// watchMaster returns when the master's end of the control socket closes:
-// the master exited, however it died. A pipe's EOF is the one notice that
-// survives SIGKILL; PR_SET_PDEATHSIG would be tied to the master's spawning
-// OS thread, which the Go runtime may retire at any time.
-func watchMaster(ctrl *os.File, gone chan<- struct{}) {
-	buf := make([]byte, 64)
-	for {
-		if _, err := ctrl.Read(buf); err != nil {
-			close(gone)
-			return
-		}
-	}
 }
 
 // heartbeat refreshes the record's Heartbeat field every second so the

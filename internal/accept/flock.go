@@ -1,0 +1,48 @@
+package accept
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Strategy "flock": accept serialised by flock(2) on a lock file — UNP §30.7
+// and Apache's AcceptMutex flock. The loop is serial.go's.
+//
+// A flock lock belongs to the open file description, not to the process or
+// the descriptor: a lock file opened once by the master and inherited would
+// be one description shared by every worker, and every worker would "hold"
+// the lock at once. So every accepting thread opens the file itself.
+//
+// flock(LOCK_EX) cannot be bounded, so a waiting thread notices that its
+// worker is stopping only once it gets the lock; the holder lets go at
+// least every 250 ms, and an unlock wakes every waiter (the lock's own
+// small herd, which seed 000's comment thread points out).
+type flockLock struct{ f *os.File }
+
+func newFlock(cfg Config) (Strategy, error) {
+	if cfg.LockFile == "" {
+		return nil, fmt.Errorf("flock: no lock file")
+	}
+	return newSerialized(cfg, "flock", func() (acceptLock, error) {
+		f, err := os.OpenFile(cfg.LockFile, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("flock: %w", err)
+		}
+		return &flockLock{f}, nil
+	})
+}
+
+func (l *flockLock) lock(time.Duration) (bool, error) {
+	for {
+		err := unix.Flock(int(l.f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			return err == nil, err
+		}
+	}
+}
+
+func (l *flockLock) unlock() error { return unix.Flock(int(l.f.Fd()), unix.LOCK_UN) }
+func (l *flockLock) close() error  { return l.f.Close() }

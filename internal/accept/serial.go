@@ -1,0 +1,165 @@
+package accept
+
+import (
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// The serialised strategies (flock, mutex) share this loop, the one of
+// Apache's prefork child and UNP §30.7–30.8:
+//
+//	lock; poll the listeners; accept; unlock; serve
+//
+// Only the lock holder waits on the listening sockets, so a connection
+// wakes one process whatever the kernel's wakeup policy, and with several
+// listeners (where blocking accept cannot wait on all of them) the holder
+// polls them all. The price is a lock round trip per connection, and the
+// lock's own wakeups: waking the next holder is the lock's business
+// (flock wakes every waiter, the futex one).
+
+// acceptLock serialises accept between processes. One per accepting thread.
+type acceptLock interface {
+	// lock waits for the lock, at most about bound where the lock allows
+	// a bound; false means not acquired yet.
+	lock(bound time.Duration) (bool, error)
+	unlock() error
+	close() error
+}
+
+type serialized struct {
+	cfg      Config
+	name     string
+	newLock  func() (acceptLock, error)
+	stopping atomic.Bool
+	out      exhaustion
+}
+
+// serialBound is how long a holder polls before it lets go of the lock and
+// how long a waiter sleeps on a futex before it checks whether to stop.
+const serialBound = 250 * time.Millisecond
+
+func newSerialized(cfg Config, name string, newLock func() (acceptLock, error)) (*serialized, error) {
+	if err := setNonblock(cfg.Listeners); err != nil {
+		return nil, err
+	}
+	return &serialized{cfg: cfg, name: name, newLock: newLock}, nil
+}
+
+// setNonblock makes the listeners non-blocking: a holder that polled
+// readable must not then block in accept4 if the connection went away
+// (reset while queued), holding the lock.
+func setNonblock(ls []Listener) error {
+	for _, l := range ls {
+		if err := unix.SetNonblock(l.FD, true); err != nil {
+			return fmt.Errorf("accept: listener %s: %w", l.Addr, err)
+		}
+	}
+	return nil
+}
+
+func (s *serialized) Stop() { s.stopping.Store(true) }
+
+func (s *serialized) Serve(deliver func(net.Conn)) error {
+	return runThreads(s.cfg.Threads, func() error {
+		l, err := s.newLock()
+		if err != nil {
+			return err
+		}
+		defer l.close()
+		return s.thread(l, deliver)
+	}, s.Stop)
+}
+
+func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	st := s.cfg.Stats
+	pfds := make([]unix.PollFd, len(s.cfg.Listeners))
+	var accepted []int
+	for !s.stopping.Load() {
+		got, err := l.lock(serialBound)
+		if err != nil {
+			return fmt.Errorf("%s: lock: %w", s.name, err)
+		}
+		if !got {
+			st.Inc(shm.Timeouts)
+			continue
+		}
+		if s.stopping.Load() {
+			l.unlock()
+			break
+		}
+		for i, ls := range s.cfg.Listeners {
+			pfds[i] = unix.PollFd{Fd: int32(ls.FD), Events: unix.POLLIN}
+		}
+		n, err := unix.Poll(pfds, int(serialBound/time.Millisecond))
+		switch {
+		case err == unix.EINTR || n == 0:
+			st.Inc(shm.Timeouts)
+		case err != nil:
+			l.unlock()
+			return fmt.Errorf("%s: poll: %w", s.name, err)
+		default:
+			st.Inc(shm.Wakeups)
+			accepted = accepted[:0]
+			for i, p := range pfds {
+				if p.Revents&unix.POLLIN == 0 {
+					continue
+				}
+				fd, _, err := unix.Accept4(s.cfg.Listeners[i].FD, unix.SOCK_CLOEXEC)
+				switch {
+				case err == nil:
+					accepted = append(accepted, fd)
+				case err == unix.EAGAIN || err == unix.ECONNABORTED:
+					st.Inc(shm.Spurious)
+				case transient(err):
+				case s.out.hit(err, s.cfg.Log):
+				default:
+					l.unlock()
+					return fmt.Errorf("%s: accept4 on %s: %w", s.name, s.cfg.Listeners[i].Addr, err)
+				}
+			}
+		}
+		// Unlock before serving: the next connection should not wait for
+		// this one's wrapping and hand-off.
+		if err := l.unlock(); err != nil {
+			return fmt.Errorf("%s: unlock: %w", s.name, err)
+		}
+		for _, fd := range accepted {
+			st.Inc(shm.Accepts)
+			s.out.recovered(s.cfg.Log)
+			if c, err := fdConn(fd); err == nil {
+				deliver(c)
+			}
+		}
+		accepted = accepted[:0]
+	}
+	return nil
+}
+
+// runThreads runs n copies of thread and returns the first error once all
+// have returned; an error in one calls stop so the others end too.
+func runThreads(n int, thread func() error, stop func()) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := thread(); err != nil {
+				stop()
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}

@@ -1,0 +1,95 @@
+package worker
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/herd-run/herd/internal/accept"
+	"golang.org/x/sys/unix"
+)
+
+// control is the worker's end of its SOCK_SEQPACKET socket to the master.
+// The worker sends "ready" and, under fdpass, "ack SEQ"; the master sends
+// "fd SEQ" messages carrying a descriptor (SCM_RIGHTS). One goroutine reads
+// it, and its EOF is how the worker learns that the master is gone, however
+// it died: a socket's EOF survives SIGKILL, while PR_SET_PDEATHSIG would be
+// tied to the master's spawning OS thread, which the Go runtime may retire.
+type control struct {
+	fd      int
+	passed  chan accept.Passed
+	passing atomic.Bool
+}
+
+func newControl(fd int) *control {
+	c := &control{fd: fd, passed: make(chan accept.Passed, 256)}
+	c.passing.Store(true)
+	return c
+}
+
+func (c *control) send(msg string) error {
+	for {
+		_, err := unix.Write(c.fd, []byte(msg))
+		if err != unix.EINTR {
+			if err != nil {
+				return fmt.Errorf("worker: control socket: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// stopPassing makes the reader refuse further descriptors: it closes them
+// unacknowledged, and the master, which kept a copy, sends them elsewhere
+// once this worker has exited.
+func (c *control) stopPassing() { c.passing.Store(false) }
+
+// read runs until the master's end closes, then closes gone.
+func (c *control) read(gone chan<- struct{}) {
+	defer close(gone)
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || (n == 0 && oobn == 0) {
+			return
+		}
+		fds := parseRights(oob[:oobn])
+		msg := string(buf[:n])
+		seq, isFD := strings.CutPrefix(msg, "fd ")
+		if !isFD || len(fds) != 1 || !c.passing.Load() {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			continue
+		}
+		if _, err := strconv.ParseUint(seq, 10, 64); err != nil {
+			unix.Close(fds[0])
+			continue
+		}
+		p := accept.Passed{FD: fds[0], Ack: func() { c.send("ack " + seq) }}
+		select {
+		case c.passed <- p:
+		default:
+			unix.Close(fds[0]) // the strategy is not keeping up; the master resends later
+		}
+	}
+}
+
+func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, m := range msgs {
+		if r, err := unix.ParseUnixRights(&m); err == nil {
+			fds = append(fds, r...)
+		}
+	}
+	return fds
+}
