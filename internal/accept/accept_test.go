@@ -2,34 +2,44 @@ package accept_test
 
 import (
 	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
 )
 
-func record(t *testing.T) *shm.Record {
+// board is a scoreboard like the master's, shared by the "workers" of a test.
+func board(t *testing.T) *shm.Scoreboard {
 	t.Helper()
-	r, err := shm.Create("test", shm.Size(1))
+	r, err := shm.Create("test", shm.Size(4))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close() })
-	b, _ := shm.NewScoreboard(r.Bytes(), 1)
-	return b.Record(b.Claim(0, 1, 0))
+	b, _ := shm.NewScoreboard(r.Bytes(), 4)
+	return b
 }
 
 // run starts a strategy on sock and returns the delivered connections and
 // a function that stops it and reports how long Serve took to return.
-func run(t *testing.T, name string, sock *master.Socket, st *shm.Record) (<-chan net.Conn, func() time.Duration) {
+func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *shm.Record) (<-chan net.Conn, func() time.Duration) {
 	t.Helper()
 	var fd int
 	rc, _ := sock.File.SyscallConn()
 	rc.Control(func(f uintptr) { fd = int(f) })
+	lockFile := filepath.Join(t.TempDir(), "accept.lock")
+	if err := os.WriteFile(lockFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s, err := accept.New(name, accept.Config{
 		Listeners: []accept.Listener{{FD: fd, Addr: sock.Addr}}, Threads: 2, Stats: st,
+		LockFile: lockFile, Mutex: b.AcceptMutex(), MutexDelay: 20 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -78,19 +88,24 @@ func receive(t *testing.T, conns <-chan net.Conn, n int) {
 	}
 }
 
-// Every strategy delivers each connection once, counts it, stops within
-// its bound, and leaves connections queued after it stopped in the queue,
-// for whoever accepts next.
+// Every strategy that accepts in the worker delivers each connection once,
+// counts it, stops within its bound, and leaves connections queued after it
+// stopped in the queue, for whoever accepts next. (fdpass accepts in the
+// master: TestFdpass and the process tests cover it.)
 func TestStrategies(t *testing.T) {
 	for _, name := range accept.Names() {
+		if name == "fdpass" {
+			continue
+		}
 		t.Run(name, func(t *testing.T) {
 			sock, err := master.Listen("127.0.0.1:0", 128)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer sock.Close()
-			st := record(t)
-			conns, stop := run(t, name, sock, st)
+			b := board(t)
+			st := b.Record(b.Claim(0, 1, 0))
+			conns, stop := run(t, name, sock, b, st)
 			dial(t, sock.Addr, 20)
 			receive(t, conns, 20)
 			if got := st.Load(shm.Accepts); got != 20 {
@@ -110,14 +125,54 @@ func TestStrategies(t *testing.T) {
 				t.Fatal("a stopped strategy delivered a connection")
 			case <-time.After(100 * time.Millisecond):
 			}
-			next := record(t)
-			conns2, stop2 := run(t, name, sock, next)
+			next := b.Record(b.Claim(1, 1, 0))
+			conns2, stop2 := run(t, name, sock, b, next)
 			receive(t, conns2, 3)
 			stop2()
 			if got := next.Load(shm.Accepts); got != 3 {
 				t.Errorf("next worker accepted %d queued connections, want 3", got)
 			}
 		})
+	}
+}
+
+// fdpass serves what the master passes and acknowledges each descriptor.
+func TestFdpass(t *testing.T) {
+	sock, err := master.Listen("127.0.0.1:0", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	b := board(t)
+	st := b.Record(b.Claim(0, 1, 0))
+	passed := make(chan accept.Passed)
+	s, err := accept.New("fdpass", accept.Config{
+		Listeners: []accept.Listener{{FD: -1, Addr: "master"}}, Stats: st, Passed: passed,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan net.Conn, 10)
+	done := make(chan error)
+	go func() { done <- s.Serve(func(c net.Conn) { got <- c }) }()
+	var acks atomic.Int32
+	for range 5 {
+		dial(t, sock.Addr, 1)
+		var fd int
+		rc, _ := sock.File.SyscallConn()
+		rc.Control(func(lfd uintptr) { fd, _, err = unix.Accept4(int(lfd), unix.SOCK_CLOEXEC) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		passed <- accept.Passed{FD: fd, Ack: func() { acks.Add(1) }}
+	}
+	receive(t, got, 5)
+	s.Stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if acks.Load() != 5 || st.Load(shm.Accepts) != 5 {
+		t.Errorf("%d acks, %d accepts; want 5 of each", acks.Load(), st.Load(shm.Accepts))
 	}
 }
 

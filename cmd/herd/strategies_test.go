@@ -1,0 +1,210 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd"
+	"github.com/herd-run/herd/internal/shm"
+)
+
+// strategyArgs are the extra flags a strategy's tests run with. nginx's
+// accept mutex lets one worker take every connection until the worker is
+// loaded (that is why nginx turned it off by default); a small connection
+// budget and a short accept_mutex_delay make its load rule visible in a
+// short test.
+func strategyArgs(name string) []string {
+	if name == "nginx" {
+		return []string{"--worker-connections", "8", "--accept-mutex-delay", "5ms"}
+	}
+	return nil
+}
+
+// For every strategy: 4 workers answer 2,000 requests, each on a new
+// connection, from 8 concurrent clients with no failure; every worker
+// accepts some; the scoreboard agrees with the client; and a reload in the
+// middle of the load fails nothing.
+func TestEveryStrategyServesAndReloads(t *testing.T) {
+	for _, name := range herd.Strategies() {
+		t.Run(name, func(t *testing.T) {
+			root, _ := docroot(t)
+			h := startHerd(t, append([]string{root, "--workers", "4", "--strategy", name}, strategyArgs(name)...)...)
+			url := "http://" + h.addr + "/hello.txt"
+			want := []byte("hello, herd\n")
+
+			const n = 2000
+			res := load(url, want, 8, n, 60*time.Second, nil)
+			if res.failed != 0 || res.sent != n {
+				t.Fatalf("sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
+			}
+			s := h.waitStatus("requests counted", 5*time.Second, func(s shm.Snapshot) bool { return s.Total.Requests >= n })
+			if s.Total.Accepts != n || s.Total.Requests != n {
+				t.Errorf("scoreboard: %d accepts, %d requests; want %d of each", s.Total.Accepts, s.Total.Requests, n)
+			}
+			for _, w := range s.Live {
+				if w.Accepts == 0 {
+					t.Errorf("worker slot %d accepted nothing: %+v", w.Slot, perWorker(s))
+				}
+			}
+			t.Logf("per-worker accepts %v, wakeups %d, spurious %d", perWorker(s), s.Total.Wakeups, s.Total.Spurious)
+
+			stop := make(chan struct{})
+			done := make(chan loadResult)
+			go func() { done <- load(url, want, 8, 100000, 30*time.Second, stop) }()
+			time.Sleep(150 * time.Millisecond)
+			h.signal(syscall.SIGHUP)
+			h.waitStatus("reloaded", 15*time.Second, func(s shm.Snapshot) bool {
+				return s.Generation == 2 && len(readyPIDs(s, 2)) == 4 && len(s.Live) == 4
+			})
+			time.Sleep(150 * time.Millisecond)
+			close(stop)
+			if r := <-done; r.failed != 0 {
+				t.Errorf("across a reload: sent %d, failed %d (first: %s)", r.sent, r.failed, r.firstErr)
+			}
+		})
+	}
+}
+
+func perWorker(s shm.Snapshot) []uint64 {
+	out := make([]uint64, 0, len(s.Live))
+	for _, w := range s.Live {
+		out = append(out, w.Accepts)
+	}
+	return out
+}
+
+// The herd made visible: with 8 workers on the same load, each connection
+// wakes more epoll workers than any strategy built to avoid it. One client
+// at a time, so every worker is idle when a connection arrives — the
+// condition under which a herd forms. Only the order is asserted, never
+// timings.
+func TestEpollWakesMoreThanTheOthers(t *testing.T) {
+	perConn := map[string]float64{}
+	for _, name := range []string{"epoll", "exclusive", "accept", "mutex", "fdpass", "reuseport"} {
+		root, _ := docroot(t)
+		h := startHerd(t, root, "--workers", "8", "--strategy", name)
+		const n = 300
+		res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 1, n, 60*time.Second, nil)
+		if res.failed != 0 {
+			t.Fatalf("%s: %d of %d failed (%s)", name, res.failed, res.sent, res.firstErr)
+		}
+		s := h.waitStatus("requests counted", 5*time.Second, func(s shm.Snapshot) bool { return s.Total.Requests >= n })
+		perConn[name] = float64(s.Total.Wakeups) / float64(s.Total.Accepts)
+		h.signal(syscall.SIGTERM)
+		h.waitExit(10 * time.Second)
+	}
+	t.Logf("wakeups per accepted connection: %v", perConn)
+	for name, v := range perConn {
+		if name != "epoll" && perConn["epoll"] <= v {
+			t.Errorf("epoll: %.2f wakeups per connection, not more than %s's %.2f", perConn["epoll"], name, v)
+		}
+	}
+}
+
+// The mutex strategy survives the death of the lock's holder: the master
+// frees the lock, and serving goes on within a second.
+func TestMutexHolderKilled(t *testing.T) {
+	for _, name := range []string{"mutex", "nginx"} {
+		t.Run(name, func(t *testing.T) {
+			root, _ := docroot(t)
+			h := startHerd(t, root, "--workers", "3", "--strategy", name)
+			// An idle holder keeps the lock while it polls, so there is
+			// nearly always one to kill.
+			s := h.waitStatus("someone holds the accept mutex", 5*time.Second, func(s shm.Snapshot) bool { return s.MutexHolder != 0 })
+			holder := s.MutexHolder
+			if err := syscall.Kill(holder, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 1, 1, 5*time.Second, nil)
+			if res.failed != 0 {
+				t.Fatalf("first request after killing the holder failed: %s", res.firstErr)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("serving stalled %v after the holder was killed", d)
+			}
+			if !strings.Contains(h.Log(), "freed the accept mutex") {
+				t.Errorf("the master did not report freeing the lock:\n%s", h.Log())
+			}
+		})
+	}
+}
+
+// The scoreboard's counts agree with the kernel's: under epoll every wakeup
+// makes exactly one accept4 call, which strace counts independently.
+func TestWakeupsAgreeWithStrace(t *testing.T) {
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace not installed (.ci/run installs it)")
+	}
+	root, _ := docroot(t)
+	out := filepath.Join(t.TempDir(), "strace.out")
+	pidFile := filepath.Join(t.TempDir(), "herd.pid")
+	cmd := exec.Command(strace, "-f", "-c", "-e", "trace=accept4", "-o", out,
+		os.Args[0], "serve", root, "--workers", "4", "--strategy", "epoll", "--listen", "127.0.0.1:0", "--pid", pidFile)
+	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	must(t, cmd.Start())
+	defer cmd.Process.Kill()
+	var addr string
+	deadline := time.Now().Add(30 * time.Second)
+	for addr == "" && time.Now().Before(deadline) {
+		if m := readyLine.FindStringSubmatch(stderr.String()); m != nil {
+			addr = m[1]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if addr == "" {
+		t.Fatalf("herd under strace not ready:\n%s", stderr.String())
+	}
+	res := load("http://"+addr+"/hello.txt", []byte("hello, herd\n"), 4, 300, 60*time.Second, nil)
+	if res.failed != 0 {
+		t.Fatalf("%d failed (%s)", res.failed, res.firstErr)
+	}
+	time.Sleep(200 * time.Millisecond)
+	h := &herdProc{t: t, pidFile: pidFile}
+	s := h.status()
+	pid, _ := strconv.Atoi(strings.TrimSpace(readFile(t, pidFile)))
+	must(t, syscall.Kill(pid, syscall.SIGTERM))
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("strace: %v\n%s", err, stderr.String())
+	}
+	calls := straceCalls(t, readFile(t, out), "accept4")
+	ours := s.Total.Wakeups
+	t.Logf("accept4 calls: strace %d, scoreboard wakeups %d (accepts %d, spurious %d)", calls, ours, s.Total.Accepts, s.Total.Spurious)
+	if diff := float64(calls) - float64(ours); diff < -0.03*float64(calls) || diff > 0.03*float64(calls) {
+		t.Errorf("strace counted %d accept4 calls, the scoreboard %d wakeups: more than 3%% apart", calls, ours)
+	}
+}
+
+var straceRow = regexp.MustCompile(`(?m)^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$`)
+
+// straceCalls reads the calls column of a syscall's row in strace -c output.
+func straceCalls(t *testing.T, out, name string) int {
+	t.Helper()
+	for _, m := range straceRow.FindAllStringSubmatch(out, -1) {
+		if m[2] == name {
+			n, _ := strconv.Atoi(m[1])
+			return n
+		}
+	}
+	t.Fatalf("no %s row in strace output:\n%s", name, out)
+	return 0
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
