@@ -208,3 +208,59 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// Shrinking a reuseport server resets no queued connection: the retired
+// slot's socket is steered away from, drained by its worker, then closed.
+func TestReuseportShrinkDropsNothing(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "4", "--strategy", "reuseport")
+	stop := make(chan struct{})
+	done := make(chan loadResult)
+	go func() {
+		done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 8, 100000, 30*time.Second, stop)
+	}()
+	for want := 3; want >= 1; want-- {
+		time.Sleep(150 * time.Millisecond)
+		h.signal(syscall.SIGTTOU)
+		h.waitStatus("a slot retired", 10*time.Second, func(s shm.Snapshot) bool {
+			return s.Workers == want && len(s.Live) == want
+		})
+	}
+	h.signal(syscall.SIGTTIN)
+	h.waitStatus("a slot back", 10*time.Second, func(s shm.Snapshot) bool { return len(readyPIDs(s, 1)) == 2 })
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	res := <-done
+	if res.failed != 0 || res.sent < 100 {
+		t.Fatalf("across 3 TTOU and a TTIN: sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
+	}
+	if !strings.Contains(h.Log(), "reuseport: retiring slot sockets") {
+		t.Errorf("the steering was not logged:\n%s", h.Log())
+	}
+	t.Logf("%d requests across the resizes, none failed", res.sent)
+}
+
+// fdpass: a worker that dies holding descriptors it never acknowledged
+// loses no connection; the master sends them to another worker.
+func TestFdpassResendsWhenWorkerDies(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2", "--strategy", "fdpass")
+	s := h.status()
+	victim := s.Live[0].PID
+	// A stopped process neither reads its control socket nor acknowledges:
+	// what the master sends it stays in flight.
+	must(t, syscall.Kill(victim, syscall.SIGSTOP))
+	done := make(chan loadResult)
+	go func() {
+		done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 40, 30*time.Second, nil)
+	}()
+	time.Sleep(500 * time.Millisecond)
+	must(t, syscall.Kill(victim, syscall.SIGKILL))
+	res := <-done
+	if res.failed != 0 || res.sent != 40 {
+		t.Fatalf("sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
+	}
+	if !strings.Contains(h.Log(), "fdpass: re-sending connections") {
+		t.Errorf("no connection was in flight to the stopped worker, so nothing was tested:\n%s", h.Log())
+	}
+}
