@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 
 // herdProc is a running `herd serve` master.
 type herdProc struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	addr    string // first listen address, host:port
 	pidFile string
@@ -47,7 +47,7 @@ var readyLine = regexp.MustCompile(`msg="herd ready" listen=(\S+)`)
 
 // startHerd starts `herd serve ARGS...` and returns once the master logs
 // that every worker is ready. Whatever is left is killed at cleanup.
-func startHerd(t *testing.T, args ...string) *herdProc {
+func startHerd(t testing.TB, args ...string) *herdProc {
 	t.Helper()
 	h := &herdProc{t: t, pidFile: filepath.Join(t.TempDir(), "herd.pid"), exited: make(chan struct{})}
 	args = append([]string{"serve", "--pid", h.pidFile}, args...)
@@ -176,7 +176,7 @@ func readyPIDs(s shm.Snapshot, gen int) []int {
 }
 
 // runHerd runs the herd command to completion.
-func runHerd(t *testing.T, args ...string) (stdout, stderr string, code int) {
+func runHerd(t testing.TB, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")

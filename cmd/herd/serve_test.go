@@ -22,7 +22,7 @@ import (
 
 // docroot makes a document root with a few files and a secret beside it
 // that must never be served.
-func docroot(t *testing.T) (root string, big []byte) {
+func docroot(t testing.TB) (root string, big []byte) {
 	t.Helper()
 	base := t.TempDir()
 	root = filepath.Join(base, "www")
@@ -47,7 +47,7 @@ func docroot(t *testing.T) (root string, big []byte) {
 	return root, big
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

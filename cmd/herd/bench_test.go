@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+)
+
+// Benchmarks measure; they never pass or fail on a number. Run with
+//
+//	go test ./cmd/herd -run '^$' -bench . -benchtime 1x
+//
+// Each reports, per strategy and side by side in one run, wakeups per
+// accepted connection and how evenly the workers shared the connections
+// (Jain's index J = (Σx)²/(n·Σx²): 1 is perfectly even, 1/n is one worker
+// taking everything).
+
+// jain is Jain's fairness index over per-worker counts.
+func jain(xs []uint64) float64 {
+	var sum, sq float64
+	for _, x := range xs {
+		sum += float64(x)
+		sq += float64(x) * float64(x)
+	}
+	if sq == 0 {
+		return 0
+	}
+	return sum * sum / (float64(len(xs)) * sq)
+}
+
+// measure runs n requests from c clients against a fresh 8-worker herd
+// with args and returns the scoreboard.
+func measure(b *testing.B, n, c int, args ...string) shm.Snapshot {
+	root, _ := docroot(b)
+	h := startHerd(b, append([]string{root, "--workers", "8"}, args...)...)
+	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), c, n, 2*time.Minute, nil)
+	if res.failed != 0 {
+		b.Fatalf("%v: %d of %d failed (%s)", args, res.failed, res.sent, res.firstErr)
+	}
+	s := h.waitStatus("counted", 5*time.Second, func(s shm.Snapshot) bool { return s.Total.Requests >= uint64(n) })
+	h.signal(syscall.SIGTERM)
+	h.waitExit(10 * time.Second)
+	return s
+}
+
+func report(b *testing.B, s shm.Snapshot) {
+	b.ReportMetric(float64(s.Total.Wakeups)/float64(s.Total.Accepts), "wakeups/conn")
+	b.ReportMetric(float64(s.Total.Spurious)/float64(s.Total.Accepts), "spurious/conn")
+	b.ReportMetric(jain(perWorker(s)), "jain")
+}
+
+// BenchmarkStrategies is seed 002's experiment (8 workers, 4 clients, 1000
+// requests without keep-alive) for every strategy.
+func BenchmarkStrategies(b *testing.B) {
+	for _, name := range []string{"go", "accept", "flock", "mutex", "epoll", "exclusive", "nginx", "reuseport", "fdpass"} {
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				report(b, measure(b, 1000, 4, "--strategy", name))
+			}
+		})
+	}
+}
+
+// BenchmarkExclusiveReorder measures what nginx 1.21.6's re-adding of the
+// listener buys under EPOLLEXCLUSIVE: the same load with the listener
+// re-added every 16 accepts, and never. Rounds alternate so drift on this
+// noisy machine hits both alike.
+func BenchmarkExclusiveReorder(b *testing.B) {
+	for _, every := range []int{16, -1} {
+		b.Run(fmt.Sprintf("every=%d", every), func(b *testing.B) {
+			for range b.N {
+				report(b, measure(b, 1000, 1, "--strategy", "exclusive", "--exclusive-reorder", fmt.Sprint(every)))
+			}
+		})
+	}
+}
