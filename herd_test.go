@@ -42,6 +42,14 @@ func slowServer() *herd.Server {
 	}
 }
 
+// waitActive waits until a worker holds a connection.
+func waitActive(srv *herd.Server) {
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Stats().Total.Active == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Shutdown, like SIGQUIT, lets a request that is being handled finish.
 func TestShutdownFinishesSlowRequest(t *testing.T) {
 	t.Setenv("HERD_TEST_SERVER", "slow")
@@ -61,11 +69,7 @@ func TestShutdownFinishesSlowRequest(t *testing.T) {
 		resp.Body.Close()
 		got <- string(b)
 	}()
-	// Wait until the worker holds the request.
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Stats().Total.Active == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitActive(srv)
 	start := time.Now()
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatalf("Shutdown: %v", err)
@@ -97,10 +101,7 @@ func TestCloseDoesNotWait(t *testing.T) {
 		}
 		got <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Stats().Total.Active == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitActive(srv)
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}

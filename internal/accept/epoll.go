@@ -28,9 +28,43 @@ type epollStrategy struct {
 	cfg       Config
 	name      string
 	exclusive bool
-	stopfd    int
-	stopped   atomic.Bool
+	stop      *stopEvent
 	out       exhaustion
+}
+
+// stopEvent is an eventfd that every accepting thread's epoll watches, so
+// Stop wakes them all at once.
+type stopEvent struct {
+	fd      int
+	stopped atomic.Bool
+}
+
+func newStopEvent() (*stopEvent, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return &stopEvent{fd: fd}, nil
+}
+
+func (s *stopEvent) signal() {
+	if s.stopped.CompareAndSwap(false, true) {
+		unix.Write(s.fd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
+}
+
+// epoll makes a thread's epoll instance watching the stop event, which
+// reports itself with Fd -1.
+func (s *stopEvent) epoll() (int, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}); err != nil {
+		unix.Close(ep)
+		return -1, fmt.Errorf("watch stop eventfd: %w", err)
+	}
+	return ep, nil
 }
 
 func newEpoll(cfg Config) (Strategy, error) { return newEpollStrategy(cfg, "epoll", false) }
@@ -39,21 +73,17 @@ func newEpollStrategy(cfg Config, name string, exclusive bool) (*epollStrategy, 
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	stop, err := newStopEvent()
 	if err != nil {
-		return nil, fmt.Errorf("%s: eventfd: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &epollStrategy{cfg: cfg, name: name, exclusive: exclusive, stopfd: efd}, nil
+	return &epollStrategy{cfg: cfg, name: name, exclusive: exclusive, stop: stop}, nil
 }
 
-func (e *epollStrategy) Stop() {
-	if e.stopped.CompareAndSwap(false, true) {
-		unix.Write(e.stopfd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	}
-}
+func (e *epollStrategy) Stop() { e.stop.signal() }
 
 func (e *epollStrategy) Serve(deliver func(net.Conn)) error {
-	defer unix.Close(e.stopfd)
+	defer unix.Close(e.stop.fd)
 	return runThreads(e.cfg.Threads, func() error { return e.thread(deliver) }, e.Stop)
 }
 
@@ -68,14 +98,11 @@ func (e *epollStrategy) listenerEvents() uint32 {
 func (e *epollStrategy) thread(deliver func(net.Conn)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, err := e.stop.epoll()
 	if err != nil {
-		return fmt.Errorf("%s: epoll_create1: %w", e.name, err)
+		return fmt.Errorf("%s: %w", e.name, err)
 	}
 	defer unix.Close(ep)
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, e.stopfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}); err != nil {
-		return fmt.Errorf("%s: watch stop eventfd: %w", e.name, err)
-	}
 	for i, l := range e.cfg.Listeners {
 		ev := unix.EpollEvent{Events: e.listenerEvents(), Fd: int32(i)}
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &ev); err != nil {
@@ -93,7 +120,7 @@ func (e *epollStrategy) thread(deliver func(net.Conn)) error {
 		if err != nil {
 			return fmt.Errorf("%s: epoll_wait: %w", e.name, err)
 		}
-		if e.stopped.Load() {
+		if e.stop.stopped.Load() {
 			return nil
 		}
 		st.Inc(shm.Wakeups)

@@ -32,8 +32,7 @@ import (
 // tends to take every connection; the lab shows that here too.
 type nginxStrategy struct {
 	cfg      Config
-	stopfd   int
-	stopped  atomic.Bool
+	stop     *stopEvent
 	disabled atomic.Int64 // ngx_accept_disabled, per worker
 	out      exhaustion
 }
@@ -45,35 +44,28 @@ func newNginx(cfg Config) (Strategy, error) {
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	stop, err := newStopEvent()
 	if err != nil {
-		return nil, fmt.Errorf("nginx: eventfd: %w", err)
+		return nil, fmt.Errorf("nginx: %w", err)
 	}
-	return &nginxStrategy{cfg: cfg, stopfd: efd}, nil
+	return &nginxStrategy{cfg: cfg, stop: stop}, nil
 }
 
-func (s *nginxStrategy) Stop() {
-	if s.stopped.CompareAndSwap(false, true) {
-		unix.Write(s.stopfd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	}
-}
+func (s *nginxStrategy) Stop() { s.stop.signal() }
 
 func (s *nginxStrategy) Serve(deliver func(net.Conn)) error {
-	defer unix.Close(s.stopfd)
+	defer unix.Close(s.stop.fd)
 	return runThreads(s.cfg.Threads, func() error { return s.thread(deliver) }, s.Stop)
 }
 
 func (s *nginxStrategy) thread(deliver func(net.Conn)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, err := s.stop.epoll()
 	if err != nil {
-		return fmt.Errorf("nginx: epoll_create1: %w", err)
+		return fmt.Errorf("nginx: %w", err)
 	}
 	defer unix.Close(ep)
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.stopfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}); err != nil {
-		return fmt.Errorf("nginx: watch stop eventfd: %w", err)
-	}
 	mu, pid, st := s.cfg.Mutex, s.cfg.PID, s.cfg.Stats
 	held := false // the listeners are in this thread's epoll
 	setListening := func(on bool) error {
@@ -96,7 +88,7 @@ func (s *nginxStrategy) thread(deliver func(net.Conn)) error {
 	}
 	events := make([]unix.EpollEvent, len(s.cfg.Listeners)+1)
 	delay := int(s.cfg.MutexDelay.Milliseconds())
-	for !s.stopped.Load() {
+	for !s.stop.stopped.Load() {
 		locked := false
 		if s.disabled.Load() > 0 {
 			s.disabled.Add(-1)
