@@ -27,6 +27,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve a directory over HTTP with prefork workers", runServe},
 		{"status", "print a running master's scoreboard", runStatus},
+		{"bench", "run the lab: strategies under load, as a table, JSON and charts", runBench},
 		{"version", "print herd's version", runVersion},
 		{"help", "explain a command", runHelp},
 	}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/herd-run/herd/internal/lab"
+)
+
+// herd bench runs a small matrix end to end and its report holds together:
+// every accepted connection is a counted request or error, the herd shows,
+// and the page is self-contained.
+func TestBenchReport(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	out, errOut, code := runHerd(t, "bench", "--strategies", "epoll,exclusive", "--workers", "8",
+		"--concurrency", "1", "--requests", "300", "--warmup", "20", "--json", jsonPath, "--html", htmlPath)
+	if code != 0 {
+		t.Fatalf("bench: exit %d\n%s", code, errOut)
+	}
+	if !strings.Contains(out, "wakeups/conn") || !strings.Contains(errOut, "[2/2] exclusive") {
+		t.Errorf("table or progress missing:\n%s\n%s", out, errOut)
+	}
+
+	// The JSON has the documented shape.
+	var raw map[string]any
+	b, err := os.ReadFile(jsonPath)
+	must(t, err)
+	must(t, json.Unmarshal(b, &raw))
+	env := raw["env"].(map[string]any)
+	for _, k := range []string{"kernel", "cpus", "go"} {
+		if _, ok := env[k]; !ok {
+			t.Errorf("env lacks %q", k)
+		}
+	}
+	first := raw["runs"].([]any)[0].(map[string]any)
+	for _, k := range []string{"strategy", "workers", "mode", "concurrency", "requests", "errors", "rps", "latency_ms",
+		"accepts", "wakeups", "spurious_wakeups", "per_worker_conns", "jain", "ctx_switches"} {
+		if _, ok := first[k]; !ok {
+			t.Errorf("run lacks %q", k)
+		}
+	}
+	for _, k := range []string{"p50", "p99", "max"} {
+		if _, ok := first["latency_ms"].(map[string]any)[k]; !ok {
+			t.Errorf("latency_ms lacks %q", k)
+		}
+	}
+
+	rep, err := lab.ReadReport(jsonPath)
+	must(t, err)
+	if len(rep.Runs) != 2 {
+		t.Fatalf("%d runs, want 2", len(rep.Runs))
+	}
+	per := map[string]lab.Run{}
+	for _, r := range rep.Runs {
+		per[r.Strategy] = r
+		var sum uint64
+		for _, n := range r.PerWorkerConns {
+			sum += n
+		}
+		if len(r.PerWorkerConns) != 8 || sum != r.Accepts || r.Accepts != uint64(r.Requests+r.Errors) {
+			t.Errorf("%s: per-worker %v (sum %d), accepts %d, requests %d + errors %d: do not add up",
+				r.Strategy, r.PerWorkerConns, sum, r.Accepts, r.Requests, r.Errors)
+		}
+		if r.Jain <= 0 || r.Jain > 1 {
+			t.Errorf("%s: Jain's index %v outside (0,1]", r.Strategy, r.Jain)
+		}
+		if r.CtxSwitches == 0 || r.LatencyMS.P50 <= 0 || r.LatencyMS.P50 > r.LatencyMS.Max {
+			t.Errorf("%s: implausible ctx switches %d or latencies %+v", r.Strategy, r.CtxSwitches, r.LatencyMS)
+		}
+	}
+	if per["epoll"].WakeupsPerConn <= per["exclusive"].WakeupsPerConn {
+		t.Errorf("epoll %.3f wakeups/conn, not more than exclusive's %.3f", per["epoll"].WakeupsPerConn, per["exclusive"].WakeupsPerConn)
+	}
+
+	page, err := os.ReadFile(htmlPath)
+	must(t, err)
+	if n := strings.Count(string(page), "<svg"); n < 4 {
+		t.Errorf("%d charts in the page, want at least 4", n)
+	}
+	if regexp.MustCompile(`(?i)(src|href)\s*=|<script|@import|url\(`).Match(page) {
+		t.Errorf("the page fetches something; it must be self-contained")
+	}
+}
+
+// The seed 002 preset runs both phases and sets the seed's figures beside ours.
+func TestBenchPresetSeed002(t *testing.T) {
+	out, errOut, code := runHerd(t, "bench", "--preset", "seed002", "--strategies", "epoll,exclusive", "--duration", "300ms", "--warmup", "20")
+	if code != 0 {
+		t.Fatalf("bench --preset seed002: exit %d\n%s", code, errOut)
+	}
+	for _, want := range []string{"Seed 002", "6884", "1557", "accept4 calls per 1000, here", "requests/s, here"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestBenchErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--strategies", "telepathy"}, `unknown strategy "telepathy"`},
+		{[]string{"--workers", "0"}, "not a positive number"},
+		{[]string{"--mode", "udp"}, `mode "udp"`},
+		{[]string{"--preset", "nope"}, `unknown preset "nope"`},
+		{[]string{"--command", "true", "--target", "10.1.2.3:80"}, "not a loopback address"},
+	} {
+		_, errOut, code := runHerd(t, append([]string{"bench", "--requests", "10"}, tc.args...)...)
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("bench %v: exit %d, stderr %q; want an error with %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package lab
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testServer(t *testing.T, body string) string {
+	t.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, body)
+	}))
+	t.Cleanup(ts.Close)
+	return strings.TrimPrefix(ts.URL, "http://")
+}
+
+func TestLoadCountsAndValidates(t *testing.T) {
+	addr := testServer(t, Body)
+	for _, keep := range []bool{false, true} {
+		res, err := Load{Addr: addr, Concurrency: 3, KeepAlive: keep, Requests: 90, WantLength: int64(len(Body))}.Run(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Requests != 90 || res.Errors != 0 || res.Latency.TotalCount() != 90 {
+			t.Errorf("keepalive=%v: %d ok, %d errors %v, %d latencies", keep, res.Requests, res.Errors, res.ErrorKinds, res.Latency.TotalCount())
+		}
+		wantConns := 90
+		if keep {
+			wantConns = 3
+		}
+		if res.Connections != wantConns {
+			t.Errorf("keepalive=%v: %d connections, want %d", keep, res.Connections, wantConns)
+		}
+	}
+	res, err := Load{Addr: addr, Requests: 5, WantLength: 99}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ErrorKinds["bad_response"] != 5 || res.Requests != 0 {
+		t.Errorf("wrong length not caught: %+v", res.ErrorKinds)
+	}
+}
+
+func TestLoadRefused(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	res, err := Load{Addr: addr, Requests: 4, WantLength: -1}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ErrorKinds["refused"] != 4 {
+		t.Errorf("closed port: %+v", res.ErrorKinds)
+	}
+}
+
+// A load stops by itself at its duration, however fast the server is.
+func TestLoadDurationBound(t *testing.T) {
+	addr := testServer(t, Body)
+	start := time.Now()
+	res, err := Load{Addr: addr, Concurrency: 2, KeepAlive: true, Duration: 200 * time.Millisecond, WantLength: -1}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*time.Second || res.Requests == 0 {
+		t.Errorf("duration-bound load: %d requests in %v", res.Requests, time.Since(start))
+	}
+}
+
+// The lab sends nothing anywhere but loopback.
+func TestOnlyLoopback(t *testing.T) {
+	for _, a := range []string{"10.0.0.1:80", "192.168.1.1:80", "8.8.8.8:53", "example.com:80", "[2001:db8::1]:80"} {
+		if _, err := (Load{Addr: a, Requests: 1}).Run(context.Background()); err == nil {
+			t.Errorf("load to %s was allowed", a)
+		}
+	}
+	for _, a := range []string{"127.0.0.1:80", "127.3.2.1:80", "[::1]:80", "localhost:80"} {
+		if err := Check(a); err != nil {
+			t.Errorf("%s refused: %v", a, err)
+		}
+	}
+}
+
+func TestJain(t *testing.T) {
+	if j := Jain([]uint64{5, 5, 5, 5}); j != 1 {
+		t.Errorf("even: %v", j)
+	}
+	if j := Jain([]uint64{8, 0, 0, 0}); j != 0.25 {
+		t.Errorf("one takes all: %v", j)
+	}
+	if j := Jain(nil); j != 0 {
+		t.Errorf("empty: %v", j)
+	}
+}

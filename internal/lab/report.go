@@ -1,0 +1,203 @@
+package lab
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/herd-run/herd/internal/shm"
+)
+
+// Report is a whole experiment: where it ran and one Run per cell.
+type Report struct {
+	Env    Env    `json:"env"`
+	Preset string `json:"preset,omitempty"`
+	Runs   []Run  `json:"runs"`
+}
+
+// Env describes the machine.
+type Env struct {
+	Kernel string `json:"kernel"`
+	CPUs   int    `json:"cpus"`
+	Go     string `json:"go"`
+	Host   string `json:"host,omitempty"`
+	Time   string `json:"time"`
+}
+
+// Latency is in milliseconds.
+type Latency struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99_9"`
+	Max  float64 `json:"max"`
+}
+
+// Run is one cell's figures. Counter fields are the growth during the
+// measured load only (warm-up excluded).
+type Run struct {
+	Phase       string         `json:"phase,omitempty"` // a preset's part: "count" or "throughput"
+	Strategy    string         `json:"strategy"`
+	Workers     int            `json:"workers"`
+	Mode        string         `json:"mode"`
+	Concurrency int            `json:"concurrency"`
+	Requests    int            `json:"requests"` // answered as expected
+	Errors      int            `json:"errors"`
+	ErrorKinds  map[string]int `json:"error_kinds,omitempty"`
+	Connections int            `json:"connections"` // opened by the clients
+	Seconds     float64        `json:"seconds"`
+	RPS         float64        `json:"rps"`
+	LatencyMS   Latency        `json:"latency_ms"`
+
+	Scoreboard      bool     `json:"scoreboard"` // false: no herd scoreboard (another server)
+	Accepts         uint64   `json:"accepts"`
+	Wakeups         uint64   `json:"wakeups"`
+	SpuriousWakeups uint64   `json:"spurious_wakeups"`
+	Timeouts        uint64   `json:"timeouts"`
+	WakeupsPerConn  float64  `json:"wakeups_per_conn"`
+	Accept4PerK     float64  `json:"accept4_calls_per_1000_conns"` // accepts + spurious, as strace would count them
+	PerWorkerConns  []uint64 `json:"per_worker_conns"`
+	Jain            float64  `json:"jain"`
+	MaxOverMean     float64  `json:"max_over_mean"`
+
+	CtxSwitches            uint64  `json:"ctx_switches"` // voluntary + involuntary, master and workers
+	CtxSwitchesVoluntary   uint64  `json:"ctx_switches_voluntary"`
+	CtxSwitchesInvoluntary uint64  `json:"ctx_switches_involuntary"`
+	CtxSwitchesPerRequest  float64 `json:"ctx_switches_per_request"`
+	CPUSeconds             float64 `json:"cpu_seconds"`
+	CPUPerRequestUS        float64 `json:"cpu_us_per_request"`
+}
+
+func newRun(c Cell, res *Result, before, after shm.Snapshot, board bool, procs ProcStats) *Run {
+	ms := func(q float64) float64 { return float64(res.Latency.ValueAtQuantile(q)) / 1000 }
+	r := &Run{
+		Strategy: c.Strategy, Workers: c.Workers, Mode: c.Mode, Concurrency: c.Concurrency,
+		Requests: res.Requests, Errors: res.Errors, ErrorKinds: res.ErrorKinds, Connections: res.Connections,
+		Seconds: res.Elapsed.Seconds(), RPS: res.RPS(),
+		LatencyMS: Latency{P50: ms(50), P90: ms(90), P99: ms(99), P999: ms(99.9), Max: float64(res.Latency.Max()) / 1000},
+		Scoreboard:             board,
+		CtxSwitches:            procs.Voluntary + procs.Involuntary,
+		CtxSwitchesVoluntary:   procs.Voluntary,
+		CtxSwitchesInvoluntary: procs.Involuntary,
+		CPUSeconds:             float64(procs.CPUTicks) / clockTick,
+	}
+	if len(r.ErrorKinds) == 0 {
+		r.ErrorKinds = nil
+	}
+	if n := float64(res.Requests + res.Errors); n > 0 {
+		r.CtxSwitchesPerRequest = float64(r.CtxSwitches) / n
+		r.CPUPerRequestUS = r.CPUSeconds * 1e6 / n
+	}
+	if board {
+		r.Accepts = after.Total.Accepts - before.Total.Accepts
+		r.Wakeups = after.Total.Wakeups - before.Total.Wakeups
+		r.SpuriousWakeups = after.Total.Spurious - before.Total.Spurious
+		r.Timeouts = after.Total.Timeouts - before.Total.Timeouts
+		if r.Accepts > 0 {
+			r.WakeupsPerConn = float64(r.Wakeups) / float64(r.Accepts)
+			r.Accept4PerK = 1000 * float64(r.Accepts+r.SpuriousWakeups) / float64(r.Accepts)
+		}
+		r.PerWorkerConns = perWorkerGrowth(before, after)
+		r.Jain = Jain(r.PerWorkerConns)
+		r.MaxOverMean = maxOverMean(r.PerWorkerConns)
+	}
+	return r
+}
+
+// perWorkerGrowth is each live worker's accepts during the load, in slot order.
+func perWorkerGrowth(before, after shm.Snapshot) []uint64 {
+	prev := map[int]uint64{}
+	for _, w := range before.Live {
+		prev[w.PID] = w.Accepts
+	}
+	live := append([]shm.WorkerStat(nil), after.Live...)
+	sort.Slice(live, func(i, j int) bool { return live[i].Slot < live[j].Slot })
+	out := make([]uint64, 0, len(live))
+	for _, w := range live {
+		out = append(out, w.Accepts-prev[w.PID])
+	}
+	return out
+}
+
+// Jain is Jain's fairness index (Σx)²/(n·Σx²): 1 when every worker took the
+// same share, 1/n when one took everything. 0 for no data.
+func Jain(xs []uint64) float64 {
+	var sum, sq float64
+	for _, x := range xs {
+		sum += float64(x)
+		sq += float64(x) * float64(x)
+	}
+	if sq == 0 {
+		return 0
+	}
+	return sum * sum / (float64(len(xs)) * sq)
+}
+
+func maxOverMean(xs []uint64) float64 {
+	var sum, mx float64
+	for _, x := range xs {
+		sum += float64(x)
+		mx = max(mx, float64(x))
+	}
+	if sum == 0 {
+		return 0
+	}
+	return mx / (sum / float64(len(xs)))
+}
+
+// WriteTable prints the runs as an aligned table.
+func (r *Report) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "strategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t")
+	for _, x := range r.Runs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t\n",
+			x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
+			x.LatencyMS.P50, x.LatencyMS.P99, x.LatencyMS.Max,
+			board(x, "%.3f", x.WakeupsPerConn), board(x, "%d", x.SpuriousWakeups),
+			x.CtxSwitchesPerRequest, x.CPUPerRequestUS,
+			board(x, "%.3f", x.Jain), board(x, "%.2f", x.MaxOverMean), perWorker(x))
+	}
+	tw.Flush()
+}
+
+func board(x Run, format string, v any) string {
+	if !x.Scoreboard {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func perWorker(x Run) string {
+	if !x.Scoreboard {
+		return "-"
+	}
+	s := make([]string, len(x.PerWorkerConns))
+	for i, n := range x.PerWorkerConns {
+		s[i] = fmt.Sprint(n)
+	}
+	return strings.Join(s, " ")
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// ReadReport reads a report written by WriteJSON.
+func ReadReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}
