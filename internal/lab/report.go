@@ -78,7 +78,7 @@ func newRun(c Cell, res *Result, before, after shm.Snapshot, board bool, procs P
 		Strategy: c.Strategy, Workers: c.Workers, Mode: c.Mode, Concurrency: c.Concurrency,
 		Requests: res.Requests, Errors: res.Errors, ErrorKinds: res.ErrorKinds, Connections: res.Connections,
 		Seconds: res.Elapsed.Seconds(), RPS: res.RPS(),
-		LatencyMS: Latency{P50: ms(50), P90: ms(90), P99: ms(99), P999: ms(99.9), Max: float64(res.Latency.Max()) / 1000},
+		LatencyMS:              Latency{P50: ms(50), P90: ms(90), P99: ms(99), P999: ms(99.9), Max: float64(res.Latency.Max()) / 1000},
 		Scoreboard:             board,
 		CtxSwitches:            procs.Voluntary + procs.Involuntary,
 		CtxSwitchesVoluntary:   procs.Voluntary,
