@@ -14,13 +14,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
 )
 
 // Load describes one closed-loop load: Concurrency clients, each sending a
@@ -106,6 +106,10 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	end, _ := ctx.Deadline()
+	// over: the time bound has passed. The clock is checked too because a
+	// context's timer can fire a little after its deadline.
+	over := func() bool { return ctx.Err() != nil || !time.Now().Before(end) }
 
 	var (
 		issued, done atomic.Int64
@@ -122,23 +126,26 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	}
 	stopProgress := l.progress(&done)
 	start := time.Now()
-	for i := range l.Concurrency {
+	for range l.Concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := &client{load: &l, request: request, source: sources(i)}
+			c := &client{load: &l, request: request, source: sources}
 			defer c.close()
 			local := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
 			ok, conns := 0, 0
 			kinds := map[string]int{}
-			for ctx.Err() == nil {
+			for !over() {
 				if l.Requests > 0 && issued.Add(1) > int64(l.Requests) {
 					break
 				}
 				t0 := time.Now()
 				err := c.do(ctx)
-				if err != nil && ctx.Err() != nil && isCanceled(err) {
-					break // the time bound cut this request: not a server error
+				if err != nil && over() {
+					// The time bound cut this request (net reports a dial
+					// cut by a context deadline as "i/o timeout"): not a
+					// server error, and not a request.
+					break
 				}
 				done.Add(1)
 				if err != nil {
@@ -190,18 +197,23 @@ func (l *Load) progress(done *atomic.Int64) (stop func()) {
 	return func() { close(quit); wg.Wait() }
 }
 
-// sourceAddrs spreads the clients of a connection-per-request load over
-// 127.0.0.2–127.0.0.251 when the target is IPv4 loopback: one source address
-// has about 28,000 ephemeral ports, and each closed connection holds its
-// port in TIME_WAIT for a minute, which would cap the rate.
-func sourceAddrs(target string, spread bool) func(i int) *net.TCPAddr {
+// sourceAddrs spreads the connections of a connection-per-request load
+// over 127.0.0.0/8 when the target is IPv4 loopback, a new source address
+// for every connection (127.1.0.2 onwards, never the server's 127.0.0.1):
+// the server closes first, so each finished connection leaves its 4-tuple
+// in TIME_WAIT for a minute, and with a fixed source address a fast load
+// soon collides with its own old connections (SYNs dropped, clients time
+// out) or runs out of the ~28,000 ephemeral ports.
+func sourceAddrs(target string, spread bool) func() *net.TCPAddr {
 	host, _, _ := net.SplitHostPort(target)
 	ip, err := netip.ParseAddr(host)
 	if !spread || err != nil || !ip.Is4() {
-		return func(int) *net.TCPAddr { return nil }
+		return func() *net.TCPAddr { return nil }
 	}
-	return func(i int) *net.TCPAddr {
-		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%250))}
+	var n atomic.Uint64
+	return func() *net.TCPAddr {
+		k := n.Add(1)
+		return &net.TCPAddr{IP: net.IPv4(127, byte(1+(k/62500)%200), byte((k/250)%250), byte(2+k%250))}
 	}
 }
 
@@ -209,7 +221,7 @@ func sourceAddrs(target string, spread bool) func(i int) *net.TCPAddr {
 type client struct {
 	load    *Load
 	request []byte
-	source  *net.TCPAddr
+	source  func() *net.TCPAddr
 	conn    net.Conn
 	br      *bufio.Reader
 	dials   int
@@ -226,8 +238,9 @@ func (c *client) do(ctx context.Context) error {
 	l := c.load
 	if c.conn == nil {
 		d := net.Dialer{Timeout: l.Timeout}
-		if c.source != nil {
-			d.LocalAddr = c.source
+		if a := c.source(); a != nil {
+			d.LocalAddr = a
+			d.Control = bindNoPort
 		}
 		conn, err := d.DialContext(ctx, "tcp", l.Addr)
 		if err != nil {
@@ -263,6 +276,18 @@ func (c *client) do(ctx context.Context) error {
 	return nil
 }
 
+// bindNoPort sets IP_BIND_ADDRESS_NO_PORT on a socket about to be bound
+// to a source address: the port is then chosen at connect(2), against the
+// whole 4-tuple, instead of at bind(2), where the kernel must find a port
+// free for every destination and gives up with EAGAIN under churn.
+func bindNoPort(_, _ string, rc syscall.RawConn) error {
+	var err error
+	rc.Control(func(fd uintptr) {
+		err = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	})
+	return err
+}
+
 type badResponse struct {
 	status int
 	length int64
@@ -289,9 +314,4 @@ func errorKind(err error) string {
 		return "no_source_port"
 	}
 	return "other"
-}
-
-func isCanceled(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		strings.Contains(err.Error(), "operation was canceled")
 }
