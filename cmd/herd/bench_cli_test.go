@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	pngpkg "image/png"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -115,5 +117,39 @@ func TestBenchErrors(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("bench %v: exit %d, stderr %q; want an error with %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// The report page renders in a real browser: headless Chromium (when
+// installed) draws it, and the picture is not blank.
+func TestBenchPageRendersInChromium(t *testing.T) {
+	if _, err := exec.LookPath("chromium"); err != nil {
+		t.Skip("chromium not installed; bench/screenshot.sh does the same by hand")
+	}
+	dir := t.TempDir()
+	htmlPath, png := filepath.Join(dir, "r.html"), filepath.Join(dir, "r.png")
+	if _, errOut, code := runHerd(t, "bench", "--strategies", "epoll,accept", "--workers", "2", "--requests", "50", "--html", htmlPath); code != 0 {
+		t.Fatalf("bench: %s", errOut)
+	}
+	cmd := exec.Command("bash", "../../bench/screenshot.sh", htmlPath, png)
+	cmd.Env = append(os.Environ(), "HEIGHT=900")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("screenshot: %v\n%s", err, out)
+	}
+	f, err := os.Open(png)
+	must(t, err)
+	defer f.Close()
+	img, err := pngpkg.Decode(f)
+	must(t, err)
+	colors := map[[3]uint32]bool{}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y += 7 {
+		for x := b.Min.X; x < b.Max.X; x += 7 {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			colors[[3]uint32{r >> 12, g >> 12, bl >> 12}] = true
+		}
+	}
+	if len(colors) < 6 {
+		t.Errorf("the rendered page has %d colours: the charts did not draw", len(colors))
 	}
 }

@@ -51,6 +51,9 @@ func runLabel(x Run, all []Run) string {
 		return false
 	}
 	parts := []string{x.Strategy}
+	if vary(func(y Run) string { return y.Phase }) {
+		parts = append(parts, x.Phase)
+	}
 	if vary(func(y Run) string { return fmt.Sprint(y.Workers) }) {
 		parts = append(parts, fmt.Sprintf("w%d", x.Workers))
 	}

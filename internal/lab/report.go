@@ -152,10 +152,14 @@ func maxOverMean(xs []uint64) float64 {
 // WriteTable prints the runs as an aligned table.
 func (r *Report) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "strategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t")
+	fmt.Fprintln(tw, "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t")
 	for _, x := range r.Runs {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t\n",
-			x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
+		phase := x.Phase
+		if phase == "" {
+			phase = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t\n",
+			phase, x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
 			x.LatencyMS.P50, x.LatencyMS.P99, x.LatencyMS.Max,
 			board(x, "%.3f", x.WakeupsPerConn), board(x, "%d", x.SpuriousWakeups),
 			x.CtxSwitchesPerRequest, x.CPUPerRequestUS,

@@ -169,8 +169,8 @@ func (m *Matrix) line(i, n int, r *Run) {
 	if m.Terminal {
 		fmt.Fprint(m.Progress, "\r\033[K")
 	}
-	fmt.Fprintf(m.Progress, "[%d/%d] %s w=%d %s c=%d: %d requests, %d errors, %.0f req/s, %.2f wakeups/conn\n",
-		i+1, n, r.Strategy, r.Workers, r.Mode, r.Concurrency, r.Requests, r.Errors, r.RPS, r.WakeupsPerConn)
+	fmt.Fprintf(m.Progress, "[%d/%d] %s w=%d %s c=%d: %d requests, %d errors, %.0f req/s, %s wakeups/conn\n",
+		i+1, n, r.Strategy, r.Workers, r.Mode, r.Concurrency, r.Requests, r.Errors, r.RPS, board(*r, "%.2f", r.WakeupsPerConn))
 }
 
 // server is one started server under test.
