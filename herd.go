@@ -95,6 +95,17 @@ type Server struct {
 	// negative: never.
 	ExclusiveReorder int
 
+	// WorkerTimeout kills and replaces a worker whose heartbeat (refreshed
+	// every second by the worker process) is older than this: a frozen
+	// process. Default 30s, as gunicorn; negative: never.
+	WorkerTimeout time.Duration
+
+	// MaxRequests replaces a worker after it has answered this many
+	// requests, plus up to MaxRequestsJitter more (random per worker). The
+	// successor starts first; nothing is dropped. 0: never.
+	MaxRequests       int
+	MaxRequestsJitter int
+
 	// ConfigureServer, if set, adjusts each worker's http.Server before it
 	// serves: timeouts, limits, ErrorLog.
 	ConfigureServer func(*http.Server)
@@ -163,6 +174,7 @@ func (s *Server) Start() error {
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Log: log, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
 		MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
+		WorkerTimeout: workerTimeout(s.WorkerTimeout), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
 	})
 	if err != nil {
 		return fmt.Errorf("herd: %w", err)
@@ -187,6 +199,16 @@ func (s *Server) Start() error {
 		<-s.done
 		return fmt.Errorf("herd: workers not ready within %v", timeout)
 	}
+}
+
+func workerTimeout(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return 30 * time.Second
+	case d < 0:
+		return 0
+	}
+	return d
 }
 
 // Addrs returns the addresses the server listens on, with chosen ports

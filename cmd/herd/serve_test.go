@@ -415,3 +415,51 @@ func TestTTINAndTTOU(t *testing.T) {
 		t.Errorf("TTOU at one worker: %d workers, %d live", s.Workers, len(s.Live))
 	}
 }
+
+// A worker that stops running (here: SIGSTOP) stops beating; the master
+// kills it after --worker-timeout and a new one takes its slot.
+func TestStuckWorkerIsReplaced(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2", "--worker-timeout", "1s")
+	victim := h.status().Live[0]
+	must(t, syscall.Kill(victim.PID, syscall.SIGSTOP))
+	h.waitStatus("stuck worker replaced", 10*time.Second, func(s shm.Snapshot) bool {
+		for _, w := range s.Live {
+			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == "ready" {
+				return true
+			}
+		}
+		return false
+	})
+	if alive(victim.PID) {
+		t.Errorf("stuck worker %d still exists", victim.PID)
+	}
+	if !strings.Contains(h.Log(), "worker stopped responding") {
+		t.Errorf("not logged:\n%s", h.Log())
+	}
+}
+
+// --max-requests recycles workers under load without a failed request.
+func TestMaxRequestsRecyclesWithoutDrops(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2", "--max-requests", "100", "--max-requests-jitter", "20")
+	first := readyPIDs(h.status(), 1)
+	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 1000, 30*time.Second, nil)
+	if res.failed != 0 {
+		t.Fatalf("sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
+	}
+	s := h.waitStatus("workers recycled", 10*time.Second, func(s shm.Snapshot) bool { return s.Total.Requests >= 1000 })
+	for _, p := range first {
+		if slices.Contains(readyPIDs(s, 1), p) {
+			t.Errorf("worker %d served past its quota", p)
+		}
+	}
+	if n := strings.Count(h.Log(), "reached max requests"); n < 6 {
+		t.Errorf("%d recycles for 1000 requests at 100-120 per worker, want at least 6", n)
+	}
+	for _, w := range s.Live {
+		if w.Requests > 120+200 { // a retiring worker serves on until its successor is ready
+			t.Errorf("worker %d answered %d requests, over its quota", w.PID, w.Requests)
+		}
+	}
+}

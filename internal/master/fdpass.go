@@ -30,6 +30,7 @@ type dispatcher struct {
 	workers  map[*proc]bool           // ready and not stopping: may receive
 	inflight map[*proc]map[uint64]int // sent, not yet acknowledged: seq → master's copy
 	orphans  []int                    // accepted, no worker could take them yet
+	idle     map[*proc]func()         // retired workers waiting for their in-flight to be acknowledged
 	seq      uint64
 	stopping atomic.Bool
 	wg       sync.WaitGroup
@@ -37,7 +38,7 @@ type dispatcher struct {
 
 func newDispatcher(log *slog.Logger, board *shm.Scoreboard, limit int) *dispatcher {
 	return &dispatcher{log: log, board: board, limit: limit,
-		workers: map[*proc]bool{}, inflight: map[*proc]map[uint64]int{}}
+		workers: map[*proc]bool{}, inflight: map[*proc]map[uint64]int{}, idle: map[*proc]func(){}}
 }
 
 // run starts one accepting thread per listener. The sockets are blocking
@@ -169,6 +170,31 @@ func (d *dispatcher) ack(p *proc, seq uint64) {
 		unix.Close(fd)
 		delete(d.inflight[p], seq)
 	}
+	if fn, ok := d.idle[p]; ok && len(d.inflight[p]) == 0 {
+		delete(d.idle, p)
+		go fn()
+	}
+}
+
+// whenIdle calls fn (in a new goroutine) once nothing sent to the retired
+// worker p is waiting for its acknowledgement — at once if nothing is. The
+// master stops a worker only then, so a stopping worker never has to drop
+// a descriptor that reached it too late to be served.
+func (d *dispatcher) whenIdle(p *proc, fn func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.inflight[p]) == 0 {
+		go fn()
+		return
+	}
+	d.idle[p] = fn
+}
+
+// stopAccepting ends the accepting threads and waits for them, so a
+// stopping master accepts nothing it could no longer hand to a worker.
+func (d *dispatcher) stopAccepting() {
+	d.stopping.Store(true)
+	d.wg.Wait()
 }
 
 // ready lets p receive, and hands it what no worker could take.
@@ -195,6 +221,7 @@ func (d *dispatcher) retire(p *proc) {
 func (d *dispatcher) gone(p *proc) {
 	d.mu.Lock()
 	delete(d.workers, p)
+	delete(d.idle, p)
 	lost := d.inflight[p]
 	delete(d.inflight, p)
 	d.mu.Unlock()
@@ -208,8 +235,7 @@ func (d *dispatcher) gone(p *proc) {
 
 // stop ends accepting and closes what was never handed over.
 func (d *dispatcher) stop() {
-	d.stopping.Store(true)
-	d.wg.Wait()
+	d.stopAccepting()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, fd := range d.orphans {

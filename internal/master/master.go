@@ -50,6 +50,10 @@ type Config struct {
 	MutexDelay        time.Duration // nginx: accept_mutex_delay; default 500ms
 	ReorderEvery      int           // exclusive: re-add every N accepts; default 16, negative: never
 
+	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
+	MaxRequests       int           // replace a worker after this many requests; 0: never
+	MaxRequestsJitter int           // plus up to this many more, at random per worker
+
 	// Path and Args are the command a worker runs: by default this very
 	// executable with this process's arguments. Env is added to the
 	// environment the master has.
@@ -76,6 +80,10 @@ type Master struct {
 	reuse    map[int][]*Socket // reuseport: each slot's own sockets
 	disp     *dispatcher       // fdpass: the master accepts and passes
 
+	upgrade    *upgradeState // USR2: the new master we started, until it is ready
+	handedOver bool          // a new master serves our sockets now
+	readyFD    *os.File      // we are the new master of an upgrade: say "ready" here
+
 	signals chan os.Signal
 	events  chan event
 	ready   chan struct{}
@@ -100,6 +108,7 @@ type proc struct {
 	started        time.Time
 	ready          bool
 	stopping       bool
+	retiring       bool // asked to be replaced (max requests): stops once its successor is ready
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
@@ -130,6 +139,10 @@ const (
 	evTick        // a backoff or timeout expired: re-examine state
 	evReloadTimer // the reload's readiness deadline passed
 	evDeadline    // the stop deadline passed: kill what is left
+	evUpgradeReady
+	evUpgradeFailed
+	evRecycle   // a worker reached --max-requests
+	evHeartbeat // time to look for stuck workers
 )
 
 // New checks the configuration and creates the sockets and the scoreboard.
@@ -171,7 +184,15 @@ func New(cfg Config) (*Master, error) {
 // and the pid file last.
 func (m *Master) open() error {
 	cfg := m.cfg
-	if cfg.Strategy == "reuseport" {
+	in, err := inherited()
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		if err := m.adopt(in); err != nil {
+			return err
+		}
+	} else if cfg.Strategy == "reuseport" {
 		m.reuse = map[int][]*Socket{}
 		for slot := 0; slot < cfg.Workers; slot++ {
 			socks, err := m.slotSockets(slot)
@@ -333,6 +354,20 @@ func (m *Master) Run() error {
 		}
 		defer m.disp.stop()
 	}
+	if m.cfg.WorkerTimeout > 0 {
+		tick := time.NewTicker(min(m.cfg.WorkerTimeout/2, time.Second))
+		defer tick.Stop()
+		go func() {
+			for {
+				select {
+				case <-tick.C:
+					m.post(event{kind: evHeartbeat})
+				case <-m.done:
+					return
+				}
+			}
+		}()
+	}
 	m.fillSlots()
 	for !(m.stopping && len(m.procs) == 0) {
 		select {
@@ -384,7 +419,7 @@ func (m *Master) handleSignal(sig os.Signal) {
 			}
 		}
 	case unix.SIGUSR2:
-		m.log.Warn("USR2 (binary upgrade) is not supported by this version; ignored")
+		m.startUpgrade()
 	}
 }
 
@@ -401,6 +436,7 @@ func (m *Master) handleEvent(ev event) {
 		}
 		m.log.Debug("worker ready", "slot", ev.p.slot, "gen", ev.p.gen, "pid", ev.p.pid())
 		m.unwait(ev.p)
+		m.retireReplaced(ev.p)
 		m.checkReady()
 	case evExited:
 		m.reap(ev.p, ev.err)
@@ -413,7 +449,54 @@ func (m *Master) handleEvent(ev event) {
 			m.log.Warn("worker did not stop in time; killing", "slot", p.slot, "pid", p.pid())
 			p.cmd.Process.Signal(unix.SIGKILL)
 		}
+	case evRecycle:
+		if _, live := m.procs[ev.p]; live && !ev.p.stopping && !ev.p.retiring && ev.p.gen == m.gen {
+			ev.p.retiring = true // fillSlots starts its successor
+			m.log.Info("worker reached max requests; replacing it", "slot", ev.p.slot, "pid", ev.p.pid())
+		}
+	case evHeartbeat:
+		m.checkHeartbeats()
+	case evUpgradeReady:
+		if m.upgrade != nil {
+			m.upgradeDone()
+		}
+	case evUpgradeFailed:
+		m.upgradeFailed(ev.err)
 	case evTick:
+	}
+}
+
+// retireReplaced stops, gracefully, the retiring workers of the slot whose
+// successor q has just become ready.
+func (m *Master) retireReplaced(q *proc) {
+	for p := range m.procs {
+		if p != q && p.retiring && p.slot == q.slot && p.gen == q.gen {
+			m.stopProc(p, unix.SIGQUIT)
+		}
+	}
+}
+
+// checkHeartbeats kills workers whose heartbeat is older than
+// --worker-timeout: a frozen process (stopped, deadlocked runtime, swapped
+// out) that still holds its share of connections. gunicorn and unicorn do
+// the same with their worker timeouts. The slot is then refilled as after
+// any death. A worker's goroutines beat independently of its handlers, so
+// one slow request does not count as stuck; a whole process that does not
+// run does.
+func (m *Master) checkHeartbeats() {
+	now := time.Now().UnixNano()
+	limit := m.cfg.WorkerTimeout.Nanoseconds()
+	for p := range m.procs {
+		r := m.board.Record(p.rec)
+		if !p.ready || r == nil {
+			continue
+		}
+		beat := int64(r.Load(shm.Heartbeat))
+		if beat > 0 && now-beat > limit {
+			m.log.Error("worker stopped responding; killing it", "slot", p.slot, "pid", p.pid(),
+				"silent_for", time.Duration(now-beat).Truncate(time.Millisecond))
+			p.cmd.Process.Signal(unix.SIGKILL)
+		}
 	}
 }
 
@@ -432,6 +515,12 @@ func (m *Master) checkReady() {
 		m.isReady = true
 		close(m.ready)
 		m.log.Info("herd ready", "listen", strings.Join(m.Addrs(), ","), "workers", n)
+		if m.readyFD != nil {
+			// We are the new master of a binary upgrade: the old one may go.
+			m.readyFD.Write([]byte("ready"))
+			m.readyFD.Close()
+			m.readyFD = nil
+		}
 	}
 }
 
@@ -440,7 +529,7 @@ func (m *Master) checkReady() {
 func (m *Master) fillSlots() {
 	covered := map[int]bool{}
 	for p := range m.procs {
-		if p.gen == m.gen && !p.stopping {
+		if p.gen == m.gen && !p.stopping && !p.retiring {
 			covered[p.slot] = true
 		}
 	}
@@ -533,6 +622,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		Slot: slot, Generation: gen, Record: rec, Listeners: names,
 		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
 		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
+		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter,
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
@@ -566,6 +656,8 @@ func (m *Master) readControl(p *proc) {
 		msg := string(buf[:n])
 		if msg == "ready" {
 			m.post(event{kind: evReady, p: p})
+		} else if msg == "recycle" {
+			m.post(event{kind: evRecycle, p: p})
 		} else if seq, ok := strings.CutPrefix(msg, "ack "); ok && m.disp != nil {
 			if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
 				m.disp.ack(p, n)
@@ -705,11 +797,20 @@ func (m *Master) stopProc(p *proc, sig unix.Signal) {
 		return
 	}
 	p.stopping = true
-	if m.disp != nil {
-		m.disp.retire(p)
-	}
 	if r := m.board.Record(p.rec); r != nil && sig == unix.SIGQUIT {
 		r.Store(shm.State, shm.StateStopping)
+	}
+	if m.disp != nil && sig == unix.SIGQUIT {
+		// Send nothing more, and stop it once what was sent is taken.
+		m.disp.retire(p)
+		var once sync.Once
+		quit := func() { once.Do(func() { p.cmd.Process.Signal(unix.SIGQUIT) }) }
+		m.disp.whenIdle(p, quit)
+		time.AfterFunc(time.Second, quit) // a worker that never acknowledges
+		return
+	}
+	if m.disp != nil {
+		m.disp.retire(p)
 	}
 	p.cmd.Process.Signal(sig)
 }
@@ -721,9 +822,15 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 		return // a fast stop is never downgraded; a second QUIT changes nothing
 	}
 	m.stopping = true
+	if m.upgrade != nil {
+		m.upgradeFailed(errors.New("this master was told to stop"))
+	}
 	if m.reload != nil {
 		m.reload.timer.Stop()
 		m.reload = nil
+	}
+	if graceful && m.disp != nil {
+		m.disp.stopAccepting() // the backlog keeps what arrives now (for a new master, if any)
 	}
 	wsig, bound := unix.SIGTERM, m.cfg.StopTimeout
 	if graceful {
@@ -746,6 +853,9 @@ func (m *Master) close() {
 		if m.deadline != nil {
 			m.deadline.Stop()
 		}
+		if m.handedOver {
+			m.forgetSocketPaths() // the new master's now: keep the unix socket files
+		}
 		m.closeSockets()
 		m.region.Close()
 		if m.lockFile != "" {
@@ -753,6 +863,7 @@ func (m *Master) close() {
 		}
 		if m.cfg.PIDFile != "" {
 			removePIDFile(m.cfg.PIDFile)
+			removePIDFile(m.cfg.PIDFile + ".oldbin")
 		}
 	})
 }
@@ -768,6 +879,12 @@ func (m *Master) closeSockets() {
 	}
 	for _, s := range m.sockets {
 		s.Close()
+	}
+}
+
+func (m *Master) forgetSocketPaths() {
+	for _, s := range m.sockets {
+		s.path = ""
 	}
 }
 

@@ -93,10 +93,14 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// countRequests bumps Requests once a handler has answered.
-func countRequests(h http.Handler, st *shm.Record) http.Handler {
+// countRequests bumps Requests once a handler has answered, and tells
+// after (if set) the new count.
+func countRequests(h http.Handler, st *shm.Record, after func(n uint64)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(w, r)
-		st.Inc(shm.Requests)
+		n := st.Add(shm.Requests, 1)
+		if after != nil {
+			after(n)
+		}
 	})
 }

@@ -34,6 +34,8 @@ type Spec struct {
 	LockFile          string        `json:"lock_file,omitempty"`
 	MutexDelay        time.Duration `json:"accept_mutex_delay,omitempty"`
 	ReorderEvery      int           `json:"exclusive_reorder,omitempty"`
+	MaxRequests       int           `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
+	MaxRequestsJitter int           `json:"max_requests_jitter,omitempty"`
 }
 
 // Env renders the spec as an environment entry.

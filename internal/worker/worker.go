@@ -9,11 +9,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
@@ -93,7 +95,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if opts.Configure != nil {
 		opts.Configure(srv)
 	}
-	srv.Handler = countRequests(opts.Handler, st)
+	srv.Handler = countRequests(opts.Handler, st, recycler(spec, ctrl))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	accepting := make(chan error, 1)
@@ -172,6 +174,28 @@ func drainConns(ctx context.Context, srv *http.Server, st *shm.Record) error {
 		}
 	}
 	return nil
+}
+
+// recycler returns what to call after each request: under --max-requests,
+// once this worker has answered its quota (max plus a random jitter, so
+// workers started together do not all recycle at once) it asks the master
+// for a replacement, once. The master starts the new worker first and stops
+// this one gracefully only when the new one is ready, so no request is
+// dropped (gunicorn's max_requests, without its gap).
+func recycler(spec *Spec, ctrl *control) func(n uint64) {
+	if spec.MaxRequests <= 0 {
+		return nil
+	}
+	limit := uint64(spec.MaxRequests)
+	if spec.MaxRequestsJitter > 0 {
+		limit += uint64(rand.IntN(spec.MaxRequestsJitter + 1))
+	}
+	var once sync.Once
+	return func(n uint64) {
+		if n >= limit {
+			once.Do(func() { ctrl.send("recycle") })
+		}
+	}
 }
 
 // heartbeat refreshes the record's Heartbeat field every second so the
