@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,11 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		command     = flags.String("command", "", "serve with this shell command instead of herd (needs --target)")
 		target      = flags.String("target", "", "with --command: the loopback address it serves on")
 		path        = flags.String("path", "/hello.txt", "with --command: the path to request")
+		chaos       = flags.Bool("chaos", false, "soak: run the load for --duration while reloading, upgrading and killing workers")
+		reloads     = flags.Int("reloads", 5, "with --chaos: HUP reloads")
+		upgrades    = flags.Int("upgrades", 1, "with --chaos: USR2 binary upgrades")
+		kills       = flags.Int("kills", 3, "with --chaos: SIGKILLs of workers that hold no connection")
+		pidFile     = flags.String("pid-file", "", "with --chaos and --command: the server's pid file")
 		serveArgs   listFlag
 	)
 	flags.Var(&serveArgs, "serve-arg", "an extra flag for herd serve (repeatable), e.g. --serve-arg=--multi-accept")
@@ -68,6 +74,13 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 
+	if *chaos {
+		return runChaos(ctx, m, lab.Chaos{
+			Load: lab.Load{Duration: *duration}, PIDFile: *pidFile, Nginx: *command != "",
+			Reloads: *reloads, Upgrades: *upgrades, Kills: *kills, Log: stderr,
+		}, *jsonOut, stdout)
+	}
+
 	var rep *lab.Report
 	switch *preset {
 	case "":
@@ -87,6 +100,31 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return err
+}
+
+// runChaos soaks one server: the first of --strategies (or the --command),
+// the first worker count and concurrency.
+func runChaos(ctx context.Context, m lab.Matrix, c lab.Chaos, jsonPath string, stdout io.Writer) error {
+	if c.Load.Duration <= 0 {
+		c.Load.Duration = 20 * time.Second
+	}
+	if c.Reloads < 0 || c.Upgrades < 0 || c.Kills < 0 {
+		return errors.New("bench: --reloads, --upgrades and --kills cannot be negative")
+	}
+	cell := lab.Cell{Strategy: m.Strategies[0], Workers: m.Workers[0], Mode: m.Modes[0], Concurrency: m.Concurrency[0]}
+	res, err := m.Soak(ctx, cell, c)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "server %s: %d requests in %.1fs, %d failed %v; %d reloads, %d upgrades, %d kills\n",
+		res.Server, res.Requests, res.Seconds, res.Failed, res.ErrorKinds, res.Reloads, res.Upgrades, res.Kills)
+	if jsonPath != "" {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+	}
+	return nil
 }
 
 // seed002 is the experiment of seed 002: 8 workers, ab -c4, 1000

@@ -139,6 +139,24 @@ func New(name string, cfg Config) (Strategy, error) {
 	return strategies[name](cfg)
 }
 
+// accepted counts a connection the moment accept4 has returned it: as
+// accepted, and as active — the worker holds it from now on, even before
+// it is wrapped and handed on. (`herd bench --chaos` kills workers that
+// show no active connection; the earlier the count, the smaller the window
+// in which such a worker holds one anyway.) deliver hands it on; a
+// connection that cannot be wrapped is counted out again.
+func accepted(st *shm.Record, fd int, deliver func(net.Conn), log *slog.Logger) {
+	st.Inc(shm.Accepts)
+	st.Inc(shm.Active)
+	c, err := fdConn(fd)
+	if err != nil {
+		st.Add(shm.Active, -1)
+		log.Warn("accept: wrap connection", "err", err)
+		return
+	}
+	deliver(c)
+}
+
 // fdConn turns a freshly accepted, blocking, close-on-exec descriptor into a
 // net.Conn and closes the original. net.FileConn costs a dup(2) and an
 // epoll_ctl(2): the price of handing a raw accept to net/http. (The native

@@ -91,14 +91,8 @@ func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
 		switch {
 		case err == nil:
 			st.Inc(shm.Wakeups)
-			st.Inc(shm.Accepts)
+			accepted(st, fd, deliver, b.cfg.Log)
 			b.out.recovered(b.cfg.Log)
-			c, err := fdConn(fd)
-			if err != nil {
-				b.cfg.Log.Warn("accept: wrap connection", "listener", l.Addr, "err", err)
-				continue
-			}
-			deliver(c)
 		case err == unix.EAGAIN:
 			// Either SO_RCVTIMEO expired (nobody came) or we were woken and
 			// another thread took the connection first.
@@ -138,9 +132,6 @@ func (b *blocking) drain(l Listener, deliver func(net.Conn)) {
 			return // EAGAIN: another thread took it; or the queue is empty
 		}
 		b.cfg.Stats.Inc(shm.Wakeups)
-		b.cfg.Stats.Inc(shm.Accepts)
-		if c, err := fdConn(fd); err == nil {
-			deliver(c)
-		}
+		accepted(b.cfg.Stats, fd, deliver, b.cfg.Log)
 	}
 }

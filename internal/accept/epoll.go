@@ -159,12 +159,9 @@ func acceptBurst(l Listener, multi bool, st *shm.Record, out *exhaustion, log *s
 		fd, _, err := unix.Accept4(l.FD, unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			st.Inc(shm.Accepts)
+			accepted(st, fd, deliver, log)
 			out.recovered(log)
 			n++
-			if c, err := fdConn(fd); err == nil {
-				deliver(c)
-			}
 			if !multi {
 				return n, nil
 			}

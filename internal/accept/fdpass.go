@@ -48,14 +48,8 @@ func (f *fdpass) Serve(deliver func(net.Conn)) error {
 				return nil
 			}
 			st.Inc(shm.Wakeups)
-			c, err := fdConn(p.FD)
-			if err != nil {
-				f.cfg.Log.Warn("fdpass: wrap connection", "err", err)
-				continue // unacknowledged: the master sends it again elsewhere
-			}
-			st.Inc(shm.Accepts)
 			p.Ack()
-			deliver(c)
+			accepted(st, p.FD, deliver, f.cfg.Log)
 		}
 	}
 }

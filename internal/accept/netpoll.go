@@ -120,14 +120,8 @@ func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) 
 		}
 		switch {
 		case aerr == nil:
-			st.Inc(shm.Accepts)
+			accepted(st, fd, deliver, s.cfg.Log)
 			s.out.recovered(s.cfg.Log)
-			c, err := fdConn(fd)
-			if err != nil {
-				s.cfg.Log.Warn("accept: wrap connection", "listener", addr, "err", err)
-				continue
-			}
-			deliver(c)
 		case transient(aerr):
 		case s.out.hit(aerr, s.cfg.Log):
 		default:

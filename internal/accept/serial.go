@@ -82,7 +82,7 @@ func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
 	defer runtime.UnlockOSThread()
 	st := s.cfg.Stats
 	pfds := make([]unix.PollFd, len(s.cfg.Listeners))
-	var accepted []int
+	var fds []int // accepted under the lock, handed on after it
 	for !s.stopping.Load() {
 		got, err := l.lock(serialBound)
 		if err != nil {
@@ -108,7 +108,7 @@ func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
 			return fmt.Errorf("%s: poll: %w", s.name, err)
 		default:
 			st.Inc(shm.Wakeups)
-			accepted = accepted[:0]
+			fds = fds[:0]
 			for i, p := range pfds {
 				if p.Revents&unix.POLLIN == 0 {
 					continue
@@ -116,7 +116,8 @@ func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
 				fd, _, err := unix.Accept4(s.cfg.Listeners[i].FD, unix.SOCK_CLOEXEC)
 				switch {
 				case err == nil:
-					accepted = append(accepted, fd)
+					st.Inc(shm.Active) // held from here; accepted() below counts it in full
+					fds = append(fds, fd)
 				case err == unix.EAGAIN || err == unix.ECONNABORTED:
 					st.Inc(shm.Spurious)
 				case transient(err):
@@ -132,14 +133,12 @@ func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
 		if err := l.unlock(); err != nil {
 			return fmt.Errorf("%s: unlock: %w", s.name, err)
 		}
-		for _, fd := range accepted {
-			st.Inc(shm.Accepts)
+		for _, fd := range fds {
+			st.Add(shm.Active, -1)
+			accepted(st, fd, deliver, s.cfg.Log)
 			s.out.recovered(s.cfg.Log)
-			if c, err := fdConn(fd); err == nil {
-				deliver(c)
-			}
 		}
-		accepted = accepted[:0]
+		fds = fds[:0]
 	}
 	return nil
 }

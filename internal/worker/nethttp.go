@@ -65,8 +65,9 @@ type countedConn struct {
 	once sync.Once
 }
 
+// newCountedConn wraps a connection the strategy has already counted as
+// active (it does so the moment accept returns); Close counts it out.
 func newCountedConn(c net.Conn, st *shm.Record) *countedConn {
-	st.Inc(shm.Active)
 	return &countedConn{Conn: c, st: st}
 }
 
