@@ -202,6 +202,20 @@ func (c *Chaos) kill(master int) error {
 	return errors.New("no idle worker within 5s")
 }
 
+func stopByPIDFile(path string) {
+	pid, err := readPID(path)
+	if err != nil {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
 func isChild(parent, pid int) bool {
 	for _, k := range children(parent) {
 		if k == pid {
@@ -264,6 +278,11 @@ func (m *Matrix) Soak(ctx context.Context, cell Cell, c Chaos) (*ChaosResult, er
 		return nil, err
 	}
 	defer srv.stop()
+	if m.Command != "" {
+		// A server that daemonized is not in our process group: stop it
+		// through its pid file, waiting for it to go.
+		defer stopByPIDFile(c.PIDFile)
+	}
 	c.Load.Addr, c.Load.Path = srv.addr, m.Path
 	c.Load.Concurrency, c.Load.KeepAlive = cell.Concurrency, cell.Mode == "keepalive"
 	c.Load.WantLength = int64(len(Body))

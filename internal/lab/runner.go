@@ -239,6 +239,12 @@ func (m *Matrix) start(ctx context.Context, root string, cell Cell) (*server, er
 		}
 		select {
 		case <-exited:
+			// A daemonizing command exits 0 once it has forked; keep waiting
+			// for it to serve.
+			if s.cmd.ProcessState.ExitCode() == 0 {
+				exited = nil
+				continue
+			}
 			return nil, fmt.Errorf("%q exited before it served %s: %s", m.Command, s.addr, s.stderr)
 		case <-deadline:
 			s.stop()
