@@ -463,3 +463,48 @@ func TestMaxRequestsRecyclesWithoutDrops(t *testing.T) {
 		}
 	}
 }
+
+// A keep-alive connection whose response is being sent when its worker is
+// told to stop gets the whole response, then is closed (never mid-request);
+// an idle keep-alive connection is closed.
+func TestDrainClosesKeepAliveBetweenRequests(t *testing.T) {
+	root, big := docroot(t)
+	h := startHerd(t, root, "--workers", "1")
+	busy, err := net.Dial("tcp", h.addr)
+	must(t, err)
+	defer busy.Close()
+	idle, err := net.Dial("tcp", h.addr)
+	must(t, err)
+	defer idle.Close()
+	// The idle connection serves one request and stays open.
+	fmt.Fprintf(idle, "GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+	ir := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(ir, nil)
+	must(t, err)
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+
+	fmt.Fprintf(busy, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReaderSize(busy, 1024)
+	resp, err = http.ReadResponse(br, nil)
+	must(t, err)
+	head := make([]byte, 32<<10)
+	_, err = io.ReadFull(resp.Body, head)
+	must(t, err)
+
+	h.signal(syscall.SIGHUP) // the one worker is replaced and drains
+	h.waitStatus("replacement ready", 10*time.Second, func(s shm.Snapshot) bool { return len(readyPIDs(s, 2)) == 1 })
+
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := ir.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("idle keep-alive connection: read %d bytes, %v; want it closed (EOF)", n, err)
+	}
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(append(head, rest...), big) {
+		t.Fatalf("in-flight keep-alive response cut: %d of %d bytes, %v", len(head)+len(rest), len(big), err)
+	}
+	busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("after its response the draining worker's connection: read %d bytes, %v; want EOF", n, err)
+	}
+}
