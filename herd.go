@@ -49,7 +49,7 @@ type Server struct {
 	// Listen lists the addresses to listen on: "host:port" for TCP (an
 	// empty host means all IPv4 addresses), "unix:PATH" or a path with a
 	// slash for a unix socket. Port 0 picks a free port; Addrs tells which.
-	// Default ":8080".
+	// Default: the sockets systemd passes (socket activation), or ":8080".
 	Listen []string
 
 	// Workers is the number of worker processes; default the number of CPUs.
@@ -77,6 +77,10 @@ type Server struct {
 
 	// PIDFile, if set, receives the master's pid.
 	PIDFile string
+
+	// Admin, if set, is a loopback address or unix socket where the master
+	// serves /metrics (Prometheus), /status, /healthz and /readyz.
+	Admin string
 
 	// MultiAccept makes the epoll-based strategies (epoll, exclusive,
 	// nginx) accept until EAGAIN on each wakeup instead of once.
@@ -166,13 +170,13 @@ func (s *Server) Start() error {
 	}
 
 	listen := s.Listen
-	if len(listen) == 0 {
-		listen = []string{":8080"}
+	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
+		listen = []string{":8080"} // unless systemd passes sockets
 	}
 	m, err := master.New(master.Config{
 		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
-		PIDFile: s.PIDFile, Log: log, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
+		PIDFile: s.PIDFile, Admin: s.Admin, Log: log, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
 		MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
 		WorkerTimeout: workerTimeout(s.WorkerTimeout), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
 	})
@@ -218,6 +222,14 @@ func (s *Server) Addrs() []string {
 		return nil
 	}
 	return s.master.Addrs()
+}
+
+// AdminAddr is the address of the admin endpoint, or "" if there is none.
+func (s *Server) AdminAddr() string {
+	if s.master == nil {
+		return ""
+	}
+	return s.master.AdminAddr()
 }
 
 // Wait blocks until the server has stopped — by a signal, Shutdown or Close.

@@ -23,6 +23,8 @@ func TestMain(m *testing.M) {
 			Example()
 		case "slow":
 			slowServer().Start()
+		case "admin":
+			adminServer().Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}

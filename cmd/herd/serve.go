@@ -39,6 +39,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
+	flags.StringVar(&srv.Admin, "admin", "", "serve /metrics, /status, /healthz, /readyz here (loopback or unix:PATH)")
 	flags.BoolVar(&srv.MultiAccept, "multi-accept", false, "epoll, exclusive, nginx: accept until EAGAIN on each wakeup")
 	flags.IntVar(&srv.WorkerConnections, "worker-connections", 1024, "connections per worker (nginx's accept_disabled, fdpass's limit)")
 	flags.DurationVar(&srv.AcceptMutexDelay, "accept-mutex-delay", 500*time.Millisecond, "nginx: how long a worker that lost the accept mutex waits")

@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,9 +27,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/admin"
 	"github.com/herd-run/herd/internal/shm"
 	"github.com/herd-run/herd/internal/worker"
 	"golang.org/x/sys/unix"
@@ -49,6 +54,8 @@ type Config struct {
 	WorkerConnections int           // per worker; nginx's accept_disabled, fdpass's limit; default 1024
 	MutexDelay        time.Duration // nginx: accept_mutex_delay; default 500ms
 	ReorderEvery      int           // exclusive: re-add every N accepts; default 16, negative: never
+
+	Admin string // operator endpoint address (loopback or unix socket); "" for none
 
 	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
 	MaxRequests       int           // replace a worker after this many requests; 0: never
@@ -79,6 +86,9 @@ type Master struct {
 	lockFile string            // flock: the accept lock file
 	reuse    map[int][]*Socket // reuseport: each slot's own sockets
 	disp     *dispatcher       // fdpass: the master accepts and passes
+
+	admin    net.Listener // --admin
+	readyNow atomic.Bool  // every slot has a ready worker of the current generation
 
 	upgrade    *upgradeState // USR2: the new master we started, until it is ready
 	handedOver bool          // a new master serves our sockets now
@@ -188,7 +198,19 @@ func (m *Master) open() error {
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if in == nil && len(cfg.Listen) == 0 {
+		// No address given: systemd socket activation.
+		if cfg.Strategy == "reuseport" {
+			return errors.New("reuseport makes its own sockets; it cannot use systemd's")
+		}
+		if m.sockets, err = activated(); err != nil {
+			return err
+		}
+		for _, s := range m.sockets {
+			m.cfg.Listen = append(m.cfg.Listen, s.Addr)
+		}
+		m.log.Info("using sockets from systemd", "listen", strings.Join(m.cfg.Listen, ","))
+	} else if in != nil {
 		if err := m.adopt(in); err != nil {
 			return err
 		}
@@ -229,6 +251,11 @@ func (m *Master) open() error {
 	if cfg.Strategy == "fdpass" {
 		m.disp = newDispatcher(m.log, m.board, cfg.WorkerConnections)
 	}
+	if cfg.Admin != "" {
+		if m.admin, err = listenAdmin(cfg.Admin); err != nil {
+			return err
+		}
+	}
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
 			return err
@@ -238,8 +265,8 @@ func (m *Master) open() error {
 }
 
 func fill(cfg *Config) error {
-	if len(cfg.Listen) == 0 {
-		return errors.New("no listen address")
+	if len(cfg.Listen) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(inheritEnv) == "" {
+		return errors.New("no listen address (and no sockets from systemd)")
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = runtime.NumCPU()
@@ -316,6 +343,14 @@ func (m *Master) Addrs() []string {
 	return a
 }
 
+// AdminAddr is the admin endpoint's address, or "".
+func (m *Master) AdminAddr() string {
+	if m.admin == nil {
+		return ""
+	}
+	return m.admin.Addr().String()
+}
+
 // Ready is closed once the first generation of workers is all ready.
 func (m *Master) Ready() <-chan struct{} { return m.ready }
 
@@ -368,6 +403,12 @@ func (m *Master) Run() error {
 			}
 		}()
 	}
+	if m.admin != nil {
+		srv := &http.Server{Handler: admin.Handler(adminSource{m}, m.cfg.Strategy), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(m.admin)
+		defer srv.Close()
+		m.log.Info("admin endpoint", "listen", m.admin.Addr().String())
+	}
 	m.fillSlots()
 	for !(m.stopping && len(m.procs) == 0) {
 		select {
@@ -379,6 +420,7 @@ func (m *Master) Run() error {
 		if !m.stopping {
 			m.fillSlots()
 		}
+		m.readyNow.Store(m.allSlotsReady())
 	}
 	m.log.Info("herd master stopped")
 	return nil
@@ -500,6 +542,54 @@ func (m *Master) checkHeartbeats() {
 	}
 }
 
+// allSlotsReady: every slot has a ready, running worker of the current
+// generation — false during a reload until the new generation is up.
+func (m *Master) allSlotsReady() bool {
+	if m.stopping {
+		return false
+	}
+	ready := map[int]bool{}
+	for p := range m.procs {
+		if p.ready && !p.stopping && p.gen == m.gen {
+			ready[p.slot] = true
+		}
+	}
+	for slot := 0; slot < m.workers; slot++ {
+		if !ready[slot] {
+			return false
+		}
+	}
+	return true
+}
+
+// adminSource is what the admin endpoint reads.
+type adminSource struct{ m *Master }
+
+func (a adminSource) Snapshot() shm.Snapshot { return a.m.board.Snapshot() }
+func (a adminSource) Ready() bool            { return a.m.readyNow.Load() }
+
+// listenAdmin opens the admin endpoint's socket: a loopback TCP address or
+// a unix socket, never a public address.
+func listenAdmin(addr string) (net.Listener, error) {
+	network, a, err := ParseAddr(addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if network == "tcp" {
+		host, _, _ := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return nil, fmt.Errorf("admin %s: must be a loopback address or a unix socket", addr)
+		}
+	} else if err := removeStaleSocket(a); err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	l, err := net.Listen(network, a)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	return l, nil
+}
+
 // checkReady closes Ready once the current generation fills every slot.
 func (m *Master) checkReady() {
 	if m.isReady {
@@ -515,6 +605,7 @@ func (m *Master) checkReady() {
 		m.isReady = true
 		close(m.ready)
 		m.log.Info("herd ready", "listen", strings.Join(m.Addrs(), ","), "workers", n)
+		notify(daemon.SdNotifyReady)
 		if m.readyFD != nil {
 			// We are the new master of a binary upgrade: the old one may go.
 			m.readyFD.Write([]byte("ready"))
@@ -626,7 +717,8 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
-	cmd.Env = append(withoutKey(os.Environ(), worker.EnvKey), m.cfg.Env...)
+	// Workers never talk to systemd: only the master is the service.
+	cmd.Env = append(withoutKey(withoutKey(os.Environ(), worker.EnvKey), "NOTIFY_SOCKET"), m.cfg.Env...)
 	cmd.Env = append(cmd.Env, spec.Env())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
@@ -742,6 +834,7 @@ func (m *Master) startReload() {
 	m.gen = r.gen
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 	m.log.Info("HUP: reloading", "gen", m.gen)
+	notify(daemon.SdNotifyReloading)
 	// A new generation starts with no crash history.
 	for _, ss := range m.slots {
 		ss.failures, ss.notAfter = 0, time.Time{}
@@ -775,6 +868,7 @@ func (m *Master) finishReload() {
 	}
 	m.board.CountReload()
 	m.log.Info("reload done: old workers are draining", "gen", r.gen)
+	notify(daemon.SdNotifyReady)
 }
 
 // failReload stops the new generation and keeps the old one serving.
@@ -790,6 +884,7 @@ func (m *Master) failReload(why string) {
 		}
 	}
 	m.log.Error("reload failed; the old workers keep serving", "reason", why)
+	notify(daemon.SdNotifyReady)
 }
 
 func (m *Master) stopProc(p *proc, sig unix.Signal) {
@@ -837,6 +932,9 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 		wsig, bound = unix.SIGQUIT, m.cfg.DrainTimeout+m.cfg.StopTimeout
 	}
 	m.log.Info("stopping", "signal", sig.String(), "graceful", graceful, "workers", len(m.procs))
+	if !m.handedOver {
+		notify(daemon.SdNotifyStopping)
+	}
 	for p := range m.procs {
 		m.stopProc(p, wsig)
 	}
@@ -857,6 +955,9 @@ func (m *Master) close() {
 			m.forgetSocketPaths() // the new master's now: keep the unix socket files
 		}
 		m.closeSockets()
+		if m.admin != nil {
+			m.admin.Close()
+		}
 		m.region.Close()
 		if m.lockFile != "" {
 			os.Remove(m.lockFile)

@@ -131,6 +131,8 @@ func (m *Master) upgradeDone() {
 	m.upgrade = nil
 	m.handedOver = true
 	m.log.Info("upgrade: the new master is ready; this one stops gracefully", "new_pid", u.cmd.Process.Pid)
+	// Under systemd the service's main process is now the new master.
+	notify(fmt.Sprintf("MAINPID=%d", u.cmd.Process.Pid))
 	m.stop(true, unix.SIGQUIT)
 }
 

@@ -1,0 +1,148 @@
+package herd_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+func adminServer() *herd.Server {
+	s := slowServer()
+	s.Admin = "127.0.0.1:0"
+	return s
+}
+
+func scrape(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
+	}
+	out := map[string]float64{}
+	for name, f := range families {
+		for _, m := range f.Metric {
+			switch {
+			case m.Counter != nil:
+				out[name] += m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[name] += m.Gauge.GetValue()
+			}
+		}
+	}
+	return out
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestAdminEndpoint(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "admin")
+	srv := adminServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	base := "http://" + srv.AdminAddr()
+	before := scrape(t, base)
+	oneShot := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 25 {
+		resp, err := oneShot.Get("http://" + srv.Addrs()[0] + "/x")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatal("request failed")
+		}
+		resp.Body.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	after := scrape(t, base)
+	for after["herd_requests_total"]-before["herd_requests_total"] < 25 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		after = scrape(t, base)
+	}
+	for _, name := range []string{"herd_requests_total", "herd_accepts_total", "herd_worker_requests_total"} {
+		if d := after[name] - before[name]; d != 25 {
+			t.Errorf("%s moved by %v for 25 requests", name, d)
+		}
+	}
+	if after["herd_workers_wanted"] != 2 || after["herd_workers"] != 2 || after["go_goroutines"] == 0 {
+		t.Errorf("workers wanted %v, live %v, go_goroutines %v", after["herd_workers_wanted"], after["herd_workers"], after["go_goroutines"])
+	}
+
+	// /status as JSON is the scoreboard; as HTML a page.
+	_, body := get(t, base+"/status?format=json")
+	var st herd.Stats
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := srv.Stats(); st.MasterPID != want.MasterPID || len(st.Live) != 2 || st.Total.Requests != want.Total.Requests {
+		t.Errorf("/status JSON %+v does not match the scoreboard %+v", st, want)
+	}
+	req, _ := http.NewRequest("GET", base+"/status", nil)
+	req.Header.Set("Accept", "application/json")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("Accept: application/json did not give JSON")
+	}
+	if code, body := get(t, base+"/status"); code != 200 || !strings.Contains(body, "<table>") {
+		t.Errorf("/status HTML: %d %q", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	if code, _ := get(t, base+"/readyz"); code != 200 {
+		t.Errorf("/readyz %d while ready", code)
+	}
+}
+
+// /readyz is 503 while a reload waits for its new workers, 200 before and after.
+func TestReadinessFlipsDuringReload(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "admin")
+	srv := adminServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	base := "http://" + srv.AdminAddr()
+	t.Setenv("HERD_TEST_SLOW_START", "1") // the next generation takes a second to start
+	srv.Reload()
+	sawNotReady := false
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		code, _ := get(t, base+"/readyz")
+		if code == 503 {
+			sawNotReady = true
+		}
+		if code == 200 && sawNotReady {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("readiness did not go 503 then 200 across the reload (saw 503: %v)", sawNotReady)
+}
+
+func init() {
+	// Workers of the slow generation wait before they start serving.
+	if herd.IsWorker() && os.Getenv("HERD_TEST_SLOW_START") != "" {
+		time.Sleep(time.Second)
+	}
+}

@@ -1,0 +1,175 @@
+// Package admin is the master's operator endpoint (--admin ADDR):
+//
+//	/metrics  Prometheus text format: the scoreboard as metrics, and the
+//	          master's Go process metrics
+//	/status   the scoreboard, as JSON (Accept: application/json or
+//	          ?format=json) or as a small HTML page, like Apache's server-status
+//	/healthz  200 while the master runs
+//	/readyz   200 only when every slot has a ready worker of the current
+//	          generation (503 during a reload until the new generation is up)
+//
+// It only reads: nothing here changes the server.
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Source is what the endpoint reads from the master.
+type Source interface {
+	Snapshot() shm.Snapshot
+	Ready() bool // every slot has a ready worker of the current generation
+}
+
+// Handler serves the endpoint.
+func Handler(src Source, strategy string) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&collector{src: src, strategy: strategy},
+	)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		snap := src.Snapshot()
+		if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(snap)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		statusPage.Execute(w, struct {
+			S        shm.Snapshot
+			Strategy string
+			Now      time.Time
+		}{snap, strategy, time.Now()})
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !src.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// collector turns a scoreboard snapshot into metrics at scrape time.
+type collector struct {
+	src      Source
+	strategy string
+}
+
+var (
+	workerLabels = []string{"slot", "generation", "pid"}
+	perWorker    = map[string]*prometheus.Desc{
+		"accepts":  prometheus.NewDesc("herd_worker_accepts_total", "Connections accepted by the worker.", workerLabels, nil),
+		"wakeups":  prometheus.NewDesc("herd_worker_wakeups_total", "Returns from the call that waits for a connection.", workerLabels, nil),
+		"spurious": prometheus.NewDesc("herd_worker_spurious_wakeups_total", "Wakeups that found nothing to accept.", workerLabels, nil),
+		"requests": prometheus.NewDesc("herd_worker_requests_total", "HTTP requests answered by the worker.", workerLabels, nil),
+		"bytes":    prometheus.NewDesc("herd_worker_bytes_out_total", "Bytes written to clients by the worker.", workerLabels, nil),
+		"active":   prometheus.NewDesc("herd_worker_connections_active", "Connections the worker holds now.", workerLabels, nil),
+	}
+	totals = map[string]*prometheus.Desc{
+		"accepts":  prometheus.NewDesc("herd_accepts_total", "Connections accepted, by all workers past and present.", nil, nil),
+		"wakeups":  prometheus.NewDesc("herd_wakeups_total", "Wakeups, by all workers past and present.", nil, nil),
+		"spurious": prometheus.NewDesc("herd_spurious_wakeups_total", "Spurious wakeups, by all workers past and present.", nil, nil),
+		"timeouts": prometheus.NewDesc("herd_accept_timeouts_total", "Returns of the accept wait because a bound expired.", nil, nil),
+		"requests": prometheus.NewDesc("herd_requests_total", "HTTP requests answered, by all workers past and present.", nil, nil),
+		"bytes":    prometheus.NewDesc("herd_bytes_out_total", "Bytes written to clients, by all workers past and present.", nil, nil),
+		"active":   prometheus.NewDesc("herd_connections_active", "Connections held by workers now.", nil, nil),
+		"restarts": prometheus.NewDesc("herd_worker_restarts_total", "Workers started again after an unplanned exit.", nil, nil),
+		"reloads":  prometheus.NewDesc("herd_reloads_total", "Completed reloads (HUP).", nil, nil),
+		"gen":      prometheus.NewDesc("herd_generation", "The current worker generation.", nil, nil),
+		"workers":  prometheus.NewDesc("herd_workers_wanted", "Worker slots wanted.", nil, nil),
+		"live":     prometheus.NewDesc("herd_workers", "Worker processes by state.", []string{"state"}, nil),
+		"info":     prometheus.NewDesc("herd_info", "The accept strategy in use.", []string{"strategy"}, nil),
+	}
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range perWorker {
+		ch <- d
+	}
+	for _, d := range totals {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	states := map[string]int{"starting": 0, "ready": 0, "stopping": 0}
+	for _, w := range s.Live {
+		l := []string{strconv.Itoa(w.Slot), strconv.Itoa(w.Generation), strconv.Itoa(w.PID)}
+		counter(perWorker["accepts"], w.Accepts, l...)
+		counter(perWorker["wakeups"], w.Wakeups, l...)
+		counter(perWorker["spurious"], w.Spurious, l...)
+		counter(perWorker["requests"], w.Requests, l...)
+		counter(perWorker["bytes"], w.BytesOut, l...)
+		gauge(perWorker["active"], float64(w.Active), l...)
+		states[w.State]++
+	}
+	t := s.Total
+	counter(totals["accepts"], t.Accepts)
+	counter(totals["wakeups"], t.Wakeups)
+	counter(totals["spurious"], t.Spurious)
+	counter(totals["timeouts"], t.Timeouts)
+	counter(totals["requests"], t.Requests)
+	counter(totals["bytes"], t.BytesOut)
+	gauge(totals["active"], float64(t.Active))
+	counter(totals["restarts"], s.Restarts)
+	counter(totals["reloads"], s.Reloads)
+	gauge(totals["gen"], float64(s.Generation))
+	gauge(totals["workers"], float64(s.Workers))
+	for state, n := range states {
+		gauge(totals["live"], float64(n), state)
+	}
+	gauge(totals["info"], 1, c.strategy)
+}
+
+var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
+	"ago": func(now time.Time, ns int64) string {
+		if ns <= 0 {
+			return "-"
+		}
+		return now.Sub(time.Unix(0, ns)).Truncate(time.Second).String()
+	},
+}).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>herd status</title>
+<style>body{font-family:system-ui,sans-serif;margin:24px}table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}</style></head><body>
+<h1>herd status</h1>
+<p>master {{.S.MasterPID}} · strategy {{.Strategy}} · generation {{.S.Generation}} · {{.S.Workers}} workers wanted ·
+{{.S.Reloads}} reloads · {{.S.Restarts}} restarts{{if .S.MutexHolder}} · accept mutex held by {{.S.MutexHolder}}{{end}}</p>
+<table><tr><th>slot</th><th>gen</th><th>pid</th><th>state</th><th>age</th><th>heartbeat</th><th>accepts</th><th>wakeups</th>
+<th>spurious</th><th>timeouts</th><th>active</th><th>requests</th><th>bytes out</th></tr>
+{{range .S.Live}}<tr><td>{{.Slot}}</td><td>{{.Generation}}</td><td>{{.PID}}</td><td>{{.State}}</td><td>{{ago $.Now .Started}}</td>
+<td>{{ago $.Now .Heartbeat}}</td><td>{{.Accepts}}</td><td>{{.Wakeups}}</td><td>{{.Spurious}}</td><td>{{.Timeouts}}</td>
+<td>{{.Active}}</td><td>{{.Requests}}</td><td>{{.BytesOut}}</td></tr>
+{{end}}<tr><th>total</th><td></td><td></td><td></td><td></td><td></td><td>{{.S.Total.Accepts}}</td><td>{{.S.Total.Wakeups}}</td>
+<td>{{.S.Total.Spurious}}</td><td>{{.S.Total.Timeouts}}</td><td>{{.S.Total.Active}}</td><td>{{.S.Total.Requests}}</td><td>{{.S.Total.BytesOut}}</td></tr>
+</table></body></html>
+`))
