@@ -1,0 +1,109 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Socket activation: under systemd-socket-activate (Debian's systemd
+// package), herd started with no --listen serves on the socket it is
+// passed.
+func TestSocketActivation(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate not installed (.ci/run installs systemd)")
+	}
+	root, _ := docroot(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(activate, "-l", addr, "-E", "HERD_TEST_MAIN=1", os.Args[0], "serve", root, "--workers", "2")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	must(t, cmd.Start())
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	}()
+	// systemd-socket-activate starts the program when the first connection
+	// comes; that connection waits in the passed socket's queue.
+	var got string
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		code, body, err := get(client(), "http://"+addr+"/hello.txt")
+		if err == nil && code == 200 {
+			got = string(body)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got != "hello, herd\n" {
+		t.Fatalf("no answer on the activated socket")
+	}
+	if !strings.Contains(logs.String(), "using sockets from systemd") {
+		t.Errorf("herd did not say it used systemd's socket")
+	}
+	res := load("http://"+addr+"/hello.txt", []byte("hello, herd\n"), 4, 100, 20*time.Second, nil)
+	if res.failed != 0 {
+		t.Errorf("%d of %d failed on the activated socket (%s)", res.failed, res.sent, res.firstErr)
+	}
+}
+
+// Type=notify: the master sends READY=1 once its workers are ready,
+// RELOADING=1 and READY=1 around a reload, and STOPPING=1.
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	sockPath := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	must(t, err)
+	defer conn.Close()
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	t.Setenv("NOTIFY_SOCKET", sockPath)
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2")
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			if !strings.Contains(m, want) {
+				t.Fatalf("notify: got %q, want %q", m, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("notify: no %q", want)
+		}
+	}
+	expect("READY=1")
+	h.signal(syscall.SIGHUP)
+	expect("RELOADING=1")
+	expect("READY=1")
+	h.signal(syscall.SIGTERM)
+	expect("STOPPING=1")
+	h.waitExit(10 * time.Second)
+	select {
+	case m := <-msgs:
+		t.Errorf("unexpected notification %q (from a worker?)", m)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
