@@ -82,3 +82,16 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Errorf("help serve: exit %d, %q", code, stderr)
 	}
 }
+
+func TestDoctor(t *testing.T) {
+	out, errOut, code := runHerd(t, "doctor", "--backlog", "1000000")
+	if code != 0 {
+		t.Fatalf("doctor: exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"EPOLLEXCLUSIVE", "SO_REUSEPORT", "reuseport BPF", "tcp_migrate_req", "RLIMIT_NOFILE",
+		"lower than --backlog 1000000", "recommended here: --strategy "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("doctor output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -28,6 +28,7 @@ func commands() []command {
 		{"serve", "serve a directory over HTTP with prefork workers", runServe},
 		{"status", "print a running master's scoreboard", runStatus},
 		{"bench", "run the lab: strategies under load, as a table, JSON and charts", runBench},
+		{"doctor", "report what this kernel offers the strategies, and recommend one", runDoctor},
 		{"version", "print herd's version", runVersion},
 		{"help", "explain a command", runHelp},
 	}

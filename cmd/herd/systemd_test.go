@@ -106,4 +106,3 @@ func TestSystemdNotify(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
-

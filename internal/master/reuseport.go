@@ -100,6 +100,12 @@ func (m *Master) closeRetiredSlot(slot int) {
 // attachSteering puts a program on the group that picks a socket among the
 // first n: A = random() % n; return A.
 func attachSteering(f *os.File, n int) error {
+	return control(f, func(fd int) error { return AttachSteering(fd, n) })
+}
+
+// AttachSteering attaches the steering program to the reuseport group of
+// socket fd (herd doctor uses it to probe the kernel).
+func AttachSteering(fd, n int) error {
 	prog, err := bpf.Assemble([]bpf.Instruction{
 		bpf.LoadExtension{Num: bpf.ExtRand},
 		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: uint32(n)},
@@ -113,9 +119,7 @@ func attachSteering(f *os.File, n int) error {
 		filter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
 	}
 	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	return control(f, func(fd int) error {
-		return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
-	})
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 func detachSteering(f *os.File) error {
