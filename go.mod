@@ -7,6 +7,7 @@ require golang.org/x/sys v0.49.0
 require golang.org/x/net v0.62.0
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/prometheus/client_golang v1.25.0

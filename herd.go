@@ -78,6 +78,10 @@ type Server struct {
 	// PIDFile, if set, receives the master's pid.
 	PIDFile string
 
+	// AccessLog, if set, is a file the workers append one line per request
+	// to, in the Common Log Format ("-": standard output).
+	AccessLog string
+
 	// Admin, if set, is a loopback address or unix socket where the master
 	// serves /metrics (Prometheus), /status, /healthz and /readyz.
 	Admin string
@@ -169,17 +173,7 @@ func (s *Server) Start() error {
 		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, Log: log}))
 	}
 
-	listen := s.Listen
-	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
-		listen = []string{":8080"} // unless systemd passes sockets
-	}
-	m, err := master.New(master.Config{
-		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
-		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
-		PIDFile: s.PIDFile, Admin: s.Admin, Log: log, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
-		MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
-		WorkerTimeout: workerTimeout(s.WorkerTimeout), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
-	})
+	m, err := master.New(s.masterConfig(log))
 	if err != nil {
 		return fmt.Errorf("herd: %w", err)
 	}
@@ -213,6 +207,32 @@ func workerTimeout(d time.Duration) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// Check validates the options without starting anything, as
+// `herd serve --check` does.
+func (s *Server) Check() error {
+	if s.Handler == nil {
+		return errors.New("herd: Server.Handler is nil")
+	}
+	if err := master.Check(s.masterConfig(slog.Default())); err != nil {
+		return fmt.Errorf("herd: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) masterConfig(log *slog.Logger) master.Config {
+	listen := s.Listen
+	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
+		listen = []string{":8080"} // unless systemd passes sockets
+	}
+	return master.Config{
+		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
+		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
+		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,
+		WorkerConnections: s.WorkerConnections, MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
+		WorkerTimeout: workerTimeout(s.WorkerTimeout), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
+	}
 }
 
 // Addrs returns the addresses the server listens on, with chosen ports

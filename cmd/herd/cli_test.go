@@ -3,9 +3,13 @@ package main
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // A mistake a user makes gets one line on stderr and a non-zero exit, and
@@ -33,7 +37,8 @@ func TestServeErrors(t *testing.T) {
 			"herd: listen " + busy.Addr().String() + ": bind: address already in use"},
 		{"bad address", []string{"serve", root, "--listen", "nonsense"}, 1, `herd: listen "nonsense": want host:port, unix:PATH or a path`},
 		{"unknown strategy", []string{"serve", root, "--strategy", "telepathy"}, 1, `herd: unknown accept strategy "telepathy"`},
-		{"zero workers", []string{"serve", root, "--workers", "-1"}, 1, "herd: workers must be between 1 and 512, not -1"},
+		{"negative workers", []string{"serve", root, "--workers", "-1"}, 1, "herd: workers must be at least 1, not -1"},
+		{"too many workers", []string{"serve", root, "--workers", "9999"}, 1, "herd: workers must be between 1 and 512, not 9999"},
 		{"two roots", []string{"serve", root, root}, 2, "unexpected argument"},
 		{"unknown flag", []string{"serve", "--bogus"}, 2, "flag provided but not defined: -bogus"},
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
@@ -93,5 +98,77 @@ func TestDoctor(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// Configuration from a TOML file and HERD_* variables; the command line
+// wins over the environment, which wins over the file; every mistake is
+// one clear error before anything starts.
+func TestConfigFileAndEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		must(t, os.WriteFile(p, []byte(body), 0o644))
+		return p
+	}
+	good := write("good.toml", "workers = 3\nlisten = [\"127.0.0.1:0\"]\nstrategy = \"exclusive\"\ndrain-timeout = \"5s\"\n")
+	if out, errOut, code := runHerd(t, "serve", dir, "--config", good, "--check"); code != 0 || !strings.Contains(out, "configuration ok") {
+		t.Fatalf("good config: exit %d %s %s", code, out, errOut)
+	}
+	for _, tc := range []struct {
+		name, file string
+		env        []string
+		args       []string
+		want       string
+	}{
+		{"unknown key", "wrokers = 3\n", nil, nil, `unknown key "wrokers"`},
+		{"bad value", "workers = \"many\"\n", nil, nil, `key "workers": invalid value "many"`},
+		{"bad address", "listen = [\"nonsense\"]\n", nil, nil, `listen "nonsense"`},
+		{"unknown strategy", "strategy = \"telepathy\"\n", nil, nil, `unknown accept strategy "telepathy"`},
+		{"no workers", "workers = 0\n", nil, nil, "workers must be at least 1, not 0"},
+		{"env beats file", "workers = 3\n", []string{"HERD_WORKERS=0"}, nil, "workers must be at least 1, not 0"},
+		{"flag beats env", "", []string{"HERD_STRATEGY=telepathy"}, []string{"--strategy", "accept", "--workers", "-2"}, "workers must be at least 1, not -2"},
+		{"bad env", "", []string{"HERD_BACKLOG=lots"}, nil, `HERD_BACKLOG="lots": invalid value`},
+		{"public admin", "admin = \"0.0.0.0:9000\"\n", nil, nil, "must be a loopback address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := write(strings.ReplaceAll(tc.name, " ", "_")+".toml", tc.file)
+			cmd := exec.Command(os.Args[0], append([]string{"serve", dir, "--config", cfg, "--check"}, tc.args...)...)
+			cmd.Env = append(append(os.Environ(), "HERD_TEST_MAIN=1"), tc.env...)
+			out, _ := cmd.CombinedOutput()
+			if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(string(out), tc.want) {
+				t.Errorf("exit %d, output %q; want an error with %q", cmd.ProcessState.ExitCode(), out, tc.want)
+			}
+		})
+	}
+}
+
+// The access log has one Common Log Format line per request.
+func TestAccessLog(t *testing.T) {
+	root, _ := docroot(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	h := startHerd(t, root, "--workers", "2", "--access-log", logPath)
+	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 30, 10*time.Second, nil)
+	if res.failed != 0 {
+		t.Fatal(res.firstErr)
+	}
+	get(client(), "http://"+h.addr+"/missing")
+	h.signal(syscall.SIGQUIT)
+	h.waitExit(10 * time.Second)
+	b, err := os.ReadFile(logPath)
+	must(t, err)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 31 {
+		t.Fatalf("%d access log lines for 31 requests:\n%s", len(lines), b)
+	}
+	line := regexp.MustCompile(`^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /hello\.txt HTTP/1\.1" 200 12$`)
+	ok := 0
+	for _, l := range lines {
+		if line.MatchString(l) {
+			ok++
+		}
+	}
+	if ok != 30 || !strings.Contains(string(b), `"GET /missing HTTP/1.1" 404`) {
+		t.Errorf("%d of 30 lines in Common Log Format; log:\n%s", ok, b)
 	}
 }

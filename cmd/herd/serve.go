@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"time"
 
@@ -26,19 +27,23 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func runServe(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("serve", "[ROOT]", stderr)
 	var (
-		listen   listFlag
-		srv      herd.Server
-		static   httpd.StaticOptions
-		logLevel = flags.String("log-level", "info", "log level: debug, info, warn or error")
+		listen    listFlag
+		srv       herd.Server
+		static    httpd.StaticOptions
+		logLevel  = flags.String("log-level", "info", "log level: debug, info, warn or error")
+		logFormat = flags.String("log-format", "text", "log format: text or json")
+		config    = flags.String("config", "", "read flags from this TOML file (keys are flag names); HERD_<FLAG> environment variables too")
+		check     = flags.Bool("check", false, "check the configuration and exit")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
-	flags.IntVar(&srv.Workers, "workers", 0, "worker processes (default: number of CPUs)")
+	flags.IntVar(&srv.Workers, "workers", runtime.NumCPU(), "worker processes (default: the number of CPUs)")
 	flags.StringVar(&srv.Strategy, "strategy", "accept", "accept strategy: "+strings.Join(herd.Strategies(), ", "))
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
 	flags.IntVar(&srv.Backlog, "backlog", 511, "listen backlog (capped by net.core.somaxconn)")
 	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
+	flags.StringVar(&srv.AccessLog, "access-log", "", "log each request to this file in Common Log Format (- for stdout)")
 	flags.StringVar(&srv.Admin, "admin", "", "serve /metrics, /status, /healthz, /readyz here (loopback or unix:PATH)")
 	flags.BoolVar(&srv.MultiAccept, "multi-accept", false, "epoll, exclusive, nginx: accept until EAGAIN on each wakeup")
 	flags.IntVar(&srv.WorkerConnections, "worker-connections", 1024, "connections per worker (nginx's accept_disabled, fdpass's limit)")
@@ -53,11 +58,25 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := applyDefaults(flags, *config); err != nil {
+		return err
+	}
+	if srv.Workers < 1 {
+		return fmt.Errorf("workers must be at least 1, not %d", srv.Workers)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
-	srv.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	hopts := &slog.HandlerOptions{Level: level}
+	switch *logFormat {
+	case "text":
+		srv.Logger = slog.New(slog.NewTextHandler(stderr, hopts))
+	case "json":
+		srv.Logger = slog.New(slog.NewJSONHandler(stderr, hopts))
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
+	}
 	srv.Listen = listen
 
 	if len(pos) == 1 {
@@ -72,6 +91,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	srv.ConfigureServer = func(s *http.Server) {
 		s.ReadHeaderTimeout = 10 * time.Second
 		s.IdleTimeout = 75 * time.Second // nginx's keepalive_timeout
+	}
+	if *check {
+		if err := srv.Check(); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "herd: configuration ok")
+		return nil
 	}
 	if !herd.IsWorker() && len(pos) == 0 {
 		srv.Logger.Info("no ROOT given: serving the built-in page")

@@ -55,7 +55,8 @@ type Config struct {
 	MutexDelay        time.Duration // nginx: accept_mutex_delay; default 500ms
 	ReorderEvery      int           // exclusive: re-add every N accepts; default 16, negative: never
 
-	Admin string // operator endpoint address (loopback or unix socket); "" for none
+	Admin     string // operator endpoint address (loopback or unix socket); "" for none
+	AccessLog string // workers log requests here ("-": standard output); "" for none
 
 	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
 	MaxRequests       int           // replace a worker after this many requests; 0: never
@@ -259,6 +260,35 @@ func (m *Master) open() error {
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// Check validates a configuration without starting or binding anything
+// (herd serve --check): every mistake New would find before it listens.
+func Check(cfg Config) error {
+	if err := fill(&cfg); err != nil {
+		return err
+	}
+	for _, a := range cfg.Listen {
+		network, _, err := ParseAddr(a)
+		if err != nil {
+			return err
+		}
+		if network == "unix" && cfg.Strategy == "reuseport" {
+			return fmt.Errorf("listen %s: the reuseport strategy needs TCP addresses", a)
+		}
+	}
+	if cfg.Admin != "" {
+		network, a, err := ParseAddr(cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("admin: %w", err)
+		}
+		if host, _, _ := net.SplitHostPort(a); network == "tcp" && host != "localhost" {
+			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+				return fmt.Errorf("admin %s: must be a loopback address or a unix socket", cfg.Admin)
+			}
 		}
 	}
 	return nil
@@ -713,7 +743,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		Slot: slot, Generation: gen, Record: rec, Listeners: names,
 		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
 		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
-		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter,
+		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)

@@ -36,6 +36,7 @@ type Spec struct {
 	ReorderEvery      int           `json:"exclusive_reorder,omitempty"`
 	MaxRequests       int           `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
 	MaxRequestsJitter int           `json:"max_requests_jitter,omitempty"`
+	AccessLog         string        `json:"access_log,omitempty"` // path, or "-" for standard output
 }
 
 // Env renders the spec as an environment entry.

@@ -95,7 +95,16 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if opts.Configure != nil {
 		opts.Configure(srv)
 	}
-	srv.Handler = countRequests(opts.Handler, st, recycler(spec, ctrl))
+	handler := opts.Handler
+	if spec.AccessLog != "" {
+		alog, err := openAccessLog(spec.AccessLog)
+		if err != nil {
+			return err
+		}
+		defer alog.Close()
+		handler = alog.wrap(handler)
+	}
+	srv.Handler = countRequests(handler, st, recycler(spec, ctrl))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	accepting := make(chan error, 1)
