@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"sort"
 	"sync/atomic"
@@ -37,7 +36,8 @@ import (
 // A Strategy accepts connections for one worker process.
 //
 // Serve runs the strategy's accepting threads and passes every accepted
-// connection to deliver, which takes ownership of it. It returns when Stop
+// connection's descriptor (blocking, close-on-exec) to deliver, which takes
+// ownership of it: the engine decides how to serve it. It returns when Stop
 // has been called and no more connections will be delivered, or with an
 // error when the strategy cannot go on.
 //
@@ -46,7 +46,7 @@ import (
 // for the other workers: a stopping strategy may finish an accept already
 // under way (and deliver it), but never closes the shared listener.
 type Strategy interface {
-	Serve(deliver func(net.Conn)) error
+	Serve(deliver func(fd int)) error
 	Stop()
 }
 
@@ -141,31 +141,13 @@ func New(name string, cfg Config) (Strategy, error) {
 
 // accepted counts a connection the moment accept4 has returned it: as
 // accepted, and as active — the worker holds it from now on, even before
-// it is wrapped and handed on. (`herd bench --chaos` kills workers that
-// show no active connection; the earlier the count, the smaller the window
-// in which such a worker holds one anyway.) deliver hands it on; a
-// connection that cannot be wrapped is counted out again.
-func accepted(st *shm.Record, fd int, deliver func(net.Conn), log *slog.Logger) {
+// the engine has it. (`herd bench --chaos` kills workers that show no
+// active connection; the earlier the count, the smaller the window in which
+// such a worker holds one anyway.) The engine counts it out when it closes.
+func accepted(st *shm.Record, fd int, deliver func(fd int)) {
 	st.Inc(shm.Accepts)
 	st.Inc(shm.Active)
-	c, err := fdConn(fd)
-	if err != nil {
-		st.Add(shm.Active, -1)
-		log.Warn("accept: wrap connection", "err", err)
-		return
-	}
-	deliver(c)
-}
-
-// fdConn turns a freshly accepted, blocking, close-on-exec descriptor into a
-// net.Conn and closes the original. net.FileConn costs a dup(2) and an
-// epoll_ctl(2): the price of handing a raw accept to net/http. (The native
-// engine serves the descriptor directly.)
-func fdConn(fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "")
-	c, err := net.FileConn(f)
-	f.Close()
-	return c, err
+	deliver(fd)
 }
 
 // transient reports whether an accept4 error is about one connection or a

@@ -46,7 +46,7 @@ func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *
 	}
 	conns := make(chan net.Conn, 100)
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(func(c net.Conn) { conns <- c }) }()
+	go func() { done <- s.Serve(func(fd int) { conns <- fileConn(t, fd) }) }()
 	return conns, func() time.Duration {
 		start := time.Now()
 		s.Stop()
@@ -60,6 +60,17 @@ func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *
 		}
 		return time.Since(start)
 	}
+}
+
+// fileConn wraps a delivered descriptor as the nethttp engine does.
+func fileConn(t *testing.T, fd int) net.Conn {
+	f := os.NewFile(uintptr(fd), "")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		t.Error(err)
+	}
+	return c
 }
 
 func dial(t *testing.T, addr string, n int) []net.Conn {
@@ -154,7 +165,7 @@ func TestFdpass(t *testing.T) {
 	}
 	got := make(chan net.Conn, 10)
 	done := make(chan error)
-	go func() { done <- s.Serve(func(c net.Conn) { got <- c }) }()
+	go func() { done <- s.Serve(func(fd int) { got <- fileConn(t, fd) }) }()
 	var acks atomic.Int32
 	for range 5 {
 		dial(t, sock.Addr, 1)

@@ -2,7 +2,6 @@ package accept
 
 import (
 	"fmt"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -59,7 +58,7 @@ func newBlocking(cfg Config) (Strategy, error) {
 
 func (b *blocking) Stop() { b.stopping.Store(true) }
 
-func (b *blocking) Serve(deliver func(net.Conn)) error {
+func (b *blocking) Serve(deliver func(fd int)) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(b.cfg.Listeners)*b.cfg.Threads)
 	for _, l := range b.cfg.Listeners {
@@ -79,7 +78,7 @@ func (b *blocking) Serve(deliver func(net.Conn)) error {
 	return <-errs
 }
 
-func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
+func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	// The thread's identity is what the kernel queues as a waiter; keep the
 	// goroutine on it so per-thread tools (strace -f, perf) see one waiter.
 	runtime.LockOSThread()
@@ -91,7 +90,7 @@ func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
 		switch {
 		case err == nil:
 			st.Inc(shm.Wakeups)
-			accepted(st, fd, deliver, b.cfg.Log)
+			accepted(st, fd, deliver)
 			b.out.recovered(b.cfg.Log)
 		case err == unix.EAGAIN:
 			// Either SO_RCVTIMEO expired (nobody came) or we were woken and
@@ -118,7 +117,7 @@ func (b *blocking) thread(l Listener, deliver func(net.Conn)) error {
 }
 
 // drain accepts connections already queued on l, without waiting for more.
-func (b *blocking) drain(l Listener, deliver func(net.Conn)) {
+func (b *blocking) drain(l Listener, deliver func(fd int)) {
 	for {
 		pfd := []unix.PollFd{{Fd: int32(l.FD), Events: unix.POLLIN}}
 		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 {
@@ -132,6 +131,6 @@ func (b *blocking) drain(l Listener, deliver func(net.Conn)) {
 			return // EAGAIN: another thread took it; or the queue is empty
 		}
 		b.cfg.Stats.Inc(shm.Wakeups)
-		accepted(b.cfg.Stats, fd, deliver, b.cfg.Log)
+		accepted(b.cfg.Stats, fd, deliver)
 	}
 }

@@ -3,7 +3,6 @@ package accept
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"runtime"
 	"sync/atomic"
 
@@ -82,7 +81,7 @@ func newEpollStrategy(cfg Config, name string, exclusive bool) (*epollStrategy, 
 
 func (e *epollStrategy) Stop() { e.stop.signal() }
 
-func (e *epollStrategy) Serve(deliver func(net.Conn)) error {
+func (e *epollStrategy) Serve(deliver func(fd int)) error {
 	defer unix.Close(e.stop.fd)
 	return runThreads(e.cfg.Threads, func() error { return e.thread(deliver) }, e.Stop)
 }
@@ -95,7 +94,7 @@ func (e *epollStrategy) listenerEvents() uint32 {
 	return unix.EPOLLIN
 }
 
-func (e *epollStrategy) thread(deliver func(net.Conn)) error {
+func (e *epollStrategy) thread(deliver func(fd int)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	ep, err := e.stop.epoll()
@@ -153,13 +152,13 @@ func (e *epollStrategy) thread(deliver func(net.Conn)) error {
 // acceptBurst accepts from a listener that polled readable: one connection,
 // or with multi-accept every connection until EAGAIN (nginx's
 // multi_accept). It returns how many it delivered.
-func acceptBurst(l Listener, multi bool, st *shm.Record, out *exhaustion, log *slog.Logger, deliver func(net.Conn)) (int, error) {
+func acceptBurst(l Listener, multi bool, st *shm.Record, out *exhaustion, log *slog.Logger, deliver func(fd int)) (int, error) {
 	n := 0
 	for {
 		fd, _, err := unix.Accept4(l.FD, unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			accepted(st, fd, deliver, log)
+			accepted(st, fd, deliver)
 			out.recovered(log)
 			n++
 			if !multi {

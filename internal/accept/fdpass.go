@@ -2,7 +2,6 @@ package accept
 
 import (
 	"errors"
-	"net"
 	"sync"
 
 	"github.com/herd-run/herd/internal/shm"
@@ -37,7 +36,7 @@ func newFdpass(cfg Config) (Strategy, error) {
 
 func (f *fdpass) Stop() { f.once.Do(func() { close(f.stop) }) }
 
-func (f *fdpass) Serve(deliver func(net.Conn)) error {
+func (f *fdpass) Serve(deliver func(fd int)) error {
 	st := f.cfg.Stats
 	for {
 		select {
@@ -49,7 +48,7 @@ func (f *fdpass) Serve(deliver func(net.Conn)) error {
 			}
 			st.Inc(shm.Wakeups)
 			p.Ack()
-			accepted(st, p.FD, deliver, f.cfg.Log)
+			accepted(st, p.FD, deliver)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package accept
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -66,7 +65,7 @@ func (s *netpoll) Stop() {
 	})
 }
 
-func (s *netpoll) Serve(deliver func(net.Conn)) error {
+func (s *netpoll) Serve(deliver func(fd int)) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(s.listeners)*s.cfg.Threads)
 	for i, ln := range s.listeners {
@@ -92,7 +91,7 @@ func (s *netpoll) Serve(deliver func(net.Conn)) error {
 	return <-errs
 }
 
-func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) error {
+func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(fd int)) error {
 	st := s.cfg.Stats
 	for {
 		var fd int
@@ -120,7 +119,7 @@ func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(net.Conn)) 
 		}
 		switch {
 		case aerr == nil:
-			accepted(st, fd, deliver, s.cfg.Log)
+			accepted(st, fd, deliver)
 			s.out.recovered(s.cfg.Log)
 		case transient(aerr):
 		case s.out.hit(aerr, s.cfg.Log):

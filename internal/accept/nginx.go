@@ -3,7 +3,6 @@ package accept
 import (
 	"errors"
 	"fmt"
-	"net"
 	"runtime"
 	"sync/atomic"
 
@@ -53,12 +52,12 @@ func newNginx(cfg Config) (Strategy, error) {
 
 func (s *nginxStrategy) Stop() { s.stop.signal() }
 
-func (s *nginxStrategy) Serve(deliver func(net.Conn)) error {
+func (s *nginxStrategy) Serve(deliver func(fd int)) error {
 	defer unix.Close(s.stop.fd)
 	return runThreads(s.cfg.Threads, func() error { return s.thread(deliver) }, s.Stop)
 }
 
-func (s *nginxStrategy) thread(deliver func(net.Conn)) error {
+func (s *nginxStrategy) thread(deliver func(fd int)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	ep, err := s.stop.epoll()

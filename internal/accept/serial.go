@@ -2,7 +2,6 @@ package accept
 
 import (
 	"fmt"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -66,7 +65,7 @@ func setNonblock(ls []Listener) error {
 
 func (s *serialized) Stop() { s.stopping.Store(true) }
 
-func (s *serialized) Serve(deliver func(net.Conn)) error {
+func (s *serialized) Serve(deliver func(fd int)) error {
 	return runThreads(s.cfg.Threads, func() error {
 		l, err := s.newLock()
 		if err != nil {
@@ -77,7 +76,7 @@ func (s *serialized) Serve(deliver func(net.Conn)) error {
 	}, s.Stop)
 }
 
-func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
+func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	st := s.cfg.Stats
@@ -135,7 +134,7 @@ func (s *serialized) thread(l acceptLock, deliver func(net.Conn)) error {
 		}
 		for _, fd := range fds {
 			st.Add(shm.Active, -1)
-			accepted(st, fd, deliver, s.cfg.Log)
+			accepted(st, fd, deliver)
 			s.out.recovered(s.cfg.Log)
 		}
 		fds = fds[:0]

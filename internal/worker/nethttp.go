@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 
 	"github.com/herd-run/herd/internal/shm"
@@ -54,6 +55,17 @@ func (h *handoff) drain() { h.once.Do(func() { close(h.drained) }) }
 func (h *handoff) Close() error { h.drain(); return nil }
 
 func (h *handoff) Addr() net.Addr { return h.addr }
+
+// fdConn turns a freshly accepted, blocking, close-on-exec descriptor into a
+// net.Conn and closes the original. net.FileConn costs a dup(2) and an
+// epoll_ctl(2): the price of handing a raw accept to net/http. (The native
+// engine serves the descriptor itself.)
+func fdConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(f)
+	f.Close()
+	return c, err
+}
 
 // countedConn keeps the scoreboard's Active and BytesOut fields. It must
 // keep ReadFrom reachable: net/http's response writer hands a file body to

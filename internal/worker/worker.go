@@ -109,7 +109,15 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	go func() { served <- srv.Serve(ln) }()
 	accepting := make(chan error, 1)
 	go func() {
-		accepting <- strat.Serve(func(c net.Conn) { ln.push(newCountedConn(c, st)) })
+		accepting <- strat.Serve(func(fd int) {
+			c, err := fdConn(fd)
+			if err != nil {
+				st.Add(shm.Active, -1)
+				log.Warn("wrap accepted connection", "err", err)
+				return
+			}
+			ln.push(newCountedConn(c, st))
+		})
 	}()
 
 	stopBeat := heartbeat(st)
