@@ -41,10 +41,15 @@ import (
 )
 
 // Server is a prefork HTTP server. The zero value of every option but
-// Handler is usable.
+// Handler (or Static) is usable.
 type Server struct {
-	// Handler answers requests in the workers.
+	// Handler answers requests in the workers, through net/http.
 	Handler http.Handler
+
+	// Static, if set, serves the files under a directory with herd's native
+	// engine — an epoll event loop per worker, sendfile, no net/http —
+	// instead of Handler.
+	Static *StaticFiles
 
 	// Listen lists the addresses to listen on: "host:port" for TCP (an
 	// empty host means all IPv4 addresses), "unix:PATH" or a path with a
@@ -126,6 +131,12 @@ type Server struct {
 	err    error
 }
 
+// StaticFiles configures the native engine.
+type StaticFiles struct {
+	Root           string // the document root
+	FollowSymlinks bool   // serve symlinks that lead outside Root
+}
+
 // ListenAndServe starts the server and blocks until it has stopped. In a
 // worker process it does not return.
 func (s *Server) ListenAndServe() error {
@@ -157,7 +168,7 @@ func Strategies() []string { return accept.Names() }
 // In a worker process Start does not return: it serves until the master
 // tells it to stop and then exits the process.
 func (s *Server) Start() error {
-	if s.Handler == nil {
+	if s.Handler == nil && s.Static == nil {
 		return errors.New("herd: Server.Handler is nil")
 	}
 	log := s.Logger
@@ -212,7 +223,7 @@ func workerTimeout(d time.Duration) time.Duration {
 // Check validates the options without starting anything, as
 // `herd serve --check` does.
 func (s *Server) Check() error {
-	if s.Handler == nil {
+	if s.Handler == nil && s.Static == nil {
 		return errors.New("herd: Server.Handler is nil")
 	}
 	if err := master.Check(s.masterConfig(slog.Default())); err != nil {
@@ -226,7 +237,13 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
 		listen = []string{":8080"} // unless systemd passes sockets
 	}
+	var static string
+	var follow bool
+	if s.Static != nil {
+		static, follow = s.Static.Root, s.Static.FollowSymlinks
+	}
 	return master.Config{
+		StaticRoot: static, FollowSymlinks: follow,
 		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,

@@ -34,6 +34,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		logFormat = flags.String("log-format", "text", "log format: text or json")
 		config    = flags.String("config", "", "read flags from this TOML file (keys are flag names); HERD_<FLAG> environment variables too")
 		check     = flags.Bool("check", false, "check the configuration and exit")
+		engine    = flags.String("engine", "native", "native (herd's own epoll loop, sendfile) or nethttp (net/http)")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
 	flags.IntVar(&srv.Workers, "workers", runtime.NumCPU(), "worker processes (default: the number of CPUs)")
@@ -79,10 +80,23 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	srv.Listen = listen
 
+	switch *engine {
+	case "native", "nethttp":
+	default:
+		return fmt.Errorf("--engine %q: want native or nethttp", *engine)
+	}
+	if *engine == "native" && (static.Autoindex || srv.AccessLog != "" || srv.MaxRequests > 0 || len(pos) == 0) {
+		// Not in the native engine yet: directory listings, the access log,
+		// max-requests, the built-in page.
+		*engine = "nethttp"
+	}
 	if len(pos) == 1 {
-		srv.Handler, err = httpd.Static(pos[0], static)
+		srv.Handler, err = httpd.Static(pos[0], static) // checks the root either way
 		if err != nil {
 			return err
+		}
+		if *engine == "native" {
+			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks}
 		}
 	} else {
 		sub, _ := fs.Sub(defaultRoot, "www")

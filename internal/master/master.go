@@ -58,6 +58,11 @@ type Config struct {
 	Admin     string // operator endpoint address (loopback or unix socket); "" for none
 	AccessLog string // workers log requests here ("-": standard output); "" for none
 
+	// StaticRoot, if set, is served by the native engine (internal/httpd)
+	// instead of the program's handler.
+	StaticRoot     string
+	FollowSymlinks bool
+
 	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
 	MaxRequests       int           // replace a worker after this many requests; 0: never
 	MaxRequestsJitter int           // plus up to this many more, at random per worker
@@ -739,11 +744,17 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		names[i] = s.Addr
 		files = append(files, s.File)
 	}
+	engine := ""
+	if m.cfg.StaticRoot != "" {
+		engine = "native"
+	}
 	spec := worker.Spec{
-		Slot: slot, Generation: gen, Record: rec, Listeners: names,
+		Engine: engine,
+		Slot:   slot, Generation: gen, Record: rec, Listeners: names,
 		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
 		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
+		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks,
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)

@@ -37,6 +37,12 @@ type Spec struct {
 	MaxRequests       int           `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
 	MaxRequestsJitter int           `json:"max_requests_jitter,omitempty"`
 	AccessLog         string        `json:"access_log,omitempty"` // path, or "-" for standard output
+
+	// Engine "native" serves StaticRoot with internal/httpd's event loop
+	// instead of the program's http.Handler.
+	Engine         string `json:"engine,omitempty"`
+	StaticRoot     string `json:"static_root,omitempty"`
+	FollowSymlinks bool   `json:"follow_symlinks,omitempty"`
 }
 
 // Env renders the spec as an environment entry.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -80,7 +81,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	for i, a := range spec.Listeners {
 		listeners[i] = accept.Listener{FD: FirstListenerFD + i, Addr: a}
 	}
-	ln := newHandoff(listenerAddr(listeners[0].FD)) // before a strategy may close the fd
+	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
 	strat, err := accept.New(spec.Strategy, accept.Config{
 		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
 		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
@@ -90,7 +91,13 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	stopBeat := heartbeat(st)
+	defer stopBeat()
+	if spec.Engine == "native" {
+		return runNative(spec, strat, st, ctrl, sigs, masterGone, log)
+	}
 
+	ln := newHandoff(addr)
 	srv := &http.Server{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if opts.Configure != nil {
 		opts.Configure(srv)
@@ -119,9 +126,6 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			ln.push(newCountedConn(c, st))
 		})
 	}()
-
-	stopBeat := heartbeat(st)
-	defer stopBeat()
 
 	st.Store(shm.State, shm.StateReady)
 	if err := ctrl.send("ready"); err != nil {
@@ -166,6 +170,62 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if err := drainConns(ctx, srv, st); err != nil {
 		log.Warn("drain cut short", "err", err, "active", st.Load(shm.Active))
 		srv.Close()
+	}
+	return nil
+}
+
+// runNative serves with the native engine: the strategy hands descriptors
+// straight to the event loop; a graceful stop stops the strategy, then lets
+// the loop answer what it has, closing keep-alive connections as they go
+// idle, bounded by the drain timeout.
+func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control, sigs <-chan os.Signal,
+	masterGone <-chan struct{}, log *slog.Logger) error {
+	eng, err := httpd.New(httpd.Config{
+		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
+		WorkerConnections: spec.WorkerConnections, Stats: st, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- eng.Run() }()
+	accepting := make(chan error, 1)
+	go func() { accepting <- strat.Serve(eng.Add) }()
+
+	st.Store(shm.State, shm.StateReady)
+	if err := ctrl.send("ready"); err != nil {
+		return fmt.Errorf("worker: tell master ready: %w", err)
+	}
+	select {
+	case sig := <-sigs:
+		if sig == unix.SIGTERM {
+			return nil
+		}
+	case <-masterGone:
+		log.Warn("master is gone; exiting")
+		return nil
+	case err := <-accepting:
+		return fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
+	case err := <-served:
+		return fmt.Errorf("native engine: %w", err)
+	}
+	st.Store(shm.State, shm.StateStopping)
+	strat.Stop()
+	if err := <-accepting; err != nil {
+		log.Warn("accept strategy stopped with error", "err", err)
+	}
+	ctrl.stopPassing()
+	eng.Drain()
+	select {
+	case <-eng.Done():
+	case <-time.After(spec.DrainTimeout):
+		log.Warn("drain cut short", "active", st.Load(shm.Active))
+		eng.Close()
+		<-eng.Done()
+	case <-sigs:
+		eng.Close()
+		<-eng.Done()
+	case <-masterGone:
 	}
 	return nil
 }

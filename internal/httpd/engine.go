@@ -1,0 +1,652 @@
+package httpd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// The native engine: one event loop per worker on its own epoll instance and
+// locked OS thread, as an nginx worker runs — no goroutine per connection,
+// no net/http. It serves the static files under a root over HTTP/1.1 and
+// 1.0: keep-alive, pipelining, conditional and range requests, precompressed
+// .gz siblings, bodies by sendfile(2) with the header sent MSG_MORE so both
+// leave in the same segments (seed 001's TCP_CORK, without the two extra
+// setsockopt calls).
+
+// Config is what an engine serves and how.
+type Config struct {
+	Root              string
+	FollowSymlinks    bool
+	WorkerConnections int           // more connections than this are closed at once; default 1024
+	HeaderTimeout     time.Duration // for a request head to arrive whole; default 10s (408)
+	IdleTimeout       time.Duration // keep-alive between requests; default 75s, nginx's keepalive_timeout
+	SendTimeout       time.Duration // for a stalled client to take more of a response; default 60s
+	Stats             *shm.Record   // Requests, BytesOut, Active (the accept strategy counted it in)
+	Log               *slog.Logger
+}
+
+// Engine is one worker's event loop.
+type Engine struct {
+	cfg   Config
+	ep    int
+	wake  int // eventfd: new connections, drain, close
+	files *fileCache
+	conns map[int]*conn
+
+	mu      sync.Mutex
+	pending []int
+	drain   atomic.Bool
+	closing atomic.Bool
+	done    chan struct{}
+
+	now     time.Time
+	date    []byte
+	dateSec int64
+	events  []unix.EpollEvent
+	full    bool // at WorkerConnections: logged once per episode
+}
+
+// New opens the root and the epoll instance. Run serves.
+func New(cfg Config) (*Engine, error) {
+	if cfg.WorkerConnections <= 0 {
+		cfg.WorkerConnections = 1024
+	}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 75 * time.Second
+	}
+	if cfg.SendTimeout <= 0 {
+		cfg.SendTimeout = 60 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	files, err := newFileCache(cfg.Root, cfg.FollowSymlinks)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		files.close()
+		return nil, fmt.Errorf("httpd: epoll_create1: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(ep)
+		files.close()
+		return nil, fmt.Errorf("httpd: eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		return nil, fmt.Errorf("httpd: %w", err)
+	}
+	return &Engine{cfg: cfg, ep: ep, wake: wake, files: files, conns: map[int]*conn{},
+		done: make(chan struct{}), events: make([]unix.EpollEvent, 256)}, nil
+}
+
+// Add hands the engine an accepted connection (from any goroutine).
+func (e *Engine) Add(fd int) {
+	e.mu.Lock()
+	e.pending = append(e.pending, fd)
+	e.mu.Unlock()
+	e.poke()
+}
+
+func (e *Engine) poke() { unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
+
+// Drain makes the engine finish: idle keep-alive connections are closed,
+// a connection busy with a request gets its answer with "Connection:
+// close". Run returns once none is left. No Add may follow.
+func (e *Engine) Drain() {
+	e.drain.Store(true)
+	e.poke()
+}
+
+// Close makes Run return at once, closing every connection.
+func (e *Engine) Close() {
+	e.closing.Store(true)
+	e.poke()
+}
+
+// Done is closed when Run has returned.
+func (e *Engine) Done() <-chan struct{} { return e.done }
+
+// Run is the event loop. It returns when drained or closed.
+func (e *Engine) Run() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(e.done)
+	defer e.shutdown()
+	lastSweep := time.Now()
+	for {
+		e.tick()
+		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
+			return nil
+		}
+		n, err := unix.EpollWait(e.ep, e.events, 500)
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("httpd: epoll_wait: %w", err)
+		}
+		e.tick()
+		for _, ev := range e.events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			if fd == e.wake {
+				var buf [8]byte
+				unix.Read(e.wake, buf[:])
+				e.takePending()
+				if e.drain.Load() {
+					e.drainIdle()
+				}
+				continue
+			}
+			if c := e.conns[fd]; c != nil {
+				e.serve(c, ev.Events)
+			}
+		}
+		if e.now.Sub(lastSweep) >= 500*time.Millisecond {
+			e.sweep()
+			lastSweep = e.now
+		}
+	}
+}
+
+func (e *Engine) noPending() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.pending) == 0
+}
+
+// tick refreshes the clock and, once a second, the Date header.
+func (e *Engine) tick() {
+	e.now = time.Now()
+	if s := e.now.Unix(); s != e.dateSec {
+		e.dateSec = s
+		e.date = e.now.UTC().AppendFormat(e.date[:0], http.TimeFormat)
+	}
+}
+
+func (e *Engine) takePending() {
+	e.mu.Lock()
+	fds := e.pending
+	e.pending = nil
+	e.mu.Unlock()
+	for _, fd := range fds {
+		if len(e.conns) >= e.cfg.WorkerConnections {
+			if !e.full {
+				e.full = true
+				e.cfg.Log.Warn("worker_connections reached; closing new connections", "limit", e.cfg.WorkerConnections)
+			}
+			unix.Close(fd)
+			e.cfg.Stats.Add(shm.Active, -1)
+			continue
+		}
+		e.full = false
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			e.cfg.Stats.Add(shm.Active, -1)
+			continue
+		}
+		c := &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048)}
+		e.conns[fd] = c
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+		if err := unix.EpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			e.closeConn(c)
+			continue
+		}
+		e.onReadable(c) // data may already be there
+	}
+}
+
+// sweep closes connections past their timeouts.
+func (e *Engine) sweep() {
+	for _, c := range e.conns {
+		switch {
+		case c.writing():
+			if e.now.Sub(c.since) > e.cfg.SendTimeout {
+				e.closeConn(c)
+			}
+		case len(c.rbuf) > 0 || c.requests == 0:
+			if e.now.Sub(c.since) > e.cfg.HeaderTimeout {
+				e.fail(c, refuse(408, "Request Timeout"))
+			}
+		default:
+			if e.now.Sub(c.since) > e.cfg.IdleTimeout {
+				e.closeConn(c)
+			}
+		}
+	}
+}
+
+// drainIdle closes the keep-alive connections that wait for their next
+// request. A connection that has not had its first request yet is not
+// idle: its client has sent, or is sending, a request that must be
+// answered (closing it is the drop net/http's Shutdown makes).
+func (e *Engine) drainIdle() {
+	for _, c := range e.conns {
+		if !c.writing() && len(c.rbuf) == 0 && c.requests > 0 {
+			e.closeConn(c)
+		}
+	}
+}
+
+func (e *Engine) shutdown() {
+	for _, c := range e.conns {
+		e.closeConn(c)
+	}
+	e.mu.Lock()
+	for _, fd := range e.pending {
+		unix.Close(fd)
+		e.cfg.Stats.Add(shm.Active, -1)
+	}
+	e.pending = nil
+	e.mu.Unlock()
+	unix.Close(e.ep)
+	unix.Close(e.wake)
+	e.files.close()
+}
+
+// conn is one client connection.
+type conn struct {
+	fd       int
+	rbuf     []byte // read, not yet parsed
+	out      []byte // response bytes not yet sent (head, or head and small body)
+	outOff   int
+	file     *file // body to send with sendfile, from off to end
+	off, end int64
+	close    bool // close once the response is sent
+	eof      bool // the client has closed its side
+	since    time.Time
+	requests int
+}
+
+func (c *conn) writing() bool { return c.outOff < len(c.out) || c.file != nil }
+
+func (e *Engine) serve(c *conn, events uint32) {
+	if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		e.closeConn(c)
+		return
+	}
+	if events&unix.EPOLLRDHUP != 0 {
+		c.eof = true
+	}
+	if c.writing() && events&unix.EPOLLOUT != 0 {
+		if !e.flush(c) {
+			return
+		}
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || !c.writing() {
+		e.onReadable(c)
+	}
+}
+
+// onReadable reads what the client sent and answers every complete request
+// in order (pipelining), as far as the socket takes the answers.
+func (e *Engine) onReadable(c *conn) {
+	for {
+		if c.writing() {
+			return // the rest waits in the buffer until this answer is out
+		}
+		if len(c.rbuf) > 0 {
+			req, perr := parse(c.rbuf)
+			if perr != nil {
+				e.fail(c, perr)
+				return
+			}
+			if req != nil {
+				if int64(len(c.rbuf)) < int64(req.size)+req.length {
+					if !e.read(c) {
+						return
+					}
+					continue // wait for the body, which is dropped
+				}
+				e.respond(c, req)
+				c.rbuf = c.rbuf[:copy(c.rbuf, c.rbuf[req.size+int(req.length):])]
+				if !e.flush(c) {
+					return
+				}
+				continue
+			}
+		}
+		if !e.read(c) {
+			return
+		}
+	}
+}
+
+// read appends what the socket has to the buffer. false: nothing more now
+// (EAGAIN), or the connection was closed.
+func (e *Engine) read(c *conn) bool {
+	if len(c.rbuf) == cap(c.rbuf) {
+		if cap(c.rbuf) >= MaxHeaderBytes+MaxBody {
+			e.fail(c, refuse(431, "Request Header Fields Too Large"))
+			return false
+		}
+		grown := make([]byte, len(c.rbuf), cap(c.rbuf)*2)
+		copy(grown, c.rbuf)
+		c.rbuf = grown
+	}
+	n, err := unix.Read(c.fd, c.rbuf[len(c.rbuf):cap(c.rbuf)])
+	switch {
+	case err == unix.EAGAIN:
+		if c.eof && len(c.rbuf) == 0 {
+			e.closeConn(c)
+		}
+		return false
+	case err == unix.EINTR:
+		return true
+	case err != nil || n == 0:
+		e.closeConn(c) // peer closed or reset; a partial request is dropped
+		return false
+	}
+	if len(c.rbuf) == 0 {
+		c.since = e.now // a new request starts: the header timeout runs
+	}
+	c.rbuf = c.rbuf[:len(c.rbuf)+n]
+	return true
+}
+
+// flush sends what is pending. false: the socket is full (EPOLLOUT will
+// call again) or the connection was closed.
+func (e *Engine) flush(c *conn) bool {
+	for c.outOff < len(c.out) {
+		flags := unix.MSG_NOSIGNAL
+		if c.file != nil {
+			flags |= unix.MSG_MORE // the body follows: one segment for head and body start
+		}
+		n, err := unix.SendmsgN(c.fd, c.out[c.outOff:], nil, nil, flags)
+		if err == unix.EAGAIN {
+			return false
+		}
+		if err != nil && err != unix.EINTR {
+			e.closeConn(c)
+			return false
+		}
+		c.outOff += n
+		c.since = e.now
+		e.cfg.Stats.Add(shm.BytesOut, int64(n))
+	}
+	for c.file != nil && c.off < c.end {
+		off := c.off
+		n, err := unix.Sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, 1<<30)))
+		if err == unix.EAGAIN {
+			return false
+		}
+		if err != nil && err != unix.EINTR {
+			e.closeConn(c)
+			return false
+		}
+		if n == 0 && err == nil {
+			e.closeConn(c) // the file shrank under us: the response cannot be completed
+			return false
+		}
+		c.off += int64(n)
+		c.since = e.now
+		e.cfg.Stats.Add(shm.BytesOut, int64(n))
+	}
+	if c.file != nil {
+		e.files.release(c.file)
+		c.file = nil
+	}
+	c.out, c.outOff = c.out[:0], 0
+	c.since = e.now
+	if c.close || e.drain.Load() {
+		e.closeConn(c)
+		return false
+	}
+	return true
+}
+
+func (e *Engine) closeConn(c *conn) {
+	if _, ok := e.conns[c.fd]; !ok {
+		return
+	}
+	delete(e.conns, c.fd)
+	if c.file != nil {
+		e.files.release(c.file)
+		c.file = nil
+	}
+	// Remove it from the epoll set explicitly: close alone does not when
+	// another process still holds the socket (fdpass: the master keeps its
+	// copy until the worker's ack is read), and the stale entry would then
+	// report events under a descriptor number a new connection reuses.
+	unix.EpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	unix.Close(c.fd)
+	e.cfg.Stats.Add(shm.Active, -1)
+}
+
+// fail answers a refused request and closes the connection.
+func (e *Engine) fail(c *conn, perr *parseError) {
+	c.rbuf = c.rbuf[:0]
+	e.errorPage(c, perr.status, perr.reason, nil)
+	c.close = true
+	e.cfg.Stats.Inc(shm.Requests)
+	e.flush(c)
+}
+
+var errNoFile = errors.New("no file")
+
+// respond builds the answer to req into c.out (and c.file).
+func (e *Engine) respond(c *conn, req *request) {
+	c.requests++
+	e.cfg.Stats.Inc(shm.Requests)
+	c.close = !req.keep || e.drain.Load()
+	head := string(req.method) == "HEAD"
+	if !head && string(req.method) != "GET" {
+		e.errorPage(c, 405, "Method Not Allowed", [][2]string{{"Allow", "GET, HEAD"}})
+		return
+	}
+	name, dir, ok := cleanPath(req.target)
+	if !ok {
+		e.errorPage(c, 400, "Bad Request", nil)
+		c.close = true
+		return
+	}
+	f, isDir, err := e.files.open(name, e.now)
+	if err == nil && isDir {
+		if !dir {
+			loc := "/" + strings.TrimPrefix(name+"/", "./")
+			e.errorPage(c, 301, "Moved Permanently", [][2]string{{"Location", loc}})
+			return
+		}
+		f, isDir, err = e.files.open(path2(name, "index.html"), e.now)
+		if err == nil && isDir {
+			err = errNoFile
+		}
+		if err == unix.ENOENT {
+			err = unix.EACCES // a directory without an index is not listed: 403, as nginx
+		}
+	}
+	switch {
+	case err == nil:
+	case err == unix.ENOENT || err == unix.ENOTDIR || err == errNoFile:
+		e.errorPage(c, 404, "Not Found", nil)
+		return
+	default: // errEscape, EACCES, ...
+		e.errorPage(c, 403, "Forbidden", nil)
+		return
+	}
+	e.sendFile(c, req, f, head)
+}
+
+func path2(dir, file string) string {
+	if dir == "." {
+		return file
+	}
+	return dir + "/" + file
+}
+
+// sendFile answers with f: 200, 206, 304 or 416.
+func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
+	// Hold the files while the answer is built (another lookup may evict
+	// them); the one sent by sendfile takes a hold of its own until sent.
+	f.refs++
+	defer e.files.release(f)
+	ctype, vary := f.ctype, false
+	var encoding string
+	if gz, _, err := e.files.open(f.name+".gz", e.now); err == nil && gz != nil {
+		vary = true
+		if req.gzip {
+			gz.refs++
+			defer e.files.release(gz)
+			f, encoding = gz, "gzip"
+		}
+	}
+	lastMod := f.mtime.UTC().Format(http.TimeFormat)
+	if notModified(req, f, lastMod) {
+		c.out = e.status(c.out[:0], 304, "Not Modified")
+		c.out = e.validators(c.out, f, lastMod, vary)
+		c.out = e.connection(c.out, c)
+		c.out = append(c.out, "\r\n"...)
+		return
+	}
+	start, end, partial, ok := byteRange(req, f, lastMod)
+	if !ok {
+		c.out = e.status(c.out[:0], 416, "Range Not Satisfiable")
+		c.out = append(c.out, "Content-Range: bytes */"...)
+		c.out = strconv.AppendInt(c.out, f.size, 10)
+		c.out = append(c.out, "\r\nContent-Length: 0\r\n"...)
+		c.out = e.connection(c.out, c)
+		c.out = append(c.out, "\r\n"...)
+		return
+	}
+	if partial {
+		c.out = e.status(c.out[:0], 206, "Partial Content")
+		c.out = fmt.Appendf(c.out, "Content-Range: bytes %d-%d/%d\r\n", start, end-1, f.size)
+	} else {
+		c.out = e.status(c.out[:0], 200, "OK")
+	}
+	c.out = append(c.out, "Content-Type: "...)
+	c.out = append(c.out, ctype...)
+	c.out = append(c.out, "\r\nContent-Length: "...)
+	c.out = strconv.AppendInt(c.out, end-start, 10)
+	c.out = append(c.out, "\r\nAccept-Ranges: bytes\r\n"...)
+	if encoding != "" {
+		c.out = append(c.out, "Content-Encoding: gzip\r\n"...)
+	}
+	c.out = e.validators(c.out, f, lastMod, vary)
+	c.out = e.connection(c.out, c)
+	c.out = append(c.out, "\r\n"...)
+	if head || end == start {
+		return
+	}
+	if f.small != nil {
+		c.out = append(c.out, f.small[start:end]...) // head and body in one write
+		return
+	}
+	f.refs++ // c.file's own hold
+	c.file, c.off, c.end = f, start, end
+}
+
+func (e *Engine) status(b []byte, code int, text string) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	b = append(b, text...)
+	b = append(b, "\r\nServer: herd\r\nDate: "...)
+	b = append(b, e.date...)
+	return append(b, "\r\n"...)
+}
+
+func (e *Engine) validators(b []byte, f *file, lastMod string, vary bool) []byte {
+	b = append(b, "Last-Modified: "...)
+	b = append(b, lastMod...)
+	b = append(b, "\r\nETag: "...)
+	b = append(b, f.etag...)
+	b = append(b, "\r\n"...)
+	if vary {
+		b = append(b, "Vary: Accept-Encoding\r\n"...)
+	}
+	return b
+}
+
+func (e *Engine) connection(b []byte, c *conn) []byte {
+	if c.close {
+		return append(b, "Connection: close\r\n"...)
+	}
+	return append(b, "Connection: keep-alive\r\n"...)
+}
+
+func (e *Engine) errorPage(c *conn, code int, text string, headers [][2]string) {
+	body := "<html><head><title>" + strconv.Itoa(code) + " " + text + "</title></head><body><h1>" +
+		strconv.Itoa(code) + " " + text + "</h1><hr>herd</body></html>\n"
+	c.out = e.status(c.out[:0], code, text)
+	for _, h := range headers {
+		c.out = append(c.out, h[0]+": "+h[1]+"\r\n"...)
+	}
+	c.out = append(c.out, "Content-Type: text/html; charset=utf-8\r\nContent-Length: "...)
+	c.out = strconv.AppendInt(c.out, int64(len(body)), 10)
+	c.out = append(c.out, "\r\n"...)
+	c.out = e.connection(c.out, c)
+	c.out = append(c.out, "\r\n"...)
+	c.out = append(c.out, body...)
+}
+
+// notModified applies If-None-Match, or else If-Modified-Since (RFC 9110 13.2.2).
+func notModified(req *request, f *file, lastMod string) bool {
+	if req.inm != nil {
+		for _, tag := range strings.Split(string(req.inm), ",") {
+			tag = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(tag), "W/"))
+			if tag == "*" || tag == f.etag {
+				return true
+			}
+		}
+		return false
+	}
+	if req.ims != nil {
+		t, err := http.ParseTime(string(req.ims))
+		return err == nil && !f.mtime.Truncate(time.Second).After(t)
+	}
+	return false
+}
+
+// byteRange reads a single Range (RFC 9110 14.1.2): "bytes=a-b", "a-" or
+// "-n". Several ranges, another unit or a failed If-Range: the whole file.
+// ok=false: unsatisfiable (416).
+func byteRange(req *request, f *file, lastMod string) (start, end int64, partial, ok bool) {
+	size := f.size
+	spec, isBytes := strings.CutPrefix(string(req.rng), "bytes=")
+	if req.rng == nil || !isBytes || strings.Contains(spec, ",") {
+		return 0, size, false, true
+	}
+	if req.ifRange != nil && string(req.ifRange) != f.etag && string(req.ifRange) != lastMod {
+		return 0, size, false, true
+	}
+	first, last, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, size, false, true
+	}
+	if first == "" { // suffix: the last n bytes
+		n, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, n == 0 && err == nil && size > 0
+		}
+		return max(size-n, 0), size, true, size > 0
+	}
+	a, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || a < 0 {
+		return 0, size, false, true
+	}
+	b := size - 1
+	if last != "" {
+		if b, err = strconv.ParseInt(last, 10, 64); err != nil || b < a {
+			return 0, size, false, true
+		}
+		b = min(b, size-1)
+	}
+	if a >= size {
+		return 0, 0, false, false
+	}
+	return a, b + 1, true, true
+}

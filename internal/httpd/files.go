@@ -1,0 +1,225 @@
+package httpd
+
+import (
+	"errors"
+	"fmt"
+	"mime"
+	"path"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fileCache is the native engine's open file cache (nginx's
+// open_file_cache): open descriptors with their size, modification time,
+// ETag and type, and the bytes of small files, so a hot file costs no
+// open(2) or stat(2) per request. An entry is checked against the disk
+// again once it is older than `valid`; at most `max` entries are kept.
+// It belongs to one event loop and needs no lock.
+type fileCache struct {
+	root    int // O_PATH descriptor of the document root
+	follow  bool
+	valid   time.Duration
+	max     int
+	entries map[string]*file
+}
+
+// file is one cached file. refs counts the responses still sending it; a
+// replaced or evicted file closes its descriptor when the last one ends.
+type file struct {
+	name    string // relative to the root
+	fd      int
+	size    int64
+	mtime   time.Time
+	ino     uint64
+	etag    string
+	ctype   string
+	small   []byte // the whole content, for files up to smallFile
+	checked time.Time
+	refs    int
+	dead    bool
+	dir     bool  // a directory: no descriptor kept
+	err     error // a remembered failure (missing, forbidden): no descriptor
+}
+
+const smallFile = 16 << 10
+
+var errEscape = errors.New("path escapes the root")
+
+func newFileCache(root string, follow bool) (*fileCache, error) {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("root %s: %w", root, err)
+	}
+	return &fileCache{root: fd, follow: follow, valid: time.Second, max: 4096, entries: map[string]*file{}}, nil
+}
+
+// open returns the file at name (relative, cleaned, no ".."), a directory
+// flag, or an error: fs-like ENOENT, or errEscape when the path leads out
+// of the root (through a symlink, unless following is allowed).
+func (c *fileCache) open(name string, now time.Time) (*file, bool, error) {
+	f, ok := c.entries[name]
+	if ok && now.Sub(f.checked) >= c.valid {
+		if f.err == nil && c.unchanged(f) {
+			f.checked = now
+		} else {
+			c.drop(f) // changed, gone, or a failure worth trying again
+			ok = false
+		}
+	}
+	if !ok {
+		f = c.load(name, now)
+		if len(c.entries) >= c.max {
+			for _, old := range c.entries { // evict an arbitrary entry
+				c.drop(old)
+				break
+			}
+		}
+		c.entries[name] = f
+	}
+	switch {
+	case f.err != nil:
+		return nil, false, f.err
+	case f.dir:
+		return nil, true, nil
+	}
+	return f, false, nil
+}
+
+// unchanged: the path still names the same file, same size and time.
+func (c *fileCache) unchanged(f *file) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(c.root, f.name, &st, 0) == nil && st.Ino == f.ino &&
+		st.Size == f.size && st.Mtim == unix.NsecToTimespec(f.mtime.UnixNano())
+}
+
+// load opens name under the root. Failures are remembered too (a missing
+// .gz sibling is looked for on every request), until the entry is checked
+// again.
+func (c *fileCache) load(name string, now time.Time) *file {
+	f := &file{name: name, fd: -1, checked: now}
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	if !c.follow {
+		// The kernel refuses any resolution that leaves the root, ".." and
+		// symlinks included: containment that no string check can match.
+		how.Resolve |= unix.RESOLVE_BENEATH
+	}
+	fd, err := unix.Openat2(c.root, name, &how)
+	switch {
+	case err == unix.EXDEV || err == unix.ELOOP:
+		f.err = errEscape
+		return f
+	case err != nil:
+		f.err = err
+		return f
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		f.err = err
+		return f
+	}
+	f.size, f.ino = st.Size, st.Ino
+	f.mtime = time.Unix(st.Mtim.Unix())
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		unix.Close(fd)
+		f.dir = true
+		return f
+	case unix.S_IFREG:
+	default:
+		unix.Close(fd)
+		f.err = unix.EACCES // devices, fifos, sockets: never
+		return f
+	}
+	f.fd = fd
+	f.etag = fmt.Sprintf(`"%x-%x"`, f.mtime.Unix(), st.Size) // nginx's form
+	f.ctype = contentType(name)
+	if st.Size <= smallFile {
+		buf := make([]byte, st.Size)
+		if n, err := unix.Pread(fd, buf, 0); err == nil && int64(n) == st.Size {
+			f.small = buf
+		}
+	}
+	return f
+}
+
+// drop removes f from the cache, closing it now or when its last response ends.
+func (c *fileCache) drop(f *file) {
+	if c.entries[f.name] == f {
+		delete(c.entries, f.name)
+	}
+	f.dead = true
+	if f.refs == 0 && f.fd >= 0 {
+		unix.Close(f.fd)
+	}
+}
+
+func (c *fileCache) release(f *file) {
+	f.refs--
+	if f.dead && f.refs == 0 && f.fd >= 0 {
+		unix.Close(f.fd)
+	}
+}
+
+func (c *fileCache) close() {
+	for _, f := range c.entries {
+		c.drop(f)
+	}
+	unix.Close(c.root)
+}
+
+func contentType(name string) string {
+	if t := mime.TypeByExtension(path.Ext(name)); t != "" {
+		return t
+	}
+	return "application/octet-stream"
+}
+
+// cleanPath turns a request target's path into a name relative to the
+// root: percent-decoded, "." and ".." resolved lexically (so nothing can
+// climb above "/"), without the leading slash. dir reports a trailing
+// slash. A NUL, a bad escape or a backslash is refused.
+func cleanPath(target []byte) (name string, dir bool, ok bool) {
+	p := string(target)
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i]
+	}
+	if !strings.HasPrefix(p, "/") {
+		return "", false, false
+	}
+	if strings.IndexByte(p, '%') >= 0 {
+		var b strings.Builder
+		for i := 0; i < len(p); i++ {
+			if p[i] != '%' {
+				b.WriteByte(p[i])
+				continue
+			}
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return "", false, false
+			}
+			b.WriteByte(unhex(p[i+1])<<4 | unhex(p[i+2]))
+			i += 2
+		}
+		p = b.String()
+	}
+	if strings.ContainsAny(p, "\x00\\") {
+		return "", false, false
+	}
+	dir = strings.HasSuffix(p, "/")
+	name = strings.TrimPrefix(path.Clean(p), "/")
+	if name == "" {
+		name = "."
+	}
+	return name, dir, true
+}
+
+func isHex(c byte) bool { return isDigit(c) || 'a' <= c|0x20 && c|0x20 <= 'f' }
+
+func unhex(c byte) byte {
+	if isDigit(c) {
+		return c - '0'
+	}
+	return c | 0x20 - 'a' + 10
+}
