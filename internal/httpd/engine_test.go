@@ -1,0 +1,474 @@
+package httpd
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// testEngine runs an engine on a loopback listener, feeding it accepted
+// descriptors as a strategy would, and returns its address.
+func testEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Record) {
+	t.Helper()
+	region, err := shm.Create("test", shm.Size(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	board, _ := shm.NewScoreboard(region.Bytes(), 1)
+	st := board.Record(board.Claim(0, 1, 0))
+	cfg := Config{Root: root, Stats: st}
+	if tune != nil {
+		tune(&cfg)
+	}
+	eng, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			f, err := c.(*net.TCPConn).File() // a blocking duplicate, as accept4 gives
+			c.Close()
+			if err != nil {
+				continue
+			}
+			st.Inc(shm.Active)
+			fd, _ := dupFD(f)
+			eng.Add(fd)
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		eng.Close()
+		<-eng.Done()
+		region.Close()
+	})
+	return l.Addr().String(), st
+}
+
+func dupFD(f *os.File) (int, error) {
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var fd int
+	var derr error
+	rc.Control(func(x uintptr) { fd, derr = dup(int(x)) })
+	return fd, derr
+}
+
+// siteRoot makes a document root inside a directory that also holds a
+// secret, and a symlink from the root to it.
+func siteRoot(t *testing.T) (root string, big []byte) {
+	t.Helper()
+	base := t.TempDir()
+	root = filepath.Join(base, "www")
+	os.MkdirAll(filepath.Join(root, "docs"), 0o755)
+	os.MkdirAll(filepath.Join(root, "empty"), 0o755)
+	big = make([]byte, 1<<20+3)
+	rand.Read(big)
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(root, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("index.html", []byte("<h1>home</h1>\n"))
+	write("hello.txt", []byte("Hello, world\n"))
+	write("big.bin", big)
+	write("docs/index.html", []byte("docs\n"))
+	write("app.js", []byte("console.log('plain')\n"))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte("console.log('plain')\n"))
+	zw.Close()
+	write("app.js.gz", gz.Bytes())
+	os.WriteFile(filepath.Join(base, "secret.txt"), []byte("SECRET"), 0o644)
+	os.Symlink(filepath.Join(base, "secret.txt"), filepath.Join(root, "leak.txt"))
+	return root, big
+}
+
+// exchange sends raw bytes on a new connection and reads n responses.
+func exchange(t *testing.T, addr, raw string, n int) ([]*http.Response, [][]byte, net.Conn) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var resps []*http.Response
+	var bodies [][]byte
+	// Each response is read as the answer to its own request's method (a
+	// HEAD answer has a length but no body).
+	var methods []string
+	for _, head := range strings.Split(raw, "\r\n\r\n") {
+		if f := strings.Fields(head); len(f) > 0 && isToken([]byte(f[0])) && strings.Contains(head, " HTTP/") {
+			methods = append(methods, f[0])
+		}
+	}
+	for i := range n {
+		method := "GET"
+		if i < len(methods) {
+			method = methods[i]
+		}
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("reading response %d to %q: %v", len(resps)+1, firstLine(raw), err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("body: %v", err)
+		}
+		resps = append(resps, resp)
+		bodies = append(bodies, b)
+	}
+	return resps, bodies, c
+}
+
+func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
+
+func get(target string, headers ...string) string {
+	return "GET " + target + " HTTP/1.1\r\nHost: x\r\n" + strings.Join(headers, "") + "\r\n"
+}
+
+func TestStatusesAndBodies(t *testing.T) {
+	root, big := siteRoot(t)
+	addr, st := testEngine(t, root, nil)
+	for _, tc := range []struct {
+		raw, body string
+		status    int
+		header    [2]string
+	}{
+		{get("/hello.txt"), "Hello, world\n", 200, [2]string{"Content-Type", "text/plain; charset=utf-8"}},
+		{get("/"), "<h1>home</h1>\n", 200, [2]string{"Content-Type", "text/html; charset=utf-8"}},
+		{get("/docs/"), "docs\n", 200, [2]string{}},
+		{get("/docs"), "", 301, [2]string{"Location", "/docs/"}},
+		{get("/empty/"), "", 403, [2]string{}},
+		{get("/missing"), "", 404, [2]string{}},
+		{get("/hello.txt/x"), "", 404, [2]string{}},
+		{get("/leak.txt"), "", 403, [2]string{}},
+		{"POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "", 405, [2]string{"Allow", "GET, HEAD"}},
+		{"GET http://example.com/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n", "Hello, world\n", 200, [2]string{}},
+		{"GET /hello.txt HTTP/1.0\r\n\r\n", "Hello, world\n", 200, [2]string{"Content-Length", "13"}},
+		{get("/hello.txt?x=1"), "Hello, world\n", 200, [2]string{"Server", "herd"}},
+	} {
+		resps, bodies, _ := exchange(t, addr, tc.raw, 1)
+		r := resps[0]
+		if r.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", firstLine(tc.raw), r.StatusCode, tc.status)
+		}
+		if tc.status == 200 && string(bodies[0]) != tc.body {
+			t.Errorf("%s: body %q, want %q", firstLine(tc.raw), bodies[0], tc.body)
+		}
+		if tc.header[0] != "" && r.Header.Get(tc.header[0]) != tc.header[1] {
+			t.Errorf("%s: %s = %q, want %q", firstLine(tc.raw), tc.header[0], r.Header.Get(tc.header[0]), tc.header[1])
+		}
+		if r.Header.Get("Date") == "" {
+			t.Errorf("%s: no Date", firstLine(tc.raw))
+		}
+		if strings.Contains(tc.raw, "HTTP/1.0") && !r.Close {
+			t.Errorf("%s: an HTTP/1.0 request without keep-alive left the connection open", firstLine(tc.raw))
+		}
+	}
+	// Large files byte-exact through sendfile; HEAD has the length, no body.
+	_, bodies, _ := exchange(t, addr, get("/big.bin"), 1)
+	if !bytes.Equal(bodies[0], big) {
+		t.Errorf("big.bin: %d bytes, not the file's %d", len(bodies[0]), len(big))
+	}
+	resps, bodies, _ := exchange(t, addr, "HEAD /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if resps[0].ContentLength != int64(len(big)) || len(bodies[0]) != 0 {
+		t.Errorf("HEAD: Content-Length %d, body %d bytes", resps[0].ContentLength, len(bodies[0]))
+	}
+	if st.Load(shm.Requests) == 0 || st.Load(shm.BytesOut) < uint64(len(big)) {
+		t.Errorf("scoreboard: %d requests, %d bytes", st.Load(shm.Requests), st.Load(shm.BytesOut))
+	}
+}
+
+func TestConditionalAndRange(t *testing.T) {
+	root, big := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	resps, _, _ := exchange(t, addr, get("/hello.txt"), 1)
+	etag, lastMod := resps[0].Header.Get("ETag"), resps[0].Header.Get("Last-Modified")
+	if etag == "" || lastMod == "" {
+		t.Fatal("no validators")
+	}
+	for _, tc := range []struct {
+		raw    string
+		status int
+		body   string
+		crange string
+	}{
+		{get("/hello.txt", "If-None-Match: "+etag+"\r\n"), 304, "", ""},
+		{get("/hello.txt", `If-None-Match: "other", `+etag+"\r\n"), 304, "", ""},
+		{get("/hello.txt", "If-None-Match: *\r\n"), 304, "", ""},
+		{get("/hello.txt", `If-None-Match: "other"`+"\r\n"), 200, "Hello, world\n", ""},
+		{get("/hello.txt", "If-Modified-Since: "+lastMod+"\r\n"), 304, "", ""},
+		{get("/hello.txt", "If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT\r\n"), 200, "Hello, world\n", ""},
+		{get("/hello.txt", "Range: bytes=0-4\r\n"), 206, "Hello", "bytes 0-4/13"},
+		{get("/hello.txt", "Range: bytes=7-\r\n"), 206, "world\n", "bytes 7-12/13"},
+		{get("/hello.txt", "Range: bytes=-6\r\n"), 206, "world\n", "bytes 7-12/13"},
+		{get("/hello.txt", "Range: bytes=5-100\r\n"), 206, ", world\n", "bytes 5-12/13"},
+		{get("/hello.txt", "Range: bytes=13-\r\n"), 416, "", "bytes */13"},
+		{get("/hello.txt", "Range: bytes=0-1,3-4\r\n"), 200, "Hello, world\n", ""},
+		{get("/hello.txt", "Range: bytes=0-4\r\n", `If-Range: "stale"`+"\r\n"), 200, "Hello, world\n", ""},
+		{get("/hello.txt", "Range: bytes=0-4\r\n", "If-Range: "+etag+"\r\n"), 206, "Hello", "bytes 0-4/13"},
+	} {
+		resps, bodies, _ := exchange(t, addr, tc.raw, 1)
+		r := resps[0]
+		if r.StatusCode != tc.status || (tc.status != 304 && tc.status != 416 && string(bodies[0]) != tc.body) ||
+			r.Header.Get("Content-Range") != tc.crange {
+			t.Errorf("%q: %d %q Content-Range %q; want %d %q %q", strings.TrimSpace(tc.raw), r.StatusCode, bodies[0],
+				r.Header.Get("Content-Range"), tc.status, tc.body, tc.crange)
+		}
+	}
+	// A range of a large file goes through sendfile at an offset.
+	resps, bodies, _ := exchange(t, addr, get("/big.bin", "Range: bytes=100000-300000\r\n"), 1)
+	if resps[0].StatusCode != 206 || !bytes.Equal(bodies[0], big[100000:300001]) {
+		t.Errorf("range of big.bin: %d, %d bytes", resps[0].StatusCode, len(bodies[0]))
+	}
+}
+
+func TestPrecompressed(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	resps, bodies, _ := exchange(t, addr, get("/app.js", "Accept-Encoding: br, gzip\r\n"), 1)
+	r := resps[0]
+	if r.Header.Get("Content-Encoding") != "gzip" || r.Header.Get("Vary") != "Accept-Encoding" || r.Header.Get("Content-Type") != "text/javascript; charset=utf-8" {
+		t.Fatalf("gzip: headers %v", r.Header)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(bodies[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain, _ := io.ReadAll(zr); string(plain) != "console.log('plain')\n" {
+		t.Errorf("gzip body decodes to %q", plain)
+	}
+	for _, ae := range []string{"", "Accept-Encoding: gzip;q=0\r\n", "Accept-Encoding: identity\r\n"} {
+		resps, bodies, _ = exchange(t, addr, get("/app.js", ae), 1)
+		if resps[0].Header.Get("Content-Encoding") != "" || string(bodies[0]) != "console.log('plain')\n" {
+			t.Errorf("%q: got the compressed file", ae)
+		}
+	}
+}
+
+// Pipelined requests are answered in order on one connection.
+func TestPipelining(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	raw := get("/hello.txt") + get("/missing") + get("/docs/") + "HEAD /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n" + get("/index.html")
+	resps, bodies, c := exchange(t, addr, raw, 5)
+	want := []struct {
+		status int
+		body   string
+	}{{200, "Hello, world\n"}, {404, ""}, {200, "docs\n"}, {200, ""}, {200, "<h1>home</h1>\n"}}
+	for i, w := range want {
+		if resps[i].StatusCode != w.status || (w.body != "" && string(bodies[i]) != w.body) {
+			t.Errorf("response %d: %d %q, want %d %q", i+1, resps[i].StatusCode, bodies[i], w.status, w.body)
+		}
+	}
+	// Still open for more, then closed when asked.
+	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || !resp.Close {
+		t.Fatalf("close request: %v %v", err, resp)
+	}
+	io.ReadAll(resp.Body)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("connection not closed after Connection: close (%v)", err)
+	}
+}
+
+// Every limit answers with its status and closes the connection.
+func TestLimitsAndMalformed(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	many := strings.Repeat("X-A: b\r\n", MaxHeaders+1)
+	for _, tc := range []struct {
+		name, raw string
+		status    int
+	}{
+		{"long URI", "GET /" + strings.Repeat("a", MaxRequestLine) + " HTTP/1.1\r\nHost: x\r\n\r\n", 414},
+		{"big headers", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", MaxHeaderBytes) + "\r\n\r\n", 431},
+		{"many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + many + "\r\n", 431},
+		{"no Host", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+		{"HTTP/2.0", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505},
+		{"not HTTP", "GET / FTP/1.0\r\n\r\n", 400},
+		{"bad method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+		{"folded header", "GET / HTTP/1.1\r\nHost: x\r\n  folded\r\n\r\n", 400},
+		{"chunked body", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+		{"differing lengths", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400},
+		{"bad length", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
+		{"huge body", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413},
+		{"NUL in path", "GET /hello%00.txt HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"bad escape", "GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"backslash", "GET /..%5c..%5csecret.txt HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"asterisk", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+	} {
+		resps, _, c := exchange(t, addr, tc.raw, 1)
+		if resps[0].StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, resps[0].StatusCode, tc.status)
+			continue
+		}
+		if tc.status >= 500 || tc.status == 400 || tc.status == 414 || tc.status == 431 || tc.status == 413 {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); err == nil || n > 0 {
+				t.Errorf("%s: connection left open", tc.name)
+			}
+		}
+	}
+	// A GET with a small body: the body is read and dropped, the connection lives.
+	resps, bodies, _ := exchange(t, addr, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"+get("/hello.txt"), 2)
+	if resps[1].StatusCode != 200 || string(bodies[1]) != "Hello, world\n" {
+		t.Errorf("request after a dropped body: %d %q", resps[1].StatusCode, bodies[1])
+	}
+}
+
+// Nothing outside the root is ever read, however the path is spelled.
+func TestContainment(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	for _, target := range []string{
+		"/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/docs/../../secret.txt",
+		"/docs/%2e%2e/%2e%2e/secret.txt", "/..%2fsecret.txt", "/%2e%2e%2fsecret.txt", "/leak.txt",
+		"/%252e%252e/secret.txt", "//../secret.txt", "/./../secret.txt",
+	} {
+		resps, bodies, _ := exchange(t, addr, get(target), 1)
+		if resps[0].StatusCode == 200 || bytes.Contains(bodies[0], []byte("SECRET")) {
+			t.Errorf("GET %s: %d %q", target, resps[0].StatusCode, bodies[0])
+		}
+	}
+	addr2, _ := testEngine(t, root, func(c *Config) { c.FollowSymlinks = true })
+	_, bodies, _ := exchange(t, addr2, get("/leak.txt"), 1)
+	if string(bodies[0]) != "SECRET" {
+		t.Errorf("FollowSymlinks: %q", bodies[0])
+	}
+}
+
+// A client that sends half a head gets 408 and is closed; an idle
+// keep-alive connection is closed.
+func TestTimeouts(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, func(c *Config) {
+		c.HeaderTimeout = 300 * time.Millisecond
+		c.IdleTimeout = 300 * time.Millisecond
+	})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHo")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 408 {
+		t.Errorf("slow head: %v %v", err, resp)
+	}
+	_, _, kc := exchange(t, addr, get("/hello.txt"), 1)
+	kc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := kc.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("idle keep-alive connection: %v", err)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Errorf("idle connection closed only after %v", time.Since(start))
+	}
+}
+
+func TestParseTable(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		partial bool
+		status  int
+		target  string
+		keep    bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, 0, "/", true},
+		{"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false, 0, "/", false},
+		{"GET / HTTP/1.0\r\n\r\n", false, 0, "/", false},
+		{"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", false, 0, "/", true},
+		{"GET /a?b HTTP/1.1\r\nhOsT: x\r\n\r\n", false, 0, "/a?b", true},
+		{"GET / HTTP/1.1\r\nHost: x\r\n", true, 0, "", false},
+		{"GET / HTTP/1.1\r\nHost: x\r\nX: \x00\r\n\r\n", false, 400, "", false},
+		{"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
+		{" GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
+		{"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
+	} {
+		r, err := parse([]byte(tc.in))
+		switch {
+		case tc.partial:
+			if r != nil || err != nil {
+				t.Errorf("%q: want partial, got %v %v", tc.in, r, err)
+			}
+		case tc.status != 0:
+			if err == nil || err.status != tc.status {
+				t.Errorf("%q: want %d, got %v", tc.in, tc.status, err)
+			}
+		default:
+			if err != nil || r == nil || string(r.target) != tc.target || r.keep != tc.keep {
+				t.Errorf("%q: got %+v %v", tc.in, r, err)
+			}
+		}
+	}
+}
+
+// FuzzParse: the parser never panics, never reads past what it was given,
+// and anything it accepts has a path target.
+//
+//	go test ./internal/httpd -run '^$' -fuzz FuzzParse -fuzztime 1m
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET http://a/b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"HEAD /x HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nIf-None-Match: \"a\"\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+		"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := parse(data)
+		if r != nil && err != nil {
+			t.Fatal("both a request and an error")
+		}
+		if r == nil {
+			return
+		}
+		if r.size > len(data) || len(r.target) == 0 || r.target[0] != '/' {
+			t.Fatalf("accepted %q: size %d, target %q", data, r.size, r.target)
+		}
+		if name, _, ok := cleanPath(r.target); ok && (strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/")) {
+			t.Fatalf("path %q cleans to %q", r.target, name)
+		}
+	})
+}
+
+
+func dup(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
