@@ -470,5 +470,4 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-
 func dup(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
