@@ -50,6 +50,25 @@ type Strategy interface {
 	Stop()
 }
 
+// Inline is implemented by the strategies whose wait is an epoll_wait on
+// the listeners (epoll, exclusive): an engine with an event loop of its own
+// puts the listeners in its own epoll set instead of running Serve, and
+// accepts where it serves, as an nginx worker does — no thread hop per
+// connection. Serve and Inline are two ways to run the same strategy; a
+// worker uses one.
+type Inline interface {
+	Strategy
+	// Attach adds the listeners to the epoll instance ep, reporting
+	// listener i with the event token base+i.
+	Attach(ep int, base int32) error
+	// Ready accepts from listener i, which ep reported readable (once, or
+	// until EAGAIN with multi-accept), and hands what it took to deliver.
+	Ready(ep int, i int, deliver func(fd int)) error
+	// Detach takes the listeners out of ep: the worker stops accepting;
+	// what is queued stays for the others.
+	Detach(ep int)
+}
+
 // Listener is an inherited listening socket as a strategy sees it.
 type Listener struct {
 	FD   int    // descriptor number in this process
@@ -72,6 +91,17 @@ type Config struct {
 	MutexDelay        time.Duration // nginx: accept_mutex_delay
 	ReorderEvery      int           // exclusive: re-add the listener every N accepts (0: never)
 	Passed            <-chan Passed // fdpass: descriptors the master sends
+	// Nonblock: accept4 with SOCK_NONBLOCK, for an engine that wants
+	// non-blocking descriptors (saves it two fcntl calls per connection).
+	Nonblock bool
+}
+
+// acceptFlags are the flags every strategy's accept4 uses.
+func (c *Config) acceptFlags() int {
+	if c.Nonblock {
+		return unix.SOCK_CLOEXEC | unix.SOCK_NONBLOCK
+	}
+	return unix.SOCK_CLOEXEC
 }
 
 // Passed is a connection the master accepted and sent over the control

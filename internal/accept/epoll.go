@@ -2,7 +2,6 @@ package accept
 
 import (
 	"fmt"
-	"log/slog"
 	"runtime"
 	"sync/atomic"
 
@@ -29,6 +28,8 @@ type epollStrategy struct {
 	exclusive bool
 	stop      *stopEvent
 	out       exhaustion
+	base      int32 // Inline: the event token of listener 0
+	accepts   []int // Inline: per listener, for reordering
 }
 
 // stopEvent is an eventfd that every accepting thread's epoll watches, so
@@ -129,7 +130,7 @@ func (e *epollStrategy) thread(deliver func(fd int)) error {
 				continue
 			}
 			i := int(ev.Fd)
-			k, err := acceptBurst(e.cfg.Listeners[i], e.cfg.MultiAccept, st, &e.out, e.cfg.Log, deliver)
+			k, err := acceptBurst(e.cfg.Listeners[i], &e.cfg, &e.out, deliver)
 			if err != nil {
 				return fmt.Errorf("%s: %w", e.name, err)
 			}
@@ -137,7 +138,7 @@ func (e *epollStrategy) thread(deliver func(fd int)) error {
 			if e.exclusive && k > 0 {
 				accepts[i] += k
 				if e.reorderDue(accepts[i], k) {
-					if err := reAdd(ep, e.cfg.Listeners[i], i); err != nil {
+					if err := reAdd(ep, e.cfg.Listeners[i], int32(i)); err != nil {
 						return fmt.Errorf("%s: %w", e.name, err)
 					}
 				}
@@ -149,13 +150,55 @@ func (e *epollStrategy) thread(deliver func(fd int)) error {
 	}
 }
 
+// Attach, Ready and Detach run the strategy inside an engine's event loop
+// (see Inline): the engine's own epoll instance watches the listeners, as
+// each accepting thread's does in Serve.
+func (e *epollStrategy) Attach(ep int, base int32) error {
+	e.base = base
+	e.accepts = make([]int, len(e.cfg.Listeners))
+	for i, l := range e.cfg.Listeners {
+		ev := unix.EpollEvent{Events: e.listenerEvents(), Fd: base + int32(i)}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &ev); err != nil {
+			return fmt.Errorf("%s: watch %s: %w", e.name, l.Addr, err)
+		}
+	}
+	return nil
+}
+
+func (e *epollStrategy) Ready(ep int, i int, deliver func(fd int)) error {
+	st := e.cfg.Stats
+	st.Inc(shm.Wakeups)
+	k, err := acceptBurst(e.cfg.Listeners[i], &e.cfg, &e.out, deliver)
+	if err != nil {
+		return fmt.Errorf("%s: %w", e.name, err)
+	}
+	if k == 0 {
+		st.Inc(shm.Spurious)
+		return nil
+	}
+	if e.exclusive {
+		e.accepts[i] += k
+		if e.reorderDue(e.accepts[i], k) {
+			return reAdd(ep, e.cfg.Listeners[i], e.base+int32(i))
+		}
+	}
+	return nil
+}
+
+func (e *epollStrategy) Detach(ep int) {
+	for _, l := range e.cfg.Listeners {
+		unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil)
+	}
+}
+
 // acceptBurst accepts from a listener that polled readable: one connection,
 // or with multi-accept every connection until EAGAIN (nginx's
 // multi_accept). It returns how many it delivered.
-func acceptBurst(l Listener, multi bool, st *shm.Record, out *exhaustion, log *slog.Logger, deliver func(fd int)) (int, error) {
+func acceptBurst(l Listener, cfg *Config, out *exhaustion, deliver func(fd int)) (int, error) {
 	n := 0
+	st, multi, log := cfg.Stats, cfg.MultiAccept, cfg.Log
 	for {
-		fd, _, err := unix.Accept4(l.FD, unix.SOCK_CLOEXEC)
+		fd, _, err := unix.Accept4(l.FD, cfg.acceptFlags())
 		switch {
 		case err == nil:
 			accepted(st, fd, deliver)

@@ -50,11 +50,11 @@ func acceptDisabled(cfg Config) int {
 
 // reAdd deletes a listener from an epoll instance and adds it again
 // (EPOLL_CTL_MOD is not allowed with EPOLLEXCLUSIVE).
-func reAdd(ep int, l Listener, i int) error {
+func reAdd(ep int, l Listener, token int32) error {
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil); err != nil {
 		return fmt.Errorf("re-add %s: del: %w", l.Addr, err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(i)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: token}
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &ev); err != nil {
 		return fmt.Errorf("re-add %s: add: %w", l.Addr, err)
 	}

@@ -121,7 +121,7 @@ func (s *nginxStrategy) thread(deliver func(fd int)) error {
 				continue // Stop
 			}
 			woken = true
-			k, err := acceptBurst(s.cfg.Listeners[ev.Fd], s.cfg.MultiAccept, st, &s.out, s.cfg.Log, deliver)
+			k, err := acceptBurst(s.cfg.Listeners[ev.Fd], &s.cfg, &s.out, deliver)
 			got += k
 			if err != nil {
 				if locked {

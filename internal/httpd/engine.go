@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +35,18 @@ type Config struct {
 	SendTimeout       time.Duration // for a stalled client to take more of a response; default 60s
 	Stats             *shm.Record   // Requests, BytesOut, Active (the accept strategy counted it in)
 	Log               *slog.Logger
+
+	// Inline, if set, is an accept strategy whose listeners this loop
+	// watches and accepts from itself (no hand-off between threads).
+	Inline accept.Inline
+	// Nonblocking: descriptors arrive non-blocking (accepted with
+	// SOCK_NONBLOCK), so the loop need not set the flag.
+	Nonblocking bool
 }
+
+// listenerToken is the first epoll event token of an Inline strategy's
+// listeners; connections use their descriptor numbers, which stay far below.
+const listenerToken = 1 << 30
 
 // Engine is one worker's event loop.
 type Engine struct {
@@ -130,6 +142,13 @@ func (e *Engine) Run() error {
 	defer close(e.done)
 	defer e.shutdown()
 	lastSweep := time.Now()
+	attached := false
+	if e.cfg.Inline != nil {
+		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {
+			return err
+		}
+		attached = true
+	}
 	for {
 		e.tick()
 		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
@@ -147,7 +166,19 @@ func (e *Engine) Run() error {
 				unix.Read(e.wake, buf[:])
 				e.takePending()
 				if e.drain.Load() {
+					if attached {
+						e.cfg.Inline.Detach(e.ep) // stop accepting first
+						attached = false
+					}
 					e.drainIdle()
+				}
+				continue
+			}
+			if fd >= listenerToken {
+				if attached {
+					if err := e.cfg.Inline.Ready(e.ep, fd-listenerToken, e.addConn); err != nil {
+						return err
+					}
 				}
 				continue
 			}
@@ -183,30 +214,37 @@ func (e *Engine) takePending() {
 	e.pending = nil
 	e.mu.Unlock()
 	for _, fd := range fds {
-		if len(e.conns) >= e.cfg.WorkerConnections {
-			if !e.full {
-				e.full = true
-				e.cfg.Log.Warn("worker_connections reached; closing new connections", "limit", e.cfg.WorkerConnections)
-			}
-			unix.Close(fd)
-			e.cfg.Stats.Add(shm.Active, -1)
-			continue
+		e.addConn(fd)
+	}
+}
+
+// addConn starts serving an accepted descriptor, on the loop's thread.
+func (e *Engine) addConn(fd int) {
+	if len(e.conns) >= e.cfg.WorkerConnections {
+		if !e.full {
+			e.full = true
+			e.cfg.Log.Warn("worker_connections reached; closing new connections", "limit", e.cfg.WorkerConnections)
 		}
-		e.full = false
+		unix.Close(fd)
+		e.cfg.Stats.Add(shm.Active, -1)
+		return
+	}
+	e.full = false
+	if !e.cfg.Nonblocking {
 		if err := unix.SetNonblock(fd, true); err != nil {
 			unix.Close(fd)
 			e.cfg.Stats.Add(shm.Active, -1)
-			continue
+			return
 		}
-		c := &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048)}
-		e.conns[fd] = c
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-		if err := unix.EpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			e.closeConn(c)
-			continue
-		}
-		e.onReadable(c) // data may already be there
 	}
+	c := &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048)}
+	e.conns[fd] = c
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		e.closeConn(c)
+		return
+	}
+	e.onReadable(c) // the request may already be there
 }
 
 // sweep closes connections past their timeouts.
@@ -503,7 +541,7 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 			f, encoding = gz, "gzip"
 		}
 	}
-	lastMod := f.mtime.UTC().Format(http.TimeFormat)
+	lastMod := f.lastMod
 	if notModified(req, f, lastMod) {
 		c.out = e.status(c.out[:0], 304, "Not Modified")
 		c.out = e.validators(c.out, f, lastMod, vary)

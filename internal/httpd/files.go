@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"net/http"
 	"path"
 	"strings"
 	"time"
@@ -34,6 +35,7 @@ type file struct {
 	mtime   time.Time
 	ino     uint64
 	etag    string
+	lastMod string // Last-Modified, formatted once
 	ctype   string
 	small   []byte // the whole content, for files up to smallFile
 	checked time.Time
@@ -135,6 +137,7 @@ func (c *fileCache) load(name string, now time.Time) *file {
 	}
 	f.fd = fd
 	f.etag = fmt.Sprintf(`"%x-%x"`, f.mtime.Unix(), st.Size) // nginx's form
+	f.lastMod = f.mtime.UTC().Format(http.TimeFormat)
 	f.ctype = contentType(name)
 	if st.Size <= smallFile {
 		buf := make([]byte, st.Size)

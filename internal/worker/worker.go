@@ -86,7 +86,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
 		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
 		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), MutexDelay: spec.MutexDelay,
-		ReorderEvery: spec.ReorderEvery, Passed: ctrl.passed,
+		ReorderEvery: spec.ReorderEvery, Passed: ctrl.passed, Nonblock: spec.Engine == "native",
 	})
 	if err != nil {
 		return err
@@ -180,17 +180,27 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 // idle, bounded by the drain timeout.
 func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control, sigs <-chan os.Signal,
 	masterGone <-chan struct{}, log *slog.Logger) error {
-	eng, err := httpd.New(httpd.Config{
+	cfg := httpd.Config{
 		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
 		WorkerConnections: spec.WorkerConnections, Stats: st, Log: log,
-	})
+		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
+	}
+	// With one accepting thread, an epoll-based strategy runs inside the
+	// engine's own loop: the listener is in the loop's epoll set.
+	inline, isInline := strat.(accept.Inline)
+	if isInline && spec.Threads <= 1 {
+		cfg.Inline = inline
+	}
+	eng, err := httpd.New(cfg)
 	if err != nil {
 		return err
 	}
 	served := make(chan error, 1)
 	go func() { served <- eng.Run() }()
 	accepting := make(chan error, 1)
-	go func() { accepting <- strat.Serve(eng.Add) }()
+	if cfg.Inline == nil {
+		go func() { accepting <- strat.Serve(eng.Add) }()
+	}
 
 	st.Store(shm.State, shm.StateReady)
 	if err := ctrl.send("ready"); err != nil {
@@ -210,12 +220,14 @@ func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control,
 		return fmt.Errorf("native engine: %w", err)
 	}
 	st.Store(shm.State, shm.StateStopping)
-	strat.Stop()
-	if err := <-accepting; err != nil {
-		log.Warn("accept strategy stopped with error", "err", err)
+	if cfg.Inline == nil {
+		strat.Stop()
+		if err := <-accepting; err != nil {
+			log.Warn("accept strategy stopped with error", "err", err)
+		}
 	}
 	ctrl.stopPassing()
-	eng.Drain()
+	eng.Drain() // an inline strategy's listeners leave the loop first
 	select {
 	case <-eng.Done():
 	case <-time.After(spec.DrainTimeout):
