@@ -86,7 +86,7 @@ func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	st := b.cfg.Stats
 	for !b.stopping.Load() {
 		start := time.Now()
-		fd, _, err := unix.Accept4(l.FD, b.cfg.acceptFlags())
+		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
 		switch {
 		case err == nil:
 			st.Inc(shm.Wakeups)
@@ -123,7 +123,7 @@ func (b *blocking) drain(l Listener, deliver func(fd int)) {
 		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 {
 			return
 		}
-		fd, _, err := unix.Accept4(l.FD, b.cfg.acceptFlags())
+		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
 		if err != nil {
 			if transient(err) {
 				continue

@@ -198,7 +198,7 @@ func acceptBurst(l Listener, cfg *Config, out *exhaustion, deliver func(fd int))
 	n := 0
 	st, multi, log := cfg.Stats, cfg.MultiAccept, cfg.Log
 	for {
-		fd, _, err := unix.Accept4(l.FD, cfg.acceptFlags())
+		fd, err := accept4(l.FD, cfg.acceptFlags(), false)
 		switch {
 		case err == nil:
 			accepted(st, fd, deliver)

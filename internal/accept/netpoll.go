@@ -101,7 +101,7 @@ func (s *netpoll) loop(rc syscall.RawConn, addr string, deliver func(fd int)) er
 			if parked {
 				st.Inc(shm.Wakeups)
 			}
-			fd, _, aerr = unix.Accept4(int(lfd), s.cfg.acceptFlags())
+			fd, aerr = accept4(int(lfd), s.cfg.acceptFlags(), false)
 			if aerr == unix.EAGAIN {
 				if parked {
 					st.Inc(shm.Spurious)

@@ -112,7 +112,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 				if p.Revents&unix.POLLIN == 0 {
 					continue
 				}
-				fd, _, err := unix.Accept4(s.cfg.Listeners[i].FD, s.cfg.acceptFlags())
+				fd, err := accept4(s.cfg.Listeners[i].FD, s.cfg.acceptFlags(), false)
 				switch {
 				case err == nil:
 					st.Inc(shm.Active) // held from here; accepted() below counts it in full

@@ -240,11 +240,12 @@ func (e *Engine) addConn(fd int) {
 	c := &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048)}
 	e.conns[fd] = c
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-	if err := unix.EpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawEpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		e.closeConn(c)
 		return
 	}
-	e.onReadable(c) // the request may already be there
+	// No read now: EPOLL_CTL_ADD reports the socket readable at once if the
+	// request is already there, and a read before that finds nothing.
 }
 
 // sweep closes connections past their timeouts.
@@ -298,6 +299,7 @@ func (e *Engine) shutdown() {
 // conn is one client connection.
 type conn struct {
 	fd       int
+	drained  bool   // the last read came back short: nothing more until EPOLLIN
 	rbuf     []byte // read, not yet parsed
 	out      []byte // response bytes not yet sent (head, or head and small body)
 	outOff   int
@@ -319,14 +321,20 @@ func (e *Engine) serve(c *conn, events uint32) {
 	if events&unix.EPOLLRDHUP != 0 {
 		c.eof = true
 	}
-	if c.writing() && events&unix.EPOLLOUT != 0 {
-		if !e.flush(c) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
+		c.drained = false
+	}
+	if c.writing() {
+		if events&unix.EPOLLOUT == 0 || !e.flush(c) {
 			return
 		}
+		e.onReadable(c) // answer what was pipelined behind it
+		return
 	}
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || !c.writing() {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
 		e.onReadable(c)
 	}
+	// EPOLLOUT alone on an idle connection (registration fires one): nothing to do.
 }
 
 // onReadable reads what the client sent and answers every complete request
@@ -364,8 +372,18 @@ func (e *Engine) onReadable(c *conn) {
 }
 
 // read appends what the socket has to the buffer. false: nothing more now
-// (EAGAIN), or the connection was closed.
+// (EAGAIN, or a short read that emptied the socket), or the connection was
+// closed.
 func (e *Engine) read(c *conn) bool {
+	if c.drained {
+		// The last read returned less than it asked for: the socket was
+		// empty then, and edge-triggered epoll reports anything new. A read
+		// now would only find EAGAIN (nginx skips it the same way).
+		if c.eof && len(c.rbuf) == 0 {
+			e.closeConn(c)
+		}
+		return false
+	}
 	if len(c.rbuf) == cap(c.rbuf) {
 		if cap(c.rbuf) >= MaxHeaderBytes+MaxBody {
 			e.fail(c, refuse(431, "Request Header Fields Too Large"))
@@ -375,7 +393,7 @@ func (e *Engine) read(c *conn) bool {
 		copy(grown, c.rbuf)
 		c.rbuf = grown
 	}
-	n, err := unix.Read(c.fd, c.rbuf[len(c.rbuf):cap(c.rbuf)])
+	n, err := rawRead(c.fd, c.rbuf[len(c.rbuf):cap(c.rbuf)])
 	switch {
 	case err == unix.EAGAIN:
 		if c.eof && len(c.rbuf) == 0 {
@@ -391,6 +409,7 @@ func (e *Engine) read(c *conn) bool {
 	if len(c.rbuf) == 0 {
 		c.since = e.now // a new request starts: the header timeout runs
 	}
+	c.drained = n < cap(c.rbuf)-len(c.rbuf)
 	c.rbuf = c.rbuf[:len(c.rbuf)+n]
 	return true
 }
@@ -403,7 +422,7 @@ func (e *Engine) flush(c *conn) bool {
 		if c.file != nil {
 			flags |= unix.MSG_MORE // the body follows: one segment for head and body start
 		}
-		n, err := unix.SendmsgN(c.fd, c.out[c.outOff:], nil, nil, flags)
+		n, err := rawSend(c.fd, c.out[c.outOff:], flags)
 		if err == unix.EAGAIN {
 			return false
 		}
@@ -455,12 +474,15 @@ func (e *Engine) closeConn(c *conn) {
 		e.files.release(c.file)
 		c.file = nil
 	}
-	// Remove it from the epoll set explicitly: close alone does not when
-	// another process still holds the socket (fdpass: the master keeps its
-	// copy until the worker's ack is read), and the stale entry would then
-	// report events under a descriptor number a new connection reuses.
-	unix.EpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
-	unix.Close(c.fd)
+	// Under fdpass (descriptors not accepted here), remove it from the epoll
+	// set explicitly: close alone does not when another process still holds
+	// the socket (the master keeps its copy until the worker's ack is
+	// read), and the stale entry would report events under a descriptor
+	// number a new connection reuses. Accepted here, close is enough.
+	if !e.cfg.Nonblocking {
+		rawEpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	}
+	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)
 }
 
