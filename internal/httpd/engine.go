@@ -62,6 +62,7 @@ type Engine struct {
 	closing atomic.Bool
 	done    chan struct{}
 
+	free    []*conn // closed connections, with their buffers, for reuse
 	now     time.Time
 	date    []byte
 	dateSec int64
@@ -154,7 +155,7 @@ func (e *Engine) Run() error {
 		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
 			return nil
 		}
-		n, err := unix.EpollWait(e.ep, e.events, 500)
+		n, err := wait(e.ep, e.events, 500)
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("httpd: epoll_wait: %w", err)
 		}
@@ -237,7 +238,7 @@ func (e *Engine) addConn(fd int) {
 			return
 		}
 	}
-	c := &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048)}
+	c := e.newConn(fd)
 	e.conns[fd] = c
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := rawEpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
@@ -299,9 +300,10 @@ func (e *Engine) shutdown() {
 // conn is one client connection.
 type conn struct {
 	fd       int
-	drained  bool   // the last read came back short: nothing more until EPOLLIN
-	rbuf     []byte // read, not yet parsed
-	out      []byte // response bytes not yet sent (head, or head and small body)
+	req      request // the request being answered; parsed in place
+	drained  bool    // the last read came back short: nothing more until EPOLLIN
+	rbuf     []byte  // read, not yet parsed
+	out      []byte  // response bytes not yet sent (head, or head and small body)
 	outOff   int
 	file     *file // body to send with sendfile, from off to end
 	off, end int64
@@ -345,12 +347,12 @@ func (e *Engine) onReadable(c *conn) {
 			return // the rest waits in the buffer until this answer is out
 		}
 		if len(c.rbuf) > 0 {
-			req, perr := parse(c.rbuf)
+			complete, perr := parseInto(&c.req, c.rbuf)
 			if perr != nil {
 				e.fail(c, perr)
 				return
 			}
-			if req != nil {
+			if req := &c.req; complete {
 				if int64(len(c.rbuf)) < int64(req.size)+req.length {
 					if !e.read(c) {
 						return
@@ -484,6 +486,22 @@ func (e *Engine) closeConn(c *conn) {
 	}
 	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)
+	if len(e.free) < 1024 && cap(c.rbuf) <= 8<<10 && cap(c.out) <= 8<<10 {
+		e.free = append(e.free, c)
+	}
+}
+
+// newConn takes a connection from the free list, or makes one: at
+// thousands of connections a second, fresh buffers for each would be the
+// loop's main source of garbage.
+func (e *Engine) newConn(fd int) *conn {
+	if n := len(e.free); n > 0 {
+		c := e.free[n-1]
+		e.free = e.free[:n-1]
+		*c = conn{fd: fd, since: e.now, rbuf: c.rbuf[:0], out: c.out[:0]}
+		return c
+	}
+	return &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048), out: make([]byte, 0, 512)}
 }
 
 // fail answers a refused request and closes the connection.

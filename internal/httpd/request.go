@@ -44,33 +44,46 @@ func (e *parseError) Error() string { return strconv.Itoa(e.status) + " " + e.re
 
 func refuse(status int, reason string) *parseError { return &parseError{status, reason} }
 
-// parse reads one request head from buf. It returns (nil, nil) when buf
-// holds only part of a head and more may come.
+// parse reads one request head from buf into a new request. It returns
+// (nil, nil) when buf holds only part of a head and more may come.
 func parse(buf []byte) (*request, *parseError) {
+	r := new(request)
+	ok, err := parseInto(r, buf)
+	if !ok {
+		return nil, err
+	}
+	return r, nil
+}
+
+// parseInto is parse into a request the caller owns (the event loop keeps
+// one per connection: no allocation per request). ok=false with a nil
+// error: more bytes are needed.
+func parseInto(r *request, buf []byte) (ok bool, _ *parseError) {
+	*r = request{}
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
 	if end < 0 {
 		if i := bytes.IndexByte(buf, '\n'); i < 0 && len(buf) > MaxRequestLine {
-			return nil, refuse(414, "URI Too Long")
+			return false, refuse(414, "URI Too Long")
 		}
 		if len(buf) >= MaxHeaderBytes {
-			return nil, refuse(431, "Request Header Fields Too Large")
+			return false, refuse(431, "Request Header Fields Too Large")
 		}
-		return nil, nil
+		return false, nil
 	}
 	if end+4 > MaxHeaderBytes {
-		return nil, refuse(431, "Request Header Fields Too Large")
+		return false, refuse(431, "Request Header Fields Too Large")
 	}
-	r := &request{size: end + 4}
+	r.size = end + 4
 	head := buf[:end]
 	lineEnd := bytes.Index(head, []byte("\r\n"))
 	if lineEnd < 0 {
 		lineEnd = len(head)
 	}
 	if lineEnd > MaxRequestLine {
-		return nil, refuse(414, "URI Too Long")
+		return false, refuse(414, "URI Too Long")
 	}
 	if err := r.parseLine(head[:lineEnd]); err != nil {
-		return nil, err
+		return false, err
 	}
 	r.keep = r.minor == 1
 	var lengths int
@@ -78,7 +91,7 @@ func parse(buf []byte) (*request, *parseError) {
 	fields := head[lineEnd:]
 	for n := 0; len(fields) > 0; n++ {
 		if n >= MaxHeaders {
-			return nil, refuse(431, "Request Header Fields Too Large")
+			return false, refuse(431, "Request Header Fields Too Large")
 		}
 		fields = fields[2:] // the CRLF before this field
 		i := bytes.Index(fields, []byte("\r\n"))
@@ -92,16 +105,16 @@ func parse(buf []byte) (*request, *parseError) {
 		if colon <= 0 || !isToken(line[:colon]) {
 			// Also refuses obsolete line folding (a line starting with
 			// white space) and white space before the colon (RFC 9112 5.1).
-			return nil, refuse(400, "Bad Request")
+			return false, refuse(400, "Bad Request")
 		}
 		name, value := line[:colon], trim(line[colon+1:])
 		if bytes.IndexByte(value, 0) >= 0 || bytes.IndexByte(value, '\r') >= 0 || bytes.IndexByte(value, '\n') >= 0 {
-			return nil, refuse(400, "Bad Request")
+			return false, refuse(400, "Bad Request")
 		}
 		switch {
 		case fold(name, "host"):
 			if r.host {
-				return nil, refuse(400, "Bad Request") // two Host fields
+				return false, refuse(400, "Bad Request") // two Host fields
 			}
 			r.host = true
 		case fold(name, "connection"):
@@ -116,7 +129,7 @@ func parse(buf []byte) (*request, *parseError) {
 		case fold(name, "content-length"):
 			n, err := strconv.ParseInt(string(value), 10, 64)
 			if err != nil || n < 0 || (lengths > 0 && n != r.length) {
-				return nil, refuse(400, "Bad Request") // malformed, or two that differ
+				return false, refuse(400, "Bad Request") // malformed, or two that differ
 			}
 			r.length = n
 			lengths++
@@ -135,17 +148,17 @@ func parse(buf []byte) (*request, *parseError) {
 		}
 	}
 	if r.minor == 1 && !r.host {
-		return nil, refuse(400, "Bad Request") // HTTP/1.1 requires Host (RFC 9112 3.2)
+		return false, refuse(400, "Bad Request") // HTTP/1.1 requires Host (RFC 9112 3.2)
 	}
 	if te {
 		// A static server takes no request bodies; a chunked one is also
 		// the classic smuggling vector. Refuse and close.
-		return nil, refuse(501, "Not Implemented")
+		return false, refuse(501, "Not Implemented")
 	}
 	if r.length > MaxBody {
-		return nil, refuse(413, "Content Too Large")
+		return false, refuse(413, "Content Too Large")
 	}
-	return r, nil
+	return true, nil
 }
 
 // parseLine reads "METHOD SP request-target SP HTTP/1.x".
