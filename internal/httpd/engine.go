@@ -143,7 +143,7 @@ func (e *Engine) Run() error {
 	defer close(e.done)
 	defer e.shutdown()
 	lastSweep := time.Now()
-	attached := false
+	attached, busy := false, false
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {
 			return err
@@ -155,7 +155,8 @@ func (e *Engine) Run() error {
 		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
 			return nil
 		}
-		n, err := wait(e.ep, e.events, 500)
+		n, err := wait(e.ep, e.events, 500, busy)
+		busy = n > 1
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("httpd: epoll_wait: %w", err)
 		}

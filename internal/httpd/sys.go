@@ -47,14 +47,18 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 	return nil
 }
 
-// wait returns ready events: first by a raw epoll_wait that does not
-// block (under load there almost always are some, and the scheduler need
-// not hear of it), and only when none are ready by a blocking one, which
-// the scheduler must know about so other goroutines keep running.
-func wait(ep int, events []unix.EpollEvent, msec int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	if e == 0 && r > 0 {
-		return int(r), nil
+// wait returns ready events. After a busy round (more than one event) it
+// first tries a raw epoll_wait that does not block: under load events are
+// almost always ready, and the scheduler need not hear of it. Otherwise,
+// or when none are ready, it makes the blocking call, which the scheduler
+// must know about so other goroutines keep running. (Always polling first
+// costs a wasted syscall per wakeup when the loop is not busy.)
+func wait(ep int, events []unix.EpollEvent, msec int, busy bool) (int, error) {
+	if busy {
+		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		if e == 0 && r > 0 {
+			return int(r), nil
+		}
 	}
 	return unix.EpollWait(ep, events, msec)
 }
