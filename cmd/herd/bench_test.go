@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-run/herd/internal/lab"
 	"github.com/herd-run/herd/internal/shm"
 )
 
@@ -17,19 +18,6 @@ import (
 // accepted connection and how evenly the workers shared the connections
 // (Jain's index J = (Σx)²/(n·Σx²): 1 is perfectly even, 1/n is one worker
 // taking everything).
-
-// jain is Jain's fairness index over per-worker counts.
-func jain(xs []uint64) float64 {
-	var sum, sq float64
-	for _, x := range xs {
-		sum += float64(x)
-		sq += float64(x) * float64(x)
-	}
-	if sq == 0 {
-		return 0
-	}
-	return sum * sum / (float64(len(xs)) * sq)
-}
 
 // measure runs n requests from c clients against a fresh 8-worker herd
 // with args and returns the scoreboard.
@@ -49,7 +37,7 @@ func measure(b *testing.B, n, c int, args ...string) shm.Snapshot {
 func report(b *testing.B, s shm.Snapshot) {
 	b.ReportMetric(float64(s.Total.Wakeups)/float64(s.Total.Accepts), "wakeups/conn")
 	b.ReportMetric(float64(s.Total.Spurious)/float64(s.Total.Accepts), "spurious/conn")
-	b.ReportMetric(jain(perWorker(s)), "jain")
+	b.ReportMetric(lab.Jain(perWorker(s)), "jain")
 }
 
 // BenchmarkStrategies is seed 002's experiment (8 workers, 4 clients, 1000

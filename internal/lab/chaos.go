@@ -7,11 +7,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/shm"
 )
 
@@ -119,7 +119,7 @@ func (c *Chaos) logf(format string, args ...any) {
 }
 
 func (c *Chaos) do(ev string) error {
-	master, err := readPID(c.PIDFile)
+	master, err := master.ReadPIDFile(c.PIDFile)
 	if err != nil {
 		return err
 	}
@@ -141,7 +141,7 @@ func (c *Chaos) upgrade(old int) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		pid, err := readPID(c.PIDFile)
+		pid, err := master.ReadPIDFile(c.PIDFile)
 		if err != nil || pid == old {
 			continue
 		}
@@ -203,7 +203,7 @@ func (c *Chaos) kill(master int) error {
 }
 
 func stopByPIDFile(path string) {
-	pid, err := readPID(path)
+	pid, err := master.ReadPIDFile(path)
 	if err != nil {
 		return
 	}
@@ -233,18 +233,6 @@ func isZombie(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
-}
-
-func readPID(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%s: not a pid", path)
-	}
-	return n, nil
 }
 
 // Soak starts one server as a cell of m would be started (herd with a pid

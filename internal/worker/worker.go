@@ -127,24 +127,8 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		})
 	}()
 
-	st.Store(shm.State, shm.StateReady)
-	if err := ctrl.send("ready"); err != nil {
-		return fmt.Errorf("worker: tell master ready: %w", err)
-	}
-	log.Debug("worker ready", "strategy", spec.Strategy)
-
-	select {
-	case sig := <-sigs:
-		if sig == unix.SIGTERM {
-			return nil // fast stop: the connections close with the process
-		}
-	case <-masterGone:
-		log.Warn("master is gone; exiting")
-		return nil
-	case err := <-accepting:
-		return fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
-	case err := <-served:
-		return fmt.Errorf("http server: %w", err)
+	if graceful, err := serveUntilStop(spec, st, ctrl, sigs, masterGone, accepting, served, "http server", log); !graceful {
+		return err
 	}
 
 	// Graceful stop: stop accepting, serve what was accepted, drain.
@@ -172,6 +156,29 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		srv.Close()
 	}
 	return nil
+}
+
+// serveUntilStop reports the worker ready and waits for the reason to stop:
+// graceful (QUIT) or not — a fast stop (TERM) or the master's death end
+// the worker at once (nil error), a failed strategy or engine with an error.
+func serveUntilStop(spec *Spec, st *shm.Record, ctrl *control, sigs <-chan os.Signal, masterGone <-chan struct{},
+	accepting, served <-chan error, engine string, log *slog.Logger) (graceful bool, err error) {
+	st.Store(shm.State, shm.StateReady)
+	if err := ctrl.send("ready"); err != nil {
+		return false, fmt.Errorf("worker: tell master ready: %w", err)
+	}
+	log.Debug("worker ready", "strategy", spec.Strategy, "engine", engine)
+	select {
+	case sig := <-sigs:
+		return sig != unix.SIGTERM, nil // TERM: the connections close with the process
+	case <-masterGone:
+		log.Warn("master is gone; exiting")
+		return false, nil
+	case err := <-accepting:
+		return false, fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
+	case err := <-served:
+		return false, fmt.Errorf("%s: %w", engine, err)
+	}
 }
 
 // runNative serves with the native engine: the strategy hands descriptors
@@ -202,22 +209,8 @@ func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control,
 		go func() { accepting <- strat.Serve(eng.Add) }()
 	}
 
-	st.Store(shm.State, shm.StateReady)
-	if err := ctrl.send("ready"); err != nil {
-		return fmt.Errorf("worker: tell master ready: %w", err)
-	}
-	select {
-	case sig := <-sigs:
-		if sig == unix.SIGTERM {
-			return nil
-		}
-	case <-masterGone:
-		log.Warn("master is gone; exiting")
-		return nil
-	case err := <-accepting:
-		return fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
-	case err := <-served:
-		return fmt.Errorf("native engine: %w", err)
+	if graceful, err := serveUntilStop(spec, st, ctrl, sigs, masterGone, accepting, served, "native engine", log); !graceful {
+		return err
 	}
 	st.Store(shm.State, shm.StateStopping)
 	if cfg.Inline == nil {
