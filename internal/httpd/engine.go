@@ -241,7 +241,9 @@ func (e *Engine) addConn(fd int) {
 	}
 	c := e.newConn(fd)
 	e.conns[fd] = c
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	// EPOLLOUT only once a send would block (watchWrites): registered from
+	// the start, it fires once for every new connection, for nothing.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := rawEpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		e.closeConn(c)
 		return
@@ -303,6 +305,7 @@ type conn struct {
 	fd       int
 	req      request // the request being answered; parsed in place
 	drained  bool    // the last read came back short: nothing more until EPOLLIN
+	outWatch bool    // EPOLLOUT is in the connection's epoll mask
 	rbuf     []byte  // read, not yet parsed
 	out      []byte  // response bytes not yet sent (head, or head and small body)
 	outOff   int
@@ -427,7 +430,7 @@ func (e *Engine) flush(c *conn) bool {
 		}
 		n, err := rawSend(c.fd, c.out[c.outOff:], flags)
 		if err == unix.EAGAIN {
-			return false
+			return e.watchWrites(c)
 		}
 		if err != nil && err != unix.EINTR {
 			e.closeConn(c)
@@ -441,7 +444,7 @@ func (e *Engine) flush(c *conn) bool {
 		off := c.off
 		n, err := unix.Sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, 1<<30)))
 		if err == unix.EAGAIN {
-			return false
+			return e.watchWrites(c)
 		}
 		if err != nil && err != unix.EINTR {
 			e.closeConn(c)
@@ -466,6 +469,21 @@ func (e *Engine) flush(c *conn) bool {
 		return false
 	}
 	return true
+}
+
+// watchWrites adds EPOLLOUT to a connection whose send would block, so the
+// loop hears when the client has taken some of the response. It stays: an
+// edge-triggered EPOLLOUT fires only when space frees after a full buffer.
+// Always false: the caller waits for that event.
+func (e *Engine) watchWrites(c *conn) bool {
+	if !c.outWatch {
+		c.outWatch = true
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+		if err := rawEpollCtl(e.ep, unix.EPOLL_CTL_MOD, c.fd, &ev); err != nil {
+			e.closeConn(c)
+		}
+	}
+	return false
 }
 
 func (e *Engine) closeConn(c *conn) {
