@@ -306,6 +306,7 @@ type conn struct {
 	req      request // the request being answered; parsed in place
 	drained  bool    // the last read came back short: nothing more until EPOLLIN
 	outWatch bool    // EPOLLOUT is in the connection's epoll mask
+	head     bool    // the request being answered is HEAD
 	rbuf     []byte  // read, not yet parsed
 	out      []byte  // response bytes not yet sent (head, or head and small body)
 	outOff   int
@@ -526,6 +527,7 @@ func (e *Engine) newConn(fd int) *conn {
 // fail answers a refused request and closes the connection.
 func (e *Engine) fail(c *conn, perr *parseError) {
 	c.rbuf = c.rbuf[:0]
+	c.head = false // the request could not be read: its method is unknown
 	e.errorPage(c, perr.status, perr.reason, nil)
 	c.close = true
 	e.cfg.Stats.Inc(shm.Requests)
@@ -540,6 +542,7 @@ func (e *Engine) respond(c *conn, req *request) {
 	e.cfg.Stats.Inc(shm.Requests)
 	c.close = !req.keep || e.drain.Load()
 	head := string(req.method) == "HEAD"
+	c.head = head
 	if !head && string(req.method) != "GET" {
 		e.errorPage(c, 405, "Method Not Allowed", [][2]string{{"Allow", "GET, HEAD"}})
 		return
@@ -687,7 +690,9 @@ func (e *Engine) errorPage(c *conn, code int, text string, headers [][2]string) 
 	c.out = append(c.out, "\r\n"...)
 	c.out = e.connection(c.out, c)
 	c.out = append(c.out, "\r\n"...)
-	c.out = append(c.out, body...)
+	if !c.head {
+		c.out = append(c.out, body...) // a HEAD answer has the length, never the body
+	}
 }
 
 // notModified applies If-None-Match, or else If-Modified-Since (RFC 9110 13.2.2).

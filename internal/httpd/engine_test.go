@@ -304,6 +304,18 @@ func TestPipelining(t *testing.T) {
 	}
 }
 
+// A HEAD answer never has a body, error pages included: on a keep-alive
+// connection the next response must follow the head directly.
+func TestHeadHasNoBody(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	raw := "HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n" + "HEAD /docs HTTP/1.1\r\nHost: x\r\n\r\n" + get("/hello.txt")
+	resps, bodies, _ := exchange(t, addr, raw, 3)
+	if resps[0].StatusCode != 404 || resps[1].StatusCode != 301 || resps[2].StatusCode != 200 || string(bodies[2]) != "Hello, world\n" {
+		t.Errorf("HEAD 404, HEAD 301, GET: %d %d %d %q", resps[0].StatusCode, resps[1].StatusCode, resps[2].StatusCode, bodies[2])
+	}
+}
+
 // Every limit answers with its status and closes the connection.
 func TestLimitsAndMalformed(t *testing.T) {
 	root, _ := siteRoot(t)
