@@ -133,8 +133,10 @@ type Server struct {
 
 // StaticFiles configures the native engine.
 type StaticFiles struct {
-	Root           string // the document root
-	FollowSymlinks bool   // serve symlinks that lead outside Root
+	Root           string        // the document root
+	FollowSymlinks bool          // serve symlinks that lead outside Root
+	HeaderTimeout  time.Duration // a request head must arrive whole within this (408); default 10s
+	IdleTimeout    time.Duration // a keep-alive connection may wait this long for its next request; default 75s
 }
 
 // ListenAndServe starts the server and blocks until it has stopped. In a
@@ -237,13 +239,12 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
 		listen = []string{":8080"} // unless systemd passes sockets
 	}
-	var static string
-	var follow bool
+	var st StaticFiles
 	if s.Static != nil {
-		static, follow = s.Static.Root, s.Static.FollowSymlinks
+		st = *s.Static
 	}
 	return master.Config{
-		StaticRoot: static, FollowSymlinks: follow,
+		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
 		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,

@@ -35,6 +35,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		config    = flags.String("config", "", "read flags from this TOML file (keys are flag names); HERD_<FLAG> environment variables too")
 		check     = flags.Bool("check", false, "check the configuration and exit")
 		engine    = flags.String("engine", "native", "native (herd's own epoll loop, sendfile) or nethttp (net/http)")
+		headerTO  = flags.Duration("header-timeout", 10*time.Second, "a request head must arrive whole within this (408)")
+		idleTO    = flags.Duration("keepalive-timeout", 75*time.Second, "how long a keep-alive connection may wait for its next request")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
 	flags.IntVar(&srv.Workers, "workers", runtime.NumCPU(), "worker processes (default: the number of CPUs)")
@@ -96,15 +98,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *engine == "native" {
-			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks}
+			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks,
+				HeaderTimeout: *headerTO, IdleTimeout: *idleTO}
 		}
 	} else {
 		sub, _ := fs.Sub(defaultRoot, "www")
 		srv.Handler = httpd.StaticFS(http.FS(sub), static)
 	}
 	srv.ConfigureServer = func(s *http.Server) {
-		s.ReadHeaderTimeout = 10 * time.Second
-		s.IdleTimeout = 75 * time.Second // nginx's keepalive_timeout
+		s.ReadHeaderTimeout = *headerTO
+		s.IdleTimeout = *idleTO // nginx's keepalive_timeout is 75s too
 	}
 	if *check {
 		if err := srv.Check(); err != nil {

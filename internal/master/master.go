@@ -62,6 +62,8 @@ type Config struct {
 	// instead of the program's handler.
 	StaticRoot     string
 	FollowSymlinks bool
+	HeaderTimeout  time.Duration // native engine: a request head must arrive within this; default 10s
+	IdleTimeout    time.Duration // native engine: keep-alive idle limit; default 75s
 
 	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
 	MaxRequests       int           // replace a worker after this many requests; 0: never
@@ -755,6 +757,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks,
+		HeaderTimeout: m.cfg.HeaderTimeout, IdleTimeout: m.cfg.IdleTimeout,
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)

@@ -40,9 +40,11 @@ type Spec struct {
 
 	// Engine "native" serves StaticRoot with internal/httpd's event loop
 	// instead of the program's http.Handler.
-	Engine         string `json:"engine,omitempty"`
-	StaticRoot     string `json:"static_root,omitempty"`
-	FollowSymlinks bool   `json:"follow_symlinks,omitempty"`
+	Engine         string        `json:"engine,omitempty"`
+	StaticRoot     string        `json:"static_root,omitempty"`
+	FollowSymlinks bool          `json:"follow_symlinks,omitempty"`
+	HeaderTimeout  time.Duration `json:"header_timeout,omitempty"`
+	IdleTimeout    time.Duration `json:"keepalive_timeout,omitempty"`
 }
 
 // Env renders the spec as an environment entry.

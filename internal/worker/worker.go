@@ -190,6 +190,7 @@ func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control,
 	cfg := httpd.Config{
 		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
 		WorkerConnections: spec.WorkerConnections, Stats: st, Log: log,
+		HeaderTimeout: spec.HeaderTimeout, IdleTimeout: spec.IdleTimeout,
 		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
 	}
 	// With one accepting thread, an epoll-based strategy runs inside the

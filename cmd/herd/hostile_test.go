@@ -1,0 +1,163 @@
+package main
+
+import (
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Slowloris: hundreds of connections dribbling a request head a byte at a
+// time neither starve a normal client nor stay: the header timeout answers
+// them 408 and closes them.
+func TestSlowlorisDoesNotStarve(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2", "--header-timeout", "1s")
+	const slow = 300
+	var closed atomic.Int32
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(6 * time.Second) // every dribbling loop ends by then
+	for range slow {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatalf("slow connection: %v", err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+			for time.Now().Before(deadline) {
+				if _, err := c.Write([]byte("a")); err != nil {
+					closed.Add(1)
+					return
+				}
+				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				if _, err := c.Read(make([]byte, 64)); err == nil || !isTimeout(err) {
+					closed.Add(1) // the server answered (408) or closed
+					return
+				}
+			}
+		}()
+	}
+	// Meanwhile a normal client is served.
+	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 50, 5*time.Second, nil)
+	if res.failed != 0 || res.sent != 50 {
+		t.Errorf("normal client during the slowloris: sent %d, failed %d (%s)", res.sent, res.failed, res.firstErr)
+	}
+	wg.Wait()
+	if n := closed.Load(); n < slow*9/10 {
+		t.Errorf("only %d of %d slow connections were cut off by the header timeout", n, slow)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// Out of file descriptors (RLIMIT_NOFILE lowered): a worker pauses accepting
+// instead of spinning, says so once, and serves again once descriptors free up.
+func TestDescriptorExhaustion(t *testing.T) {
+	root, _ := docroot(t)
+	pidFile := filepath.Join(t.TempDir(), "herd.pid")
+	cmd := exec.Command("sh", "-c", `ulimit -n 40 && exec "$0" "$@"`, os.Args[0], "serve", root,
+		"--workers", "1", "--listen", "127.0.0.1:0", "--pid", pidFile, "--header-timeout", "30s")
+	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	must(t, cmd.Start())
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	}()
+	var addr string
+	for end := time.Now().Add(20 * time.Second); addr == "" && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if m := readyLine.FindStringSubmatch(logs.String()); m != nil {
+			addr = m[1]
+		}
+	}
+	if addr == "" {
+		t.Fatalf("not ready:\n%s", logs.String())
+	}
+	h := &herdProc{t: t, pidFile: pidFile}
+	worker := h.status().Live[0].PID
+
+	// Idle connections until the worker runs out of descriptors.
+	var idle []net.Conn
+	for range 60 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			break
+		}
+		idle = append(idle, c)
+	}
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "accept paused") && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "accept paused") {
+		t.Fatalf("no pause reported with %d connections open", len(idle))
+	}
+	// Paused, not spinning: the worker uses little CPU while exhausted.
+	before := cpuTicks(t, worker)
+	time.Sleep(time.Second)
+	if used := cpuTicks(t, worker) - before; used > 30 {
+		t.Errorf("worker used %d ticks of CPU in 1s while out of descriptors: spinning", used)
+	}
+	// Retried every 100ms for over a second, reported once.
+	if n := strings.Count(logs.String(), "accept paused"); n != 1 {
+		t.Errorf("one episode was logged %d times, want once", n)
+	}
+	// A request now waits in the backlog; freeing descriptors lets it through.
+	got := make(chan error, 1)
+	go func() {
+		code, _, err := get(client(), "http://"+addr+"/hello.txt")
+		if err == nil && code != 200 {
+			err = io.ErrUnexpectedEOF
+		}
+		got <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range idle {
+		c.Close()
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Errorf("request after descriptors were freed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not served after descriptors were freed")
+	}
+	for end := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "accept resumed") && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "accept resumed") {
+		t.Errorf("the end of the episode was not logged")
+	}
+}
+
+// cpuTicks is a process's utime+stime from /proc.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	must(t, err)
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.Atoi(f[11])
+	k, _ := strconv.Atoi(f[12])
+	return u + k
+}
+
