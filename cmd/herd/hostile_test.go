@@ -20,8 +20,8 @@ import (
 // them 408 and closes them.
 func TestSlowlorisDoesNotStarve(t *testing.T) {
 	root, _ := docroot(t)
-	h := startHerd(t, root, "--workers", "2", "--header-timeout", "1s")
-	const slow = 300
+	h := startHerd(t, root, "--workers", "2", "--header-timeout", "1s", "--worker-connections", "2048")
+	const slow = 2000
 	var closed atomic.Int32
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(6 * time.Second) // every dribbling loop ends by then
@@ -62,6 +62,19 @@ func TestSlowlorisDoesNotStarve(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// A backlog above net.core.somaxconn is reported at start: the kernel
+// silently caps it.
+func TestBacklogAboveSomaxconnIsReported(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	must(t, err)
+	max, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "1", "--backlog", strconv.Itoa(max+1))
+	if !strings.Contains(h.Log(), "backlog exceeds net.core.somaxconn") {
+		t.Errorf("backlog %d above somaxconn %d not reported:\n%s", max+1, max, h.Log())
+	}
 }
 
 // Out of file descriptors (RLIMIT_NOFILE lowered): a worker pauses accepting
