@@ -30,12 +30,10 @@ func TestLoadCountsAndValidates(t *testing.T) {
 		if res.Requests != 90 || res.Errors != 0 || res.Latency.TotalCount() != 90 {
 			t.Errorf("keepalive=%v: %d ok, %d errors %v, %d latencies", keep, res.Requests, res.Errors, res.ErrorKinds, res.Latency.TotalCount())
 		}
-		wantConns := 90
-		if keep {
-			wantConns = 3
-		}
-		if res.Connections != wantConns {
-			t.Errorf("keepalive=%v: %d connections, want %d", keep, res.Connections, wantConns)
+		// One connection per request, or with keep-alive one per client that
+		// got to send (a client that starts late may find the budget spent).
+		if (!keep && res.Connections != 90) || (keep && (res.Connections < 1 || res.Connections > 3)) {
+			t.Errorf("keepalive=%v: %d connections for 90 requests from 3 clients", keep, res.Connections)
 		}
 	}
 	res, err := Load{Addr: addr, Requests: 5, WantLength: 99}.Run(context.Background())
