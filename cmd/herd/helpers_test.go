@@ -45,16 +45,26 @@ type herdProc struct {
 
 var readyLine = regexp.MustCompile(`msg="herd ready" listen=(\S+)`)
 
-// startHerd starts `herd serve ARGS...` and returns once the master logs
-// that every worker is ready. Whatever is left is killed at cleanup.
+// startHerd starts `herd serve ARGS...` (on 127.0.0.1:0 unless ARGS say
+// --listen) and returns once the master logs that every worker is ready.
+// Whatever is left is killed at cleanup.
 func startHerd(t testing.TB, args ...string) *herdProc {
 	t.Helper()
-	h := &herdProc{t: t, pidFile: filepath.Join(t.TempDir(), "herd.pid"), exited: make(chan struct{})}
-	args = append([]string{"serve", "--pid", h.pidFile}, args...)
 	if !containsFlag(args, "--listen") {
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
-	h.cmd = exec.Command(os.Args[0], args...)
+	return startWrapped(t, nil, args...)
+}
+
+// startWrapped is startHerd under another program — wrapper is its command
+// line, followed by herd's (strace, systemd-socket-activate, a shell that
+// lowers a limit) — and without a default --listen. The master is then a
+// descendant of h.cmd: signal it through h.pidFile.
+func startWrapped(t testing.TB, wrapper []string, args ...string) *herdProc {
+	t.Helper()
+	h := &herdProc{t: t, pidFile: filepath.Join(t.TempDir(), "herd.pid"), exited: make(chan struct{})}
+	argv := append(append(append([]string(nil), wrapper...), os.Args[0], "serve", "--pid", h.pidFile), args...)
+	h.cmd = exec.Command(argv[0], argv[1:]...)
 	h.cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := h.cmd.StderrPipe()

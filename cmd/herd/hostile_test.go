@@ -4,13 +4,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -81,31 +78,9 @@ func TestBacklogAboveSomaxconnIsReported(t *testing.T) {
 // instead of spinning, says so once, and serves again once descriptors free up.
 func TestDescriptorExhaustion(t *testing.T) {
 	root, _ := docroot(t)
-	pidFile := filepath.Join(t.TempDir(), "herd.pid")
-	cmd := exec.Command("sh", "-c", `ulimit -n 40 && exec "$0" "$@"`, os.Args[0], "serve", root,
-		"--workers", "1", "--listen", "127.0.0.1:0", "--pid", pidFile, "--header-timeout", "30s")
-	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	must(t, cmd.Start())
-	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("log:\n%s", logs.String())
-		}
-	}()
-	var addr string
-	for end := time.Now().Add(20 * time.Second); addr == "" && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if m := readyLine.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-		}
-	}
-	if addr == "" {
-		t.Fatalf("not ready:\n%s", logs.String())
-	}
-	h := &herdProc{t: t, pidFile: pidFile}
+	h := startWrapped(t, []string{"sh", "-c", `ulimit -n 40 && exec "$0" "$@"`}, root,
+		"--workers", "1", "--listen", "127.0.0.1:0", "--header-timeout", "30s")
+	addr := h.addr
 	worker := h.status().Live[0].PID
 
 	// Idle connections until the worker runs out of descriptors.
@@ -117,10 +92,10 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}
 		idle = append(idle, c)
 	}
-	for end := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "accept paused") && time.Now().Before(end); {
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(h.Log(), "accept paused") && time.Now().Before(end); {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), "accept paused") {
+	if !strings.Contains(h.Log(), "accept paused") {
 		t.Fatalf("no pause reported with %d connections open", len(idle))
 	}
 	// Paused, not spinning: the worker uses little CPU while exhausted.
@@ -130,7 +105,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 		t.Errorf("worker used %d ticks of CPU in 1s while out of descriptors: spinning", used)
 	}
 	// Retried every 100ms for over a second, reported once.
-	if n := strings.Count(logs.String(), "accept paused"); n != 1 {
+	if n := strings.Count(h.Log(), "accept paused"); n != 1 {
 		t.Errorf("one episode was logged %d times, want once", n)
 	}
 	// A request now waits in the backlog; freeing descriptors lets it through.
@@ -154,10 +129,10 @@ func TestDescriptorExhaustion(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("not served after descriptors were freed")
 	}
-	for end := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "accept resumed") && time.Now().Before(end); {
+	for end := time.Now().Add(5 * time.Second); !strings.Contains(h.Log(), "accept resumed") && time.Now().Before(end); {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), "accept resumed") {
+	if !strings.Contains(h.Log(), "accept resumed") {
 		t.Errorf("the end of the episode was not logged")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd"
+	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/shm"
 )
 
@@ -146,36 +147,20 @@ func TestWakeupsAgreeWithStrace(t *testing.T) {
 	}
 	root, _ := docroot(t)
 	out := filepath.Join(t.TempDir(), "strace.out")
-	pidFile := filepath.Join(t.TempDir(), "herd.pid")
-	cmd := exec.Command(strace, "-f", "-c", "-e", "trace=accept4", "-o", out,
-		os.Args[0], "serve", root, "--workers", "4", "--strategy", "epoll", "--listen", "127.0.0.1:0", "--pid", pidFile)
-	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
-	stderr := &lockedBuffer{}
-	cmd.Stderr = stderr
-	must(t, cmd.Start())
-	defer cmd.Process.Kill()
-	var addr string
-	deadline := time.Now().Add(30 * time.Second)
-	for addr == "" && time.Now().Before(deadline) {
-		if m := readyLine.FindStringSubmatch(stderr.String()); m != nil {
-			addr = m[1]
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if addr == "" {
-		t.Fatalf("herd under strace not ready:\n%s", stderr.String())
-	}
+	h := startWrapped(t, []string{strace, "-f", "-c", "-e", "trace=accept4", "-o", out},
+		root, "--workers", "4", "--strategy", "epoll", "--listen", "127.0.0.1:0")
+	addr := h.addr
 	res := load("http://"+addr+"/hello.txt", []byte("hello, herd\n"), 4, 300, 60*time.Second, nil)
 	if res.failed != 0 {
 		t.Fatalf("%d failed (%s)", res.failed, res.firstErr)
 	}
 	time.Sleep(200 * time.Millisecond)
-	h := &herdProc{t: t, pidFile: pidFile}
 	s := h.status()
-	pid, _ := strconv.Atoi(strings.TrimSpace(readFile(t, pidFile)))
+	pid, err := master.ReadPIDFile(h.pidFile)
+	must(t, err)
 	must(t, syscall.Kill(pid, syscall.SIGTERM))
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("strace: %v\n%s", err, stderr.String())
+	if code := h.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("strace: exit %d\n%s", code, h.Log())
 	}
 	calls := straceCalls(t, readFile(t, out), "accept4")
 	ours := s.Total.Wakeups
@@ -277,20 +262,20 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 			go func() {
 				done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 1_000_000, 60*time.Second, stop)
 			}()
-			master := h.pid()
+			oldMaster := h.pid()
 			for gen := 2; gen <= 6; gen++ {
 				time.Sleep(50 * time.Millisecond)
-				must(t, syscall.Kill(master, syscall.SIGHUP))
+				must(t, syscall.Kill(oldMaster, syscall.SIGHUP))
 				h.waitStatus("reloaded", 15*time.Second, func(s shm.Snapshot) bool {
 					return s.Generation == gen && len(readyPIDs(s, gen)) == 2 && len(s.Live) == 2
 				})
 			}
-			must(t, syscall.Kill(master, syscall.SIGUSR2))
+			must(t, syscall.Kill(oldMaster, syscall.SIGUSR2))
 			var s shm.Snapshot
 			deadline := time.Now().Add(15 * time.Second)
 			for {
-				if pid, err := readPID(h.pidFile); err == nil && pid != master {
-					if s = h.status(); s.MasterPID == pid && len(readyPIDs(s, 1)) == 2 && !alive(master) {
+				if pid, err := master.ReadPIDFile(h.pidFile); err == nil && pid != oldMaster {
+					if s = h.status(); s.MasterPID == pid && len(readyPIDs(s, 1)) == 2 && !alive(oldMaster) {
 						break
 					}
 				}
@@ -312,12 +297,4 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 			must(t, syscall.Kill(s.MasterPID, syscall.SIGTERM))
 		})
 	}
-}
-
-func readPID(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
 }

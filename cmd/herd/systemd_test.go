@@ -2,7 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -24,34 +23,25 @@ func TestSocketActivation(t *testing.T) {
 	must(t, err)
 	addr := l.Addr().String()
 	l.Close()
-	cmd := exec.Command(activate, "-l", addr, "-E", "HERD_TEST_MAIN=1", os.Args[0], "serve", root, "--workers", "2")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	must(t, cmd.Start())
-	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("log:\n%s", logs.String())
+	// systemd-socket-activate starts the program only when the first
+	// connection comes (it waits in the passed socket's queue), so the
+	// first request is sent while herd is being started.
+	first := make(chan string, 1)
+	go func() {
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if code, body, err := get(client(), "http://"+addr+"/hello.txt"); err == nil && code == 200 {
+				first <- string(body)
+				return
+			}
 		}
+		first <- ""
 	}()
-	// systemd-socket-activate starts the program when the first connection
-	// comes; that connection waits in the passed socket's queue.
-	var got string
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		code, body, err := get(client(), "http://"+addr+"/hello.txt")
-		if err == nil && code == 200 {
-			got = string(body)
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	h := startWrapped(t, []string{activate, "-l", addr, "-E", "HERD_TEST_MAIN=1"}, root, "--workers", "2")
+	got := <-first
 	if got != "hello, herd\n" {
 		t.Fatalf("no answer on the activated socket")
 	}
-	if !strings.Contains(logs.String(), "using sockets from systemd") {
+	if !strings.Contains(h.Log(), "using sockets from systemd") {
 		t.Errorf("herd did not say it used systemd's socket")
 	}
 	res := load("http://"+addr+"/hello.txt", []byte("hello, herd\n"), 4, 100, 20*time.Second, nil)
