@@ -20,7 +20,7 @@ func TestBenchReport(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
 	out, errOut, code := runHerd(t, "bench", "--strategies", "epoll,exclusive", "--workers", "8",
-		"--concurrency", "1", "--requests", "300", "--warmup", "20", "--json", jsonPath, "--html", htmlPath)
+		"--concurrency", "1", "--requests", "1000", "--warmup", "20", "--json", jsonPath, "--html", htmlPath)
 	if code != 0 {
 		t.Fatalf("bench: exit %d\n%s", code, errOut)
 	}
