@@ -72,6 +72,15 @@ type Server struct {
 	// net.core.somaxconn.
 	Backlog int
 
+	// DeferAccept sets TCP_DEFER_ACCEPT on the TCP sockets the server
+	// creates: a connection is queued for accept only once its first bytes
+	// have arrived, or after about this long anyway (whole seconds). HTTP
+	// clients speak first, so workers are never woken for a connection they
+	// can only wait on, and the native engine answers at once. Default 1s,
+	// as nginx's "listen ... deferred"; negative: off. Sockets from systemd
+	// keep their own setting (DeferAcceptSec=).
+	DeferAccept time.Duration
+
 	// DrainTimeout bounds how long a stopping worker may take to finish the
 	// requests it has; default 30s.
 	DrainTimeout time.Duration
@@ -212,6 +221,16 @@ func (s *Server) Start() error {
 	}
 }
 
+func deferAccept(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return time.Second
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 func workerTimeout(d time.Duration) time.Duration {
 	switch {
 	case d == 0:
@@ -245,7 +264,7 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	}
 	return master.Config{
 		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
-		Listen: listen, Backlog: s.Backlog, Workers: s.Workers, Strategy: s.Strategy,
+		Listen: listen, Backlog: s.Backlog, DeferAccept: deferAccept(s.DeferAccept), Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,
 		WorkerConnections: s.WorkerConnections, MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,

@@ -43,6 +43,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	flags.StringVar(&srv.Strategy, "strategy", "accept", "accept strategy: "+strings.Join(herd.Strategies(), ", "))
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
 	flags.IntVar(&srv.Backlog, "backlog", 511, "listen backlog (capped by net.core.somaxconn)")
+	flags.DurationVar(&srv.DeferAccept, "defer-accept", time.Second, "TCP_DEFER_ACCEPT: queue a connection once its request arrives, or after this long (0: off)")
 	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
@@ -81,6 +82,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
 	srv.Listen = listen
+	if srv.DeferAccept == 0 {
+		srv.DeferAccept = -1 // the library's zero means its default
+	}
 
 	switch *engine {
 	case "native", "nethttp":

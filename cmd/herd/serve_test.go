@@ -508,3 +508,42 @@ func TestDrainClosesKeepAliveBetweenRequests(t *testing.T) {
 		t.Errorf("after its response the draining worker's connection: read %d bytes, %v; want EOF", n, err)
 	}
 }
+
+// By default a worker gets a connection only once its request has arrived
+// (TCP_DEFER_ACCEPT): a client that connects and says nothing holds no
+// worker descriptor. --defer-accept 0 hands connections over at once.
+func TestDeferAccept(t *testing.T) {
+	root, _ := docroot(t)
+	for _, tc := range []struct {
+		name           string
+		args           []string
+		acceptedSilent bool
+	}{
+		{"default", nil, false},
+		{"off", []string{"--defer-accept", "0"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHerd(t, append([]string{root, "--workers", "1", "--strategy", "exclusive"}, tc.args...)...)
+			c, err := net.Dial("tcp", h.addr)
+			must(t, err)
+			defer c.Close()
+			if tc.acceptedSilent {
+				h.waitStatus("silent connection accepted", 5*time.Second, func(s shm.Snapshot) bool { return s.Total.Accepts == 1 })
+			} else {
+				time.Sleep(300 * time.Millisecond) // the kernel would release it after 1s
+				if n := h.status().Total.Accepts; n != 0 {
+					t.Fatalf("a connection that sent nothing was accepted (%d accepts)", n)
+				}
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			b, err := io.ReadAll(c)
+			if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 200 ") || !strings.HasSuffix(string(b), "hello, herd\n") {
+				t.Fatalf("answer: %q, %v", b, err)
+			}
+			if n := h.status().Total.Accepts; n != 1 {
+				t.Errorf("%d accepts for one connection", n)
+			}
+		})
+	}
+}

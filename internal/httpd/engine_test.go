@@ -40,6 +40,13 @@ func testEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Rec
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg.ReadFirst { // as the master sets up the listener for it
+		rc, _ := l.(*net.TCPListener).SyscallConn()
+		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	go eng.Run()
 	go func() {
 		for {
@@ -154,6 +161,66 @@ func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
 
 func get(target string, headers ...string) string {
 	return "GET " + target + " HTTP/1.1\r\nHost: x\r\n" + strings.Join(headers, "") + "\r\n"
+}
+
+// With ReadFirst (TCP_DEFER_ACCEPT listeners) a connection is answered
+// before it is ever registered with epoll; it must be registered whenever
+// it outlives that first read: keep-alive, a request still arriving, a
+// response too big for the socket buffer.
+func TestReadFirst(t *testing.T) {
+	root, big := siteRoot(t)
+	addr, st := testEngine(t, root, func(c *Config) { c.ReadFirst = true })
+
+	// One request, Connection: close: answered, then a clean close (FIN).
+	resps, bodies, c := exchange(t, addr, get("/hello.txt", "Connection: close\r\n"), 1)
+	if resps[0].StatusCode != 200 || string(bodies[0]) != "Hello, world\n" || !resps[0].Close {
+		t.Errorf("close: %d %q close=%v", resps[0].StatusCode, bodies[0], resps[0].Close)
+	}
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("close: after the answer read %d, %v; want EOF", n, err)
+	}
+
+	// Pipelined in the first bytes, then keep-alive: a later request on the
+	// same connection is heard through epoll.
+	resps, _, c = exchange(t, addr, get("/hello.txt")+get("/docs/")+get("/missing"), 3)
+	if resps[0].StatusCode != 200 || resps[1].StatusCode != 200 || resps[2].StatusCode != 404 {
+		t.Errorf("pipelined: %d %d %d", resps[0].StatusCode, resps[1].StatusCode, resps[2].StatusCode)
+	}
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, get("/hello.txt", "Connection: close\r\n"))
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
+		t.Errorf("keep-alive request after the first read: %v %v", resp, err)
+	}
+
+	// A request head split across two writes: the first read has half.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\n")
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, "Host: x\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
+		t.Errorf("split head: %v %v", resp, err)
+	}
+
+	// A megabyte through sendfile: the socket fills, EPOLLOUT takes over.
+	_, bodies, _ = exchange(t, addr, get("/big.bin", "Connection: close\r\n"), 1)
+	if !bytes.Equal(bodies[0], big) {
+		t.Errorf("big file: %d bytes, want %d byte-exact", len(bodies[0]), len(big))
+	}
+
+	// Every connection above is closed by now: none leaked in the loop.
+	c.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for st.Load(shm.Active) != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := st.Load(shm.Active); n != 0 {
+		t.Errorf("%d connections still active", n)
+	}
 }
 
 func TestStatusesAndBodies(t *testing.T) {

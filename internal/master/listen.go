@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,31 +49,43 @@ func ParseAddr(s string) (network, addr string, err error) {
 	return "tcp", s, nil
 }
 
+// ListenConfig is how Listen makes a listening socket.
+type ListenConfig struct {
+	Backlog   int  // listen(2) backlog
+	ReusePort bool // TCP: join a SO_REUSEPORT group (every member sets it before bind)
+
+	// DeferAccept sets TCP_DEFER_ACCEPT: the kernel completes the handshake
+	// but queues the connection for accept only once the client's first
+	// bytes have arrived (or, after about this long, anyway). A worker is
+	// then never woken for a connection it can only register and wait on,
+	// and connections that never speak hold no worker descriptor. HTTP
+	// clients speak first, so herd turns it on by default; nginx's
+	// "listen ... deferred" is the same option. 0: off.
+	DeferAccept time.Duration
+}
+
 // Listen creates a listening socket with raw syscalls, because net.Listen
 // neither takes a backlog (it uses net.core.somaxconn) nor leaves the socket
 // out of the master's netpoller — and the master must never poll a socket
 // its workers accept on, or an exclusive-wakeup strategy would not be.
-func Listen(s string, backlog int) (*Socket, error) { return listen(s, backlog, false) }
-
-// ListenReusePort creates one more socket of a SO_REUSEPORT group on a TCP
-// address; every socket of a group must set the option before bind.
-func ListenReusePort(s string, backlog int) (*Socket, error) { return listen(s, backlog, true) }
-
-func listen(s string, backlog int, reusePort bool) (*Socket, error) {
+func (lc ListenConfig) Listen(s string) (*Socket, error) {
 	network, addr, err := ParseAddr(s)
 	if err != nil {
 		return nil, err
 	}
 	if network == "unix" {
-		if reusePort {
+		if lc.ReusePort {
 			return nil, fmt.Errorf("listen %s: the reuseport strategy needs TCP addresses", s)
 		}
-		return listenUnix(addr, backlog)
+		return listenUnix(addr, lc.Backlog)
 	}
-	return listenTCP(addr, backlog, reusePort)
+	return lc.listenTCP(addr)
 }
 
-func listenTCP(addr string, backlog int, reusePort bool) (*Socket, error) {
+// Listen creates a listening socket with a backlog and no other option.
+func Listen(s string, backlog int) (*Socket, error) { return ListenConfig{Backlog: backlog}.Listen(s) }
+
+func (lc ListenConfig) listenTCP(addr string) (*Socket, error) {
 	ta, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
@@ -107,7 +120,7 @@ func listenTCP(addr string, backlog int, reusePort bool) (*Socket, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return fail("SO_REUSEADDR", err)
 	}
-	if reusePort {
+	if lc.ReusePort {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return fail("SO_REUSEPORT", err)
 		}
@@ -120,7 +133,13 @@ func listenTCP(addr string, backlog int, reusePort bool) (*Socket, error) {
 	if err := unix.Bind(fd, sa); err != nil {
 		return fail("bind", err)
 	}
-	if err := unix.Listen(fd, backlog); err != nil {
+	if lc.DeferAccept > 0 {
+		secs := int(max(lc.DeferAccept.Round(time.Second), time.Second) / time.Second)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs); err != nil {
+			return fail("TCP_DEFER_ACCEPT", err)
+		}
+	}
+	if err := unix.Listen(fd, lc.Backlog); err != nil {
 		return fail("listen", err)
 	}
 	bound := addr

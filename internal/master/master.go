@@ -42,6 +42,7 @@ import (
 type Config struct {
 	Listen       []string      // addresses; see ParseAddr
 	Backlog      int           // listen(2) backlog; default 511, as nginx
+	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; 0: off
 	Workers      int           // default: number of CPUs
 	Strategy     string        // accept strategy; default "accept"
 	Threads      int           // accepting threads per worker and listener; default 1
@@ -235,7 +236,7 @@ func (m *Master) open() error {
 		}
 	} else {
 		for _, a := range cfg.Listen {
-			s, err := Listen(a, cfg.Backlog)
+			s, err := m.listenConfig(false).Listen(a)
 			if err != nil {
 				return err
 			}
@@ -270,6 +271,10 @@ func (m *Master) open() error {
 		}
 	}
 	return nil
+}
+
+func (m *Master) listenConfig(reusePort bool) ListenConfig {
+	return ListenConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
 }
 
 // Check validates a configuration without starting or binding anything

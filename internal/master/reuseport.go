@@ -38,7 +38,7 @@ func (m *Master) slotSockets(slot int) ([]*Socket, error) {
 		if len(m.sockets) > i {
 			a = m.sockets[i].Addr // the port chosen for slot 0, if it was 0
 		}
-		s, err := ListenReusePort(a, m.cfg.Backlog)
+		s, err := m.listenConfig(true).Listen(a)
 		if err != nil {
 			for _, s := range socks {
 				s.Close()

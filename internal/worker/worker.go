@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -82,6 +83,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		listeners[i] = accept.Listener{FD: FirstListenerFD + i, Addr: a}
 	}
 	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
+	deferred := deferredAccept(listeners)
 	strat, err := accept.New(spec.Strategy, accept.Config{
 		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
 		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
@@ -94,7 +96,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	stopBeat := heartbeat(st)
 	defer stopBeat()
 	if spec.Engine == "native" {
-		return runNative(spec, strat, st, ctrl, sigs, masterGone, log)
+		return runNative(spec, strat, deferred, st, ctrl, sigs, masterGone, log)
 	}
 
 	ln := newHandoff(addr)
@@ -185,13 +187,21 @@ func serveUntilStop(spec *Spec, st *shm.Record, ctrl *control, sigs <-chan os.Si
 // straight to the event loop; a graceful stop stops the strategy, then lets
 // the loop answer what it has, closing keep-alive connections as they go
 // idle, bounded by the drain timeout.
-func runNative(spec *Spec, strat accept.Strategy, st *shm.Record, ctrl *control, sigs <-chan os.Signal,
+func runNative(spec *Spec, strat accept.Strategy, deferred bool, st *shm.Record, ctrl *control, sigs <-chan os.Signal,
 	masterGone <-chan struct{}, log *slog.Logger) error {
 	cfg := httpd.Config{
 		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
 		WorkerConnections: spec.WorkerConnections, Stats: st, Log: log,
 		HeaderTimeout: spec.HeaderTimeout, IdleTimeout: spec.IdleTimeout,
 		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
+		ReadFirst:   deferred,
+	}
+	// The loop keeps its P while it sleeps in epoll_wait (see httpd's wait),
+	// which leaves the worker's other goroutines — control socket, signals,
+	// heartbeat, a blocking strategy's accept threads — without one on a
+	// one-CPU machine. A second P costs nothing there.
+	if runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
 	}
 	// With one accepting thread, an epoll-based strategy runs inside the
 	// engine's own loop: the listener is in the loop's epoll set.
@@ -303,6 +313,19 @@ func heartbeat(st *shm.Record) (stop func()) {
 
 // listenerAddr reads a socket's local address without wrapping the
 // descriptor in a net.Listener (which would register it with the netpoller).
+// deferredAccept reports whether every listener is TCP with TCP_DEFER_ACCEPT
+// set — by herd's master, systemd's DeferAcceptSec= or a previous master —
+// so that accepted connections come with their first bytes.
+func deferredAccept(listeners []accept.Listener) bool {
+	for _, l := range listeners {
+		v, err := unix.GetsockoptInt(l.FD, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
+		if err != nil || v <= 0 {
+			return false
+		}
+	}
+	return len(listeners) > 0
+}
+
 func listenerAddr(fd int) net.Addr {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
