@@ -78,7 +78,10 @@ type Server struct {
 	// clients speak first, so workers are never woken for a connection they
 	// can only wait on, and the native engine answers at once. Default 1s,
 	// as nginx's "listen ... deferred"; negative: off. Sockets from systemd
-	// keep their own setting (DeferAcceptSec=).
+	// keep their own setting (DeferAcceptSec=). Not set with the reuseport
+	// strategy, whose per-worker sockets close when workers are removed:
+	// the kernel resets connections still waiting for their first bytes in
+	// a closing socket.
 	DeferAccept time.Duration
 
 	// DrainTimeout bounds how long a stopping worker may take to finish the
@@ -144,6 +147,7 @@ type Server struct {
 type StaticFiles struct {
 	Root           string        // the document root
 	FollowSymlinks bool          // serve symlinks that lead outside Root
+	Autoindex      bool          // list directories without index.html (off: 403, as nginx)
 	HeaderTimeout  time.Duration // a request head must arrive whole within this (408); default 10s
 	IdleTimeout    time.Duration // a keep-alive connection may wait this long for its next request; default 75s
 }
@@ -263,7 +267,7 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 		st = *s.Static
 	}
 	return master.Config{
-		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
+		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
 		Listen: listen, Backlog: s.Backlog, DeferAccept: deferAccept(s.DeferAccept), Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,

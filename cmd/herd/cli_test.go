@@ -143,11 +143,18 @@ func TestConfigFileAndEnvironment(t *testing.T) {
 	}
 }
 
-// The access log has one Common Log Format line per request.
+// The access log has one Common Log Format line per request, in the same
+// format from either engine.
 func TestAccessLog(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) { testAccessLog(t, engine) })
+	}
+}
+
+func testAccessLog(t *testing.T, engine string) {
 	root, _ := docroot(t)
 	logPath := filepath.Join(t.TempDir(), "access.log")
-	h := startHerd(t, root, "--workers", "2", "--access-log", logPath)
+	h := startHerd(t, root, "--workers", "2", "--access-log", logPath, "--engine", engine)
 	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 30, 10*time.Second, nil)
 	if res.failed != 0 {
 		t.Fatal(res.firstErr)

@@ -91,10 +91,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--engine %q: want native or nethttp", *engine)
 	}
-	if *engine == "native" && (static.Autoindex || srv.AccessLog != "" || srv.MaxRequests > 0 || len(pos) == 0) {
-		// Not in the native engine yet: directory listings, the access log,
-		// max-requests, the built-in page.
-		*engine = "nethttp"
+	if len(pos) == 0 {
+		*engine = "nethttp" // the built-in page is embedded in the binary: net/http serves it
 	}
 	if len(pos) == 1 {
 		srv.Handler, err = httpd.Static(pos[0], static) // checks the root either way
@@ -102,7 +100,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *engine == "native" {
-			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks,
+			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks, Autoindex: static.Autoindex,
 				HeaderTimeout: *headerTO, IdleTimeout: *idleTO}
 		}
 	} else {

@@ -3,8 +3,12 @@ package httpd
 import (
 	"errors"
 	"fmt"
+	"html"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -35,6 +39,16 @@ type Config struct {
 	SendTimeout       time.Duration // for a stalled client to take more of a response; default 60s
 	Stats             *shm.Record   // Requests, BytesOut, Active (the accept strategy counted it in)
 	Log               *slog.Logger
+
+	// Autoindex lists a directory that has no index.html (nginx's
+	// autoindex); off, such a directory is 403.
+	Autoindex bool
+	// AccessLog, if set, gets one Common Log Format line per answer, in
+	// one Write each, from the loop's thread.
+	AccessLog io.Writer
+	// OnRequest, if set, is called after every answer with the worker's
+	// request count (the worker's --max-requests).
+	OnRequest func(total uint64)
 
 	// Inline, if set, is an accept strategy whose listeners this loop
 	// watches and accepts from itself (no hand-off between threads).
@@ -73,6 +87,8 @@ type Engine struct {
 	now     time.Time
 	date    []byte
 	dateSec int64
+	logTime []byte // the access log's [time], refreshed with date
+	logLine []byte
 	events  []unix.EpollEvent
 	full    bool // at WorkerConnections: logged once per episode
 }
@@ -215,6 +231,9 @@ func (e *Engine) tick() {
 	if s := e.now.Unix(); s != e.dateSec {
 		e.dateSec = s
 		e.date = e.now.UTC().AppendFormat(e.date[:0], http.TimeFormat)
+		if e.cfg.AccessLog != nil {
+			e.logTime = e.now.AppendFormat(e.logTime[:0], "02/Jan/2006:15:04:05 -0700")
+		}
 	}
 }
 
@@ -349,6 +368,9 @@ type conn struct {
 	eof        bool // the client has closed its side
 	since      time.Time
 	requests   int
+	status     int    // of the answer being sent, for the access log
+	bodyBytes  int64  // its body's size
+	peer       string // the client's address, once the access log asked
 }
 
 // consumed reports whether everything the client sent has been read and
@@ -570,17 +592,78 @@ func (e *Engine) fail(c *conn, perr *parseError) {
 	c.head = false // the request could not be read: its method is unknown
 	e.errorPage(c, perr.status, perr.reason, nil)
 	c.close = true
-	e.cfg.Stats.Inc(shm.Requests)
+	e.account(c, nil)
 	e.flush(c)
 }
 
 var errNoFile = errors.New("no file")
 
-// respond builds the answer to req into c.out (and c.file).
+// respond builds the answer to req into c.out (and c.file), and counts
+// and logs it.
 func (e *Engine) respond(c *conn, req *request) {
 	c.requests++
-	e.cfg.Stats.Inc(shm.Requests)
 	c.close = !req.keep || e.drain.Load()
+	e.answer(c, req)
+	e.account(c, req)
+}
+
+// account counts an answer, logs it, and tells OnRequest. req is nil for a
+// request that could not be read.
+func (e *Engine) account(c *conn, req *request) {
+	n := e.cfg.Stats.Add(shm.Requests, 1)
+	if e.cfg.AccessLog != nil {
+		e.logRequest(c, req)
+	}
+	if e.cfg.OnRequest != nil {
+		e.cfg.OnRequest(n)
+	}
+}
+
+// logRequest writes the access log line of c's answer:
+//
+//	127.0.0.1 - - [22/Nov/2026:19:41:29 +0000] "GET /hello.txt HTTP/1.1" 200 13
+//
+// (the format of the nethttp engine's log; the size is the body's).
+func (e *Engine) logRequest(c *conn, req *request) {
+	if c.peer == "" {
+		c.peer = peerHost(c.fd)
+	}
+	b := append(e.logLine[:0], c.peer...)
+	b = append(b, " - - ["...)
+	b = append(b, e.logTime...)
+	b = append(b, "] "...)
+	if req == nil {
+		b = append(b, `"-"`...)
+	} else {
+		b = strconv.AppendQuote(b, string(req.method)+" "+string(req.target)+" HTTP/1."+strconv.Itoa(req.minor))
+	}
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(c.status), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, c.bodyBytes, 10)
+	b = append(b, '\n')
+	e.cfg.AccessLog.Write(b)
+	e.logLine = b
+}
+
+// peerHost is the client's address for the access log, "-" if not IP.
+func peerHost(fd int) string {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return "-"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr).Unmap().String()
+	}
+	return "-"
+}
+
+// answer builds the answer to req into c.out (and c.file), and notes its
+// status and body size in c.
+func (e *Engine) answer(c *conn, req *request) {
 	head := string(req.method) == "HEAD"
 	c.head = head
 	if !head && string(req.method) != "GET" {
@@ -603,6 +686,10 @@ func (e *Engine) respond(c *conn, req *request) {
 		f, isDir, err = e.files.open(path2(name, "index.html"), e.now)
 		if err == nil && isDir {
 			err = errNoFile
+		}
+		if err == unix.ENOENT && e.cfg.Autoindex {
+			e.listing(c, name)
+			return
 		}
 		if err == unix.ENOENT {
 			err = unix.EACCES // a directory without an index is not listed: 403, as nginx
@@ -644,7 +731,9 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 		}
 	}
 	lastMod := f.lastMod
+	c.bodyBytes = 0
 	if notModified(req, f, lastMod) {
+		c.status = 304
 		c.out = e.status(c.out[:0], 304, "Not Modified")
 		c.out = e.validators(c.out, f, lastMod, vary)
 		c.out = e.connection(c.out, c)
@@ -653,6 +742,7 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	}
 	start, end, partial, ok := byteRange(req, f, lastMod)
 	if !ok {
+		c.status = 416
 		c.out = e.status(c.out[:0], 416, "Range Not Satisfiable")
 		c.out = append(c.out, "Content-Range: bytes */"...)
 		c.out = strconv.AppendInt(c.out, f.size, 10)
@@ -662,9 +752,11 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 		return
 	}
 	if partial {
+		c.status = 206
 		c.out = e.status(c.out[:0], 206, "Partial Content")
 		c.out = fmt.Appendf(c.out, "Content-Range: bytes %d-%d/%d\r\n", start, end-1, f.size)
 	} else {
+		c.status = 200
 		c.out = e.status(c.out[:0], 200, "OK")
 	}
 	c.out = append(c.out, "Content-Type: "...)
@@ -681,6 +773,7 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	if head || end == start {
 		return
 	}
+	c.bodyBytes = end - start
 	if f.small != nil {
 		c.out = append(c.out, f.small[start:end]...) // head and body in one write
 		return
@@ -725,14 +818,60 @@ func (e *Engine) errorPage(c *conn, code int, text string, headers [][2]string) 
 	for _, h := range headers {
 		c.out = append(c.out, h[0]+": "+h[1]+"\r\n"...)
 	}
+	e.htmlBody(c, code, body)
+}
+
+// htmlBody ends an answer whose head has its status line with an HTML body.
+func (e *Engine) htmlBody(c *conn, code int, body string) {
 	c.out = append(c.out, "Content-Type: text/html; charset=utf-8\r\nContent-Length: "...)
 	c.out = strconv.AppendInt(c.out, int64(len(body)), 10)
 	c.out = append(c.out, "\r\n"...)
 	c.out = e.connection(c.out, c)
 	c.out = append(c.out, "\r\n"...)
+	c.status, c.bodyBytes = code, 0
 	if !c.head {
 		c.out = append(c.out, body...) // a HEAD answer has the length, never the body
+		c.bodyBytes = int64(len(body))
 	}
+}
+
+// listing answers with the entries of the directory name (autoindex):
+// names linked, directories with a slash, then the time and size, as
+// nginx's autoindex shows them. Read on the loop's thread, as nginx does.
+func (e *Engine) listing(c *conn, name string) {
+	entries, err := e.files.readDir(name)
+	if err != nil {
+		e.errorPage(c, 403, "Forbidden", nil)
+		return
+	}
+	title := "/"
+	if name != "." {
+		title += name + "/"
+	}
+	var b strings.Builder
+	b.WriteString("<html><head><title>Index of " + html.EscapeString(title) + "</title></head><body>\n<h1>Index of " +
+		html.EscapeString(title) + "</h1><hr><pre>")
+	if name != "." {
+		b.WriteString("<a href=\"../\">../</a>\n")
+	}
+	for _, ent := range entries {
+		label, href := ent.Name, url.PathEscape(ent.Name)
+		if ent.Dir {
+			label, href = label+"/", href+"/"
+		}
+		fmt.Fprintf(&b, "<a href=\"%s\">%s</a>%*s %s %12s\n", html.EscapeString(href), html.EscapeString(label),
+			max(0, 50-len(label)), "", ent.ModTime.UTC().Format("02-Jan-2006 15:04"), sizeText(ent))
+	}
+	b.WriteString("</pre><hr></body></html>\n")
+	c.out = e.status(c.out[:0], 200, "OK")
+	e.htmlBody(c, 200, b.String())
+}
+
+func sizeText(ent dirEntry) string {
+	if ent.Dir {
+		return "-"
+	}
+	return strconv.FormatInt(ent.Size, 10)
 }
 
 // notModified applies If-None-Match, or else If-Modified-Since (RFC 9110 13.2.2).

@@ -10,7 +10,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -550,3 +553,95 @@ func FuzzParse(f *testing.F) {
 }
 
 func dup(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
+
+// Autoindex lists a directory without index.html: entries sorted, names
+// escaped for HTML and for the URL, directories with a slash.
+func TestAutoindex(t *testing.T) {
+	root, _ := siteRoot(t)
+	os.WriteFile(filepath.Join(root, "empty", `<b>&"x".txt`), []byte("x"), 0o644)
+	os.Mkdir(filepath.Join(root, "empty", "sub"), 0o755)
+	addr, _ := testEngine(t, root, func(c *Config) { c.Autoindex = true })
+	resps, bodies, _ := exchange(t, addr, get("/empty/"), 1)
+	body := string(bodies[0])
+	if resps[0].StatusCode != 200 || resps[0].Header.Get("Content-Type") != "text/html; charset=utf-8" {
+		t.Fatalf("listing: %d %q", resps[0].StatusCode, resps[0].Header.Get("Content-Type"))
+	}
+	for _, want := range []string{"<title>Index of /empty/</title>", `<a href="../">../</a>`,
+		`<a href="%3Cb%3E&amp;%22x%22.txt">&lt;b&gt;&amp;&#34;x&#34;.txt</a>`, `<a href="sub/">sub/</a>`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("listing lacks %s:\n%s", want, body)
+		}
+	}
+	if strings.Index(body, "%3Cb") > strings.Index(body, "sub/") {
+		t.Errorf("entries not sorted by name:\n%s", body)
+	}
+	if strings.Contains(body, "<b>") {
+		t.Errorf("a file name reached the page unescaped:\n%s", body)
+	}
+	// A directory with an index is still answered by it; HEAD has no body.
+	if _, bodies, _ := exchange(t, addr, get("/docs/"), 1); string(bodies[0]) != "docs\n" {
+		t.Errorf("/docs/ with autoindex: %q, want its index.html", bodies[0])
+	}
+	resps, bodies, _ = exchange(t, addr, "HEAD /empty/ HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if resps[0].StatusCode != 200 || len(bodies[0]) != 0 || resps[0].ContentLength != int64(len(body)) {
+		t.Errorf("HEAD listing: %d, %d body bytes, length %d", resps[0].StatusCode, len(bodies[0]), resps[0].ContentLength)
+	}
+}
+
+// syncBuffer is an io.Writer the loop's thread writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Every answer, refusals included, gets an access log line with the
+// client's address, the request, the status and the body size, and is
+// reported to OnRequest with the running count.
+func TestAccessLogAndOnRequest(t *testing.T) {
+	root, _ := siteRoot(t)
+	var log syncBuffer
+	var counts []uint64
+	var mu sync.Mutex
+	addr, _ := testEngine(t, root, func(c *Config) {
+		c.AccessLog = &log
+		c.OnRequest = func(n uint64) { mu.Lock(); counts = append(counts, n); mu.Unlock() }
+	})
+	exchange(t, addr, get("/hello.txt")+"HEAD /hello.txt HTTP/1.0\r\n\r\n", 2)
+	exchange(t, addr, get("/missing"), 1)
+	exchange(t, addr, get("/big.bin", "Range: bytes=0-9\r\n"), 1)
+	exchange(t, addr, "GET / FTP/1.0\r\n\r\n", 1)
+	want := []string{
+		`"GET /hello.txt HTTP/1.1" 200 13`,
+		`"HEAD /hello.txt HTTP/1.0" 200 0`,
+		`"GET /missing HTTP/1.1" 404 `,
+		`"GET /big.bin HTTP/1.1" 206 10`,
+		`"-" 400 `,
+	}
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines for %d answers:\n%s", len(lines), len(want), log.String())
+	}
+	format := regexp.MustCompile(`^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "[^"]*" \d{3} \d+$`)
+	for i, l := range lines {
+		if !format.MatchString(l) || !strings.Contains(l, want[i]) {
+			t.Errorf("line %d: %q, want Common Log Format with %s", i+1, l, want[i])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(counts, []uint64{1, 2, 3, 4, 5}) {
+		t.Errorf("OnRequest saw %v, want 1..5", counts)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -146,6 +148,46 @@ func (c *fileCache) load(name string, now time.Time) *file {
 		}
 	}
 	return f
+}
+
+// dirEntry is one entry of a directory listing.
+type dirEntry struct {
+	Name    string
+	Dir     bool
+	Size    int64
+	ModTime time.Time
+}
+
+// readDir lists the directory name, sorted by name, opened with the same
+// containment as files. Entries that vanish while being read are left out.
+func (c *fileCache) readDir(name string) ([]dirEntry, error) {
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	if !c.follow {
+		how.Resolve |= unix.RESOLVE_BENEATH
+	}
+	fd, err := unix.Openat2(c.root, name, &how)
+	if err != nil {
+		return nil, err
+	}
+	d := os.NewFile(uintptr(fd), name)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	list := make([]dirEntry, 0, len(names))
+	for _, n := range names {
+		// Relative to the directory's descriptor: os.DirEntry.Info would
+		// look the name up by path again, from the working directory.
+		var st unix.Stat_t
+		if unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			continue
+		}
+		list = append(list, dirEntry{Name: n, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR, Size: st.Size,
+			ModTime: time.Unix(st.Mtim.Unix())})
+	}
+	slices.SortFunc(list, func(a, b dirEntry) int { return strings.Compare(a.Name, b.Name) })
+	return list, nil
 }
 
 // drop removes f from the cache, closing it now or when its last response ends.

@@ -1,5 +1,6 @@
-// Package httpd serves HTTP for `herd serve`. Today that is static files
-// through net/http; the native epoll engine will live here too.
+// Package httpd serves static files for `herd serve`, two ways: Static, an
+// http.Handler for the nethttp engine (and for any program that embeds
+// herd), and Engine, herd's own epoll event loop per worker, the default.
 package httpd
 
 import (

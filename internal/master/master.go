@@ -63,6 +63,7 @@ type Config struct {
 	// instead of the program's handler.
 	StaticRoot     string
 	FollowSymlinks bool
+	Autoindex      bool          // native engine: list directories without index.html
 	HeaderTimeout  time.Duration // native engine: a request head must arrive within this; default 10s
 	IdleTimeout    time.Duration // native engine: keep-alive idle limit; default 75s
 
@@ -273,8 +274,18 @@ func (m *Master) open() error {
 	return nil
 }
 
+// listenConfig is how the master makes its sockets. A SO_REUSEPORT group's
+// sockets get no TCP_DEFER_ACCEPT: when a slot's socket closes (TTOU, a
+// stop), the kernel resets the connections still in its SYN queue, and a
+// deferred connection waits there until its first bytes arrive — a window
+// TestReuseportShrinkDropsNothing hit. (net.ipv4.tcp_migrate_req=1 would
+// move them to another socket of the group instead; it is off by default.)
 func (m *Master) listenConfig(reusePort bool) ListenConfig {
-	return ListenConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
+	lc := ListenConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
+	if reusePort {
+		lc.DeferAccept = 0
+	}
+	return lc
 }
 
 // Check validates a configuration without starting or binding anything
@@ -761,7 +772,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
 		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
-		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks,
+		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks, Autoindex: m.cfg.Autoindex,
 		HeaderTimeout: m.cfg.HeaderTimeout, IdleTimeout: m.cfg.IdleTimeout,
 		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}

@@ -43,6 +43,7 @@ type Spec struct {
 	Engine         string        `json:"engine,omitempty"`
 	StaticRoot     string        `json:"static_root,omitempty"`
 	FollowSymlinks bool          `json:"follow_symlinks,omitempty"`
+	Autoindex      bool          `json:"autoindex,omitempty"`
 	HeaderTimeout  time.Duration `json:"header_timeout,omitempty"`
 	IdleTimeout    time.Duration `json:"keepalive_timeout,omitempty"`
 }

@@ -195,6 +195,16 @@ func runNative(spec *Spec, strat accept.Strategy, deferred bool, st *shm.Record,
 		HeaderTimeout: spec.HeaderTimeout, IdleTimeout: spec.IdleTimeout,
 		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
 		ReadFirst:   deferred,
+		Autoindex:   spec.Autoindex,
+		OnRequest:   recycler(spec, ctrl),
+	}
+	if spec.AccessLog != "" {
+		alog, err := openAccessLog(spec.AccessLog)
+		if err != nil {
+			return err
+		}
+		defer alog.Close()
+		cfg.AccessLog = alog
 	}
 	// The loop keeps its P while it sleeps in epoll_wait (see httpd's wait),
 	// which leaves the worker's other goroutines — control socket, signals,
