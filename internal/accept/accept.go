@@ -69,6 +69,17 @@ type Inline interface {
 	Detach(ep int)
 }
 
+// Cycler is an Inline strategy that acts around each wait of the engine's
+// loop (nginx's accept mutex). Each round: Before, with the loop's own
+// timeout, returns the one to wait with; the loop waits, calls Ready for
+// the listeners reported, then After with the number of events — before it
+// serves anything else, connections just accepted included.
+type Cycler interface {
+	Inline
+	Before(ep int, timeout int) (int, error)
+	After(ep int, n int)
+}
+
 // Listener is an inherited listening socket as a strategy sees it.
 type Listener struct {
 	FD   int    // descriptor number in this process

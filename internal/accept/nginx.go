@@ -29,11 +29,20 @@ import (
 //
 // nginx turned accept_mutex off by default in 1.11.3 because one worker
 // tends to take every connection; the lab shows that here too.
+//
+// The cycle runs in a thread of its own (Serve), or — under the native
+// engine with one accepting thread — inside the engine's event loop
+// (Inline and Cycler), which is where nginx runs it: before each
+// epoll_wait the loop tries the mutex, accepts first when it wakes, lets
+// the mutex go, and only then reads from the new connections (nginx posts
+// those reads to ngx_posted_events for that reason: the lock is held for
+// the accepts alone).
 type nginxStrategy struct {
 	cfg      Config
 	stop     *stopEvent
 	disabled atomic.Int64 // ngx_accept_disabled, per worker
 	out      exhaustion
+	inline   *cycle // Inline: the engine loop's cycle
 }
 
 func newNginx(cfg Config) (Strategy, error) {
@@ -57,6 +66,105 @@ func (s *nginxStrategy) Serve(deliver func(fd int)) error {
 	return runThreads(s.cfg.Threads, func() error { return s.thread(deliver) }, s.Stop)
 }
 
+// cycle is one event loop's side of the accept mutex: its epoll instance,
+// whether the listeners are in it, and whether it holds the mutex.
+type cycle struct {
+	s      *nginxStrategy
+	ep     int
+	base   int32 // event token of listener 0
+	held   bool  // the listeners are in ep
+	locked bool  // this loop holds the mutex
+	woken  bool  // a listener was reported this round
+	got    int   // connections accepted this round
+}
+
+// setListening adds the listeners to the loop's epoll or takes them out.
+func (c *cycle) setListening(on bool) error {
+	if on == c.held {
+		return nil
+	}
+	for i, l := range c.s.cfg.Listeners {
+		var err error
+		if on {
+			err = unix.EpollCtl(c.ep, unix.EPOLL_CTL_ADD, l.FD, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: c.base + int32(i)})
+		} else {
+			err = unix.EpollCtl(c.ep, unix.EPOLL_CTL_DEL, l.FD, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("nginx: epoll_ctl %s: %w", l.Addr, err)
+		}
+	}
+	c.held = on
+	return nil
+}
+
+// before is ngx_process_events_and_timers up to the wait: sit out while
+// loaded, else try the mutex; it returns how long the wait may last, given
+// the loop's own limit (-1: none).
+func (c *cycle) before(timeout int) (int, error) {
+	s := c.s
+	c.locked, c.woken, c.got = false, false, 0
+	switch {
+	case s.disabled.Load() > 0:
+		s.disabled.Add(-1)
+		return timeout, c.setListening(false)
+	case s.cfg.Mutex.TryLock(s.cfg.PID):
+		c.locked = true
+		if err := c.setListening(true); err != nil {
+			c.release()
+			return 0, err
+		}
+		return timeout, nil
+	}
+	if err := c.setListening(false); err != nil {
+		return 0, err
+	}
+	if delay := int(s.cfg.MutexDelay.Milliseconds()); timeout < 0 || timeout > delay {
+		timeout = delay
+	}
+	return timeout, nil
+}
+
+// accept handles a readable listener (ngx_event_accept), updating
+// accept_disabled after each burst as nginx does.
+func (c *cycle) accept(i int, deliver func(fd int)) error {
+	s := c.s
+	c.woken = true
+	k, err := acceptBurst(s.cfg.Listeners[i], &s.cfg, &s.out, deliver)
+	c.got += k
+	if err != nil {
+		return fmt.Errorf("nginx: %w", err)
+	}
+	s.disabled.Store(int64(acceptDisabled(s.cfg)))
+	if s.out.active.Load() {
+		s.disabled.Store(1) // out of descriptors: sit the next round out
+	}
+	return nil
+}
+
+// after ends the accept part of a round of n events: counts it, and lets
+// the mutex go.
+func (c *cycle) after(n int) {
+	st := c.s.cfg.Stats
+	switch {
+	case c.woken:
+		st.Inc(shm.Wakeups)
+		if c.got == 0 {
+			st.Inc(shm.Spurious)
+		}
+	case n == 0:
+		st.Inc(shm.Timeouts)
+	}
+	c.release()
+}
+
+func (c *cycle) release() {
+	if c.locked {
+		c.s.cfg.Mutex.Unlock(c.s.cfg.PID)
+		c.locked = false
+	}
+}
+
 func (s *nginxStrategy) thread(deliver func(fd int)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -65,87 +173,52 @@ func (s *nginxStrategy) thread(deliver func(fd int)) error {
 		return fmt.Errorf("nginx: %w", err)
 	}
 	defer unix.Close(ep)
-	mu, pid, st := s.cfg.Mutex, s.cfg.PID, s.cfg.Stats
-	held := false // the listeners are in this thread's epoll
-	setListening := func(on bool) error {
-		if on == held {
-			return nil
-		}
-		for i, l := range s.cfg.Listeners {
-			var err error
-			if on {
-				err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(i)})
-			} else {
-				err = unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil)
-			}
-			if err != nil {
-				return fmt.Errorf("nginx: epoll_ctl %s: %w", l.Addr, err)
-			}
-		}
-		held = on
-		return nil
-	}
+	c := &cycle{s: s, ep: ep}
+	defer c.release()
 	events := make([]unix.EpollEvent, len(s.cfg.Listeners)+1)
-	delay := int(s.cfg.MutexDelay.Milliseconds())
 	for !s.stop.stopped.Load() {
-		locked := false
-		if s.disabled.Load() > 0 {
-			s.disabled.Add(-1)
-			if err := setListening(false); err != nil {
-				return err
-			}
-		} else if mu.TryLock(pid) {
-			locked = true
-			if err := setListening(true); err != nil {
-				mu.Unlock(pid)
-				return err
-			}
-		} else if err := setListening(false); err != nil {
+		// The holder waits with no bound, holding the mutex, as nginx
+		// does when no timer is due; a loser waits accept_mutex_delay.
+		timeout, err := c.before(-1)
+		if err != nil {
 			return err
-		}
-
-		timeout := delay
-		if locked {
-			timeout = -1
 		}
 		n, err := unix.EpollWait(ep, events, timeout)
 		if err != nil && err != unix.EINTR {
-			if locked {
-				mu.Unlock(pid)
-			}
 			return fmt.Errorf("nginx: epoll_wait: %w", err)
 		}
-		got, woken := 0, false
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd < 0 {
 				continue // Stop
 			}
-			woken = true
-			k, err := acceptBurst(s.cfg.Listeners[ev.Fd], &s.cfg, &s.out, deliver)
-			got += k
-			if err != nil {
-				if locked {
-					mu.Unlock(pid)
-				}
-				return fmt.Errorf("nginx: %w", err)
-			}
-			s.disabled.Store(int64(acceptDisabled(s.cfg)))
-			if s.out.active.Load() {
-				s.disabled.Store(1) // out of descriptors: sit the next round out
+			if err := c.accept(int(ev.Fd), deliver); err != nil {
+				return err
 			}
 		}
-		switch {
-		case woken:
-			st.Inc(shm.Wakeups)
-			if got == 0 {
-				st.Inc(shm.Spurious)
-			}
-		case n == 0:
-			st.Inc(shm.Timeouts)
-		}
-		if locked {
-			mu.Unlock(pid)
-		}
+		c.after(max(n, 0))
 	}
 	return nil
+}
+
+// Attach, Before, Ready, After and Detach run the cycle in an engine's
+// event loop (Inline, Cycler). The listeners join the loop's epoll only
+// while it holds the mutex.
+func (s *nginxStrategy) Attach(ep int, base int32) error {
+	s.inline = &cycle{s: s, ep: ep, base: base}
+	return nil
+}
+
+func (s *nginxStrategy) Before(ep int, timeout int) (int, error) { return s.inline.before(timeout) }
+
+func (s *nginxStrategy) Ready(ep int, i int, deliver func(fd int)) error {
+	return s.inline.accept(i, deliver)
+}
+
+func (s *nginxStrategy) After(ep int, n int) { s.inline.after(n) }
+
+func (s *nginxStrategy) Detach(ep int) {
+	if c := s.inline; c != nil {
+		c.setListening(false)
+		c.release()
+	}
 }

@@ -90,7 +90,10 @@ type Engine struct {
 	logTime []byte // the access log's [time], refreshed with date
 	logLine []byte
 	events  []unix.EpollEvent
-	full    bool // at WorkerConnections: logged once per episode
+
+	postReads bool    // accepting under a Cycler: first reads wait in posted
+	posted    []*conn // for the mutex to be released
+	full      bool    // at WorkerConnections: logged once per episode
 }
 
 // New opens the root and the epoll instance. Run serves.
@@ -168,24 +171,58 @@ func (e *Engine) Run() error {
 	lastSweep := time.Now()
 	attached, busy := false, false
 	holdP := runtime.GOMAXPROCS(0) >= 2 // see wait
+	cycler, _ := e.cfg.Inline.(accept.Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {
 			return err
 		}
 		attached = true
+		defer func() {
+			if attached {
+				e.cfg.Inline.Detach(e.ep) // a Cycler lets go of its mutex
+			}
+		}()
 	}
 	for {
 		e.tick()
 		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
 			return nil
 		}
-		n, err := wait(e.ep, e.events, 500, holdP, busy)
+		timeout, cycling := 500, attached && cycler != nil
+		if cycling {
+			var err error
+			if timeout, err = cycler.Before(e.ep, timeout); err != nil {
+				return err
+			}
+		}
+		n, err := wait(e.ep, e.events, timeout, holdP, busy)
 		busy = n > 1
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("httpd: epoll_wait: %w", err)
 		}
+		n = max(n, 0)
 		e.tick()
-		for _, ev := range e.events[:max(n, 0)] {
+		// Accept first, as nginx handles its posted accept events first.
+		// Under a Cycler the new connections' first reads wait until the
+		// mutex is released (postReads), as nginx posts them too.
+		e.postReads = cycling
+		for _, ev := range e.events[:n] {
+			if fd := int(ev.Fd); fd >= listenerToken && attached {
+				if err := e.cfg.Inline.Ready(e.ep, fd-listenerToken, e.addConn); err != nil {
+					return err
+				}
+			}
+		}
+		if cycling {
+			cycler.After(e.ep, n)
+			e.postReads = false
+			for _, c := range e.posted {
+				e.firstRead(c)
+			}
+			clear(e.posted)
+			e.posted = e.posted[:0]
+		}
+		for _, ev := range e.events[:n] {
 			fd := int(ev.Fd)
 			if fd == e.wake {
 				var buf [8]byte
@@ -200,15 +237,7 @@ func (e *Engine) Run() error {
 				}
 				continue
 			}
-			if fd >= listenerToken {
-				if attached {
-					if err := e.cfg.Inline.Ready(e.ep, fd-listenerToken, e.addConn); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			if c := e.conns[fd]; c != nil {
+			if c := e.conns[fd]; c != nil && fd < listenerToken {
 				e.serve(c, ev.Events)
 			}
 		}
@@ -269,15 +298,26 @@ func (e *Engine) addConn(fd int) {
 	c := e.newConn(fd)
 	e.conns[fd] = c
 	if e.cfg.ReadFirst {
-		e.onReadable(c)
-		if e.conns[fd] != c || c.registered {
-			return // answered and closed, or waiting for the socket to drain
+		if e.postReads {
+			e.posted = append(e.posted, c)
+			return
 		}
+		e.firstRead(c)
+		return
 	}
 	// Otherwise no read now: EPOLL_CTL_ADD reports the socket readable at
 	// once if the request is already there, and a read before that finds
 	// nothing (three times in four, measured under wrk -c8).
 	e.register(c, false)
+}
+
+// firstRead serves a connection that came with its first bytes, and
+// registers it if it is still open afterwards.
+func (e *Engine) firstRead(c *conn) {
+	e.onReadable(c)
+	if e.conns[c.fd] == c && !c.registered {
+		e.register(c, false)
+	}
 }
 
 // register adds the connection to the loop's epoll set, or changes what it
