@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,6 +288,13 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 			if code := h.waitExit(5 * time.Second); code != 0 {
 				t.Errorf("old master exit code %d", code)
 			}
+			// The new master inherited the sockets; it must not poll them
+			// (the epoll strategies make them non-blocking, and os.NewFile
+			// would register them with its netpoller: a wakeup of the
+			// master for every connection).
+			if fds := polledListeners(t, s.MasterPID, h.addr); len(fds) > 0 {
+				t.Errorf("the new master's epoll watches its listening socket (fd %v)", fds)
+			}
 			time.Sleep(100 * time.Millisecond)
 			close(stop)
 			res := <-done
@@ -297,4 +305,55 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 			must(t, syscall.Kill(s.MasterPID, syscall.SIGTERM))
 		})
 	}
+}
+
+// polledListeners returns the descriptors of process pid that are the TCP
+// socket listening on addr's port and that one of the process's epoll
+// instances watches (from /proc: the socket inodes in /proc/net/tcp*, the
+// watched descriptors in the epoll instances' fdinfo "tfd:" lines).
+func polledListeners(t *testing.T, pid int, addr string) []int {
+	t.Helper()
+	_, port, _ := strings.Cut(addr, ":")
+	p, _ := strconv.Atoi(port)
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(table)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 9 && f[3] == "0A" && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", p)) {
+				inodes[f[9]] = true
+			}
+		}
+	}
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(fdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening, polled := map[int]bool{}, []int{}
+	var epolls []string
+	for _, e := range ents {
+		link, _ := os.Readlink(filepath.Join(fdDir, e.Name()))
+		n, _ := strconv.Atoi(e.Name())
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(ino, "]")] {
+			listening[n] = true
+		}
+		if link == "anon_inode:[eventpoll]" {
+			epolls = append(epolls, e.Name())
+		}
+	}
+	if len(listening) == 0 {
+		t.Fatalf("process %d has no socket listening on port %d", pid, p)
+	}
+	for _, ep := range epolls {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, ep))
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "tfd:" {
+				if n, _ := strconv.Atoi(f[1]); listening[n] {
+					polled = append(polled, n)
+				}
+			}
+		}
+	}
+	return polled
 }

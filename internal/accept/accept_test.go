@@ -30,9 +30,7 @@ func board(t *testing.T) *shm.Scoreboard {
 // a function that stops it and reports how long Serve took to return.
 func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *shm.Record) (<-chan net.Conn, func() time.Duration) {
 	t.Helper()
-	var fd int
-	rc, _ := sock.File.SyscallConn()
-	rc.Control(func(f uintptr) { fd = int(f) })
+	fd := sock.FD()
 	lockFile := filepath.Join(t.TempDir(), "accept.lock")
 	if err := os.WriteFile(lockFile, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -169,9 +167,7 @@ func TestFdpass(t *testing.T) {
 	var acks atomic.Int32
 	for range 5 {
 		dial(t, sock.Addr, 1)
-		var fd int
-		rc, _ := sock.File.SyscallConn()
-		rc.Control(func(lfd uintptr) { fd, _, err = unix.Accept4(int(lfd), unix.SOCK_CLOEXEC) })
+		fd, _, err := unix.Accept4(sock.FD(), unix.SOCK_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}

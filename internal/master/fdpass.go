@@ -3,6 +3,7 @@ package master
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -46,23 +47,15 @@ func newDispatcher(log *slog.Logger, board *shm.Scoreboard, limit int) *dispatch
 func (d *dispatcher) run(sockets []*Socket) error {
 	tv := unix.NsecToTimeval((250 * time.Millisecond).Nanoseconds())
 	for _, s := range sockets {
-		err := control(s.File, func(fd int) error {
-			if err := unix.SetNonblock(fd, false); err != nil {
-				return err
-			}
-			return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		})
+		err := unix.SetNonblock(s.FD(), false)
+		if err == nil {
+			err = unix.SetsockoptTimeval(s.FD(), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		}
 		if err != nil {
 			return fmt.Errorf("fdpass: %s: %w", s.Addr, err)
 		}
-		rc, err := s.File.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var fd int
-		rc.Control(func(f uintptr) { fd = int(f) })
 		d.wg.Add(1)
-		go d.acceptLoop(fd, s.Addr)
+		go d.acceptLoop(s.FD(), s.Addr)
 	}
 	return nil
 }
@@ -142,6 +135,20 @@ func (d *dispatcher) dispatch(fd int) {
 			return
 		}
 	}
+}
+
+// control runs fn on f's descriptor without (*os.File).Fd, which would put
+// it into blocking mode as a side effect.
+func control(f *os.File, fn func(fd int) error) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
 }
 
 func (d *dispatcher) send(p *proc, fd int) bool {

@@ -14,10 +14,31 @@ import (
 
 // Socket is a listening socket the master owns for its whole life. Workers
 // come and go; the socket, and the connections queued on it, stay.
+//
+// The master holds it as a bare descriptor, never an *os.File: os.NewFile
+// registers a non-blocking descriptor with the Go netpoller, and the
+// epoll-based strategies make the shared socket non-blocking. A new master
+// after USR2 that wrapped its inherited sockets would then be woken by
+// every connection beside the worker that takes it — a non-exclusive
+// waiter on the socket. The socket is wrapped (a duplicate) only for as
+// long as it takes to start a child (File).
 type Socket struct {
-	Addr string   // as it is reached: "127.0.0.1:8080", "unix:/run/app.sock"
-	File *os.File // blocking, close-on-exec; passed to workers explicitly
-	path string   // unix socket path to remove at exit
+	Addr string // as it is reached: "127.0.0.1:8080", "unix:/run/app.sock"
+	fd   int    // close-on-exec; passed to workers explicitly
+	path string // unix socket path to remove at exit
+}
+
+// FD is the socket's descriptor, owned by the Socket.
+func (s *Socket) FD() int { return s.fd }
+
+// File returns a duplicate of the socket as an *os.File, for
+// exec.Cmd.ExtraFiles. The caller closes it once the child has started.
+func (s *Socket) File() (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", s.Addr, err)
+	}
+	return os.NewFile(uintptr(fd), s.Addr), nil
 }
 
 // ParseAddr splits a --listen value into a network and an address. A value
@@ -146,7 +167,7 @@ func (lc ListenConfig) listenTCP(addr string) (*Socket, error) {
 	if got, err := unix.Getsockname(fd); err == nil {
 		bound = sockaddrString(got)
 	}
-	return &Socket{Addr: bound, File: os.NewFile(uintptr(fd), "tcp:"+bound)}, nil
+	return &Socket{Addr: bound, fd: fd}, nil
 }
 
 func listenUnix(path string, backlog int) (*Socket, error) {
@@ -166,7 +187,7 @@ func listenUnix(path string, backlog int) (*Socket, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("listen unix:%s: listen: %w", path, err)
 	}
-	return &Socket{Addr: "unix:" + path, File: os.NewFile(uintptr(fd), "unix:"+path), path: path}, nil
+	return &Socket{Addr: "unix:" + path, fd: fd, path: path}, nil
 }
 
 // removeStaleSocket removes a socket file left by a server that died, and
@@ -191,7 +212,7 @@ func removeStaleSocket(path string) error {
 
 // Close closes the socket and removes a unix socket's file.
 func (s *Socket) Close() error {
-	err := s.File.Close()
+	err := unix.Close(s.fd)
 	if s.path != "" {
 		os.Remove(s.path)
 	}

@@ -278,11 +278,12 @@ func (m *Master) open() error {
 // sockets get no TCP_DEFER_ACCEPT: when a slot's socket closes (TTOU, a
 // stop), the kernel resets the connections still in its SYN queue, and a
 // deferred connection waits there until its first bytes arrive — a window
-// TestReuseportShrinkDropsNothing hit. (net.ipv4.tcp_migrate_req=1 would
-// move them to another socket of the group instead; it is off by default.)
+// TestReuseportShrinkDropsNothing hit. With net.ipv4.tcp_migrate_req=1
+// (off by default) the kernel moves them to another socket of the group
+// instead, and the option is kept.
 func (m *Master) listenConfig(reusePort bool) ListenConfig {
 	lc := ListenConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
-	if reusePort {
+	if reusePort && !migrateReq() {
 		lc.DeferAccept = 0
 	}
 	return lc
@@ -757,11 +758,17 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		}
 	}
 	names := make([]string, len(sockets))
-	files := []*os.File{child, m.region.File()}
 	for i, s := range sockets {
 		names[i] = s.Addr
-		files = append(files, s.File)
 	}
+	socks, err := socketFiles(sockets)
+	if err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
+	}
+	defer closeFiles(socks) // the worker has its own copies once started
+	files := append([]*os.File{child, m.region.File()}, socks...)
 	engine := ""
 	if m.cfg.StaticRoot != "" {
 		engine = "native"
@@ -793,6 +800,27 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	go m.readControl(p)
 	go func() { m.post(event{kind: evExited, p: p, err: cmd.Wait()}) }()
 	return p, nil
+}
+
+// socketFiles wraps duplicates of sockets for a child's ExtraFiles (see
+// Socket); closeFiles closes them once the child has started.
+func socketFiles(sockets []*Socket) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(sockets))
+	for _, s := range sockets {
+		f, err := s.File()
+		if err != nil {
+			closeFiles(files)
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // readControl handles the worker's messages: "ready", sent once the worker

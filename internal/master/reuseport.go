@@ -63,9 +63,9 @@ func (m *Master) steerReuseport() {
 		first := m.reuse[0][i]
 		var err error
 		if extra {
-			err = attachSteering(first.File, m.workers)
+			err = AttachSteering(first.FD(), m.workers)
 		} else {
-			err = detachSteering(first.File)
+			err = detachSteering(first.FD())
 		}
 		if err != nil {
 			m.log.Warn("reuseport: cannot steer connections", "listen", first.Addr, "err", err)
@@ -99,10 +99,6 @@ func (m *Master) closeRetiredSlot(slot int) {
 
 // attachSteering puts a program on the group that picks a socket among the
 // first n: A = random() % n; return A.
-func attachSteering(f *os.File, n int) error {
-	return control(f, func(fd int) error { return AttachSteering(fd, n) })
-}
-
 // AttachSteering attaches the steering program to the reuseport group of
 // socket fd (herd doctor uses it to probe the kernel).
 func AttachSteering(fd, n int) error {
@@ -122,28 +118,12 @@ func AttachSteering(fd, n int) error {
 	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
-func detachSteering(f *os.File) error {
-	err := control(f, func(fd int) error {
-		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
-	})
+func detachSteering(fd int) error {
+	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
 	if err == unix.ENOENT {
 		return nil // nothing attached
 	}
 	return err
-}
-
-// control runs fn on f's descriptor without (*os.File).Fd, which would put
-// the shared socket into blocking mode as a side effect.
-func control(f *os.File, fn func(fd int) error) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
-		return err
-	}
-	return ferr
 }
 
 // migrateReq reports whether net.ipv4.tcp_migrate_req is on in this network

@@ -23,13 +23,24 @@ func activated() ([]*Socket, error) {
 	files := activation.Files(true) // unsets LISTEN_*: workers must not see them
 	var out []*Socket
 	for _, f := range files {
-		fd := int(f.Fd()) // systemd passes blocking sockets; Fd keeps them so
+		// Keep the descriptor bare (see Socket): take it from the *os.File
+		// without Fd, which would make the socket blocking, and without
+		// Close, which would close it.
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("socket activation: %w", err)
+		}
+		var fd int
+		rc.Control(func(x uintptr) { fd, err = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0) })
+		if err != nil {
+			return nil, fmt.Errorf("socket activation: dup: %w", err)
+		}
+		f.Close()
 		sa, err := getsockname(fd)
 		if err != nil {
 			return nil, fmt.Errorf("socket activation: fd %d: %w", fd, err)
 		}
-		s := &Socket{Addr: sa, File: f}
-		out = append(out, s)
+		out = append(out, &Socket{Addr: sa, fd: fd})
 	}
 	return out, nil
 }

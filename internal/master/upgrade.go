@@ -51,10 +51,10 @@ func (m *Master) startUpgrade() {
 		return
 	}
 	in := inheritance{}
-	var files []*os.File
+	var sockets []*Socket
 	add := func(s *Socket) int {
-		files = append(files, s.File)
-		return len(files) - 1
+		sockets = append(sockets, s)
+		return len(sockets) - 1
 	}
 	for _, s := range m.sockets {
 		in.Listen = append(in.Listen, s.Addr)
@@ -71,6 +71,12 @@ func (m *Master) startUpgrade() {
 			add(s)
 		}
 	}
+	files, err := socketFiles(sockets)
+	if err != nil {
+		m.log.Error("USR2: cannot upgrade", "err", err)
+		return
+	}
+	defer closeFiles(files) // the new master has its own copies once started
 	r, w, err := os.Pipe()
 	if err != nil {
 		m.log.Error("USR2: cannot upgrade", "err", err)
@@ -180,7 +186,8 @@ func (m *Master) adopt(in *inheritance) error {
 		return fmt.Errorf("upgrade: inherited %d listeners, configured %d", len(in.Listen), len(m.cfg.Listen))
 	}
 	sock := func(i int, addr string) *Socket {
-		s := &Socket{Addr: addr, File: os.NewFile(uintptr(3+i), addr)}
+		s := &Socket{Addr: addr, fd: 3 + i} // a bare descriptor: see Socket
+		unix.CloseOnExec(s.fd)              // passed to workers explicitly, as our own are
 		if network, path, err := ParseAddr(addr); err == nil && network == "unix" {
 			s.path = path
 		}
