@@ -379,8 +379,8 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	if s.Restarts != 1 {
 		t.Errorf("restarts = %d, want 1", s.Restarts)
 	}
-	if !strings.Contains(h.Log(), "worker died") {
-		t.Errorf("the death was not logged:\n%s", h.Log())
+	if !strings.Contains(h.Log(), "worker died") || !strings.Contains(h.Log(), "killed by SIGKILL") {
+		t.Errorf("the death and its signal were not logged:\n%s", h.Log())
 	}
 	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 20, 10*time.Second, nil)
 	if res.failed != 0 {

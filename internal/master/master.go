@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -895,8 +896,11 @@ func (m *Master) reap(p *proc, err error) {
 func exitStatus(err error) string {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(unix.WaitStatus); ok && ws.Signaled() {
-			return "killed by " + ws.Signal().String()
+		// os/exec reports a syscall.WaitStatus, a type of its own: asking
+		// for unix.WaitStatus never matched, and a killed worker was
+		// logged as "exit -1".
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return "killed by " + unix.SignalName(ws.Signal())
 		}
 		return fmt.Sprintf("exit %d", ee.ExitCode())
 	}
