@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -64,4 +66,48 @@ func BenchmarkExclusiveReorder(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkEngines puts the native engine beside net/http: two herds (2
+// workers, exclusive) run at once on the same files, and rounds of the
+// lab's closed-loop load alternate between them, so drift on this noisy
+// machine hits both alike. It reports each engine's requests per second
+// and their ratio, for a new connection per request and for keep-alive.
+func BenchmarkEngines(b *testing.B) {
+	root, _ := docroot(b)
+	addr := map[string]string{}
+	for _, engine := range []string{"native", "nethttp"} {
+		h := startHerd(b, root, "--workers", "2", "--strategy", "exclusive", "--engine", engine)
+		addr[engine] = h.addr
+	}
+	for _, keepAlive := range []bool{false, true} {
+		name := map[bool]string{false: "close", true: "keepalive"}[keepAlive]
+		b.Run(name, func(b *testing.B) {
+			const rounds = 3
+			var rps = map[string][]float64{}
+			for range b.N * rounds {
+				for _, engine := range []string{"native", "nethttp"} {
+					r, err := lab.Load{Addr: addr[engine], Path: "/hello.txt", Concurrency: 8, KeepAlive: keepAlive,
+						Duration: time.Second, WantLength: int64(len("hello, herd\n"))}.Run(context.Background())
+					if err != nil || r.Errors != 0 {
+						b.Fatalf("%s: %v, %d errors %v", engine, err, r.Errors, r.ErrorKinds)
+					}
+					rps[engine] = append(rps[engine], r.RPS())
+				}
+			}
+			native, nethttp := median(rps["native"]), median(rps["nethttp"])
+			b.ReportMetric(native, "native-req/s")
+			b.ReportMetric(nethttp, "nethttp-req/s")
+			b.ReportMetric(native/nethttp, "native/nethttp")
+		})
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
 }
