@@ -61,6 +61,7 @@ type Server struct {
 	Workers int
 
 	// Strategy names how connections reach workers: see Strategies. Default
+	// "exclusive" where the kernel has EPOLLEXCLUSIVE (Linux 4.5+), else
 	// "accept".
 	Strategy string
 

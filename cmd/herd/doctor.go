@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/master"
 	"golang.org/x/sys/unix"
 )
@@ -29,7 +30,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	row := func(what, result, note string) { fmt.Fprintf(tw, "%s\t%s\t%s\n", what, result, note) }
 	row("kernel", unix.ByteSliceToString(u.Release[:]), fmt.Sprintf("%d CPUs", runtime.NumCPU()))
 
-	exclusive := probeExclusive()
+	exclusive := accept.ProbeExclusive()
 	row("EPOLLEXCLUSIVE", yes(exclusive == nil), why(exclusive, "Linux 4.5+: strategy exclusive"))
 	reuse := probeReuseport(false)
 	row("SO_REUSEPORT", yes(reuse == nil), why(reuse, "Linux 3.9+: strategy reuseport"))
@@ -100,20 +101,6 @@ func loopbackListener(reusePort bool) (int, error) {
 		return -1, err
 	}
 	return fd, nil
-}
-
-func probeExclusive() error {
-	fd, err := loopbackListener(false)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(ep)
-	return unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)})
 }
 
 func probeReuseport(withBPF bool) error {

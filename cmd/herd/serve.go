@@ -40,7 +40,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
 	flags.IntVar(&srv.Workers, "workers", runtime.NumCPU(), "worker processes (default: the number of CPUs)")
-	flags.StringVar(&srv.Strategy, "strategy", "accept", "accept strategy: "+strings.Join(herd.Strategies(), ", "))
+	flags.StringVar(&srv.Strategy, "strategy", "", "accept strategy: "+strings.Join(herd.Strategies(), ", ")+" (default: exclusive, or accept before Linux 4.5)")
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
 	flags.IntVar(&srv.Backlog, "backlog", 511, "listen backlog (capped by net.core.somaxconn)")
 	flags.DurationVar(&srv.DeferAccept, "defer-accept", time.Second, "TCP_DEFER_ACCEPT: queue a connection once its request arrives, or after this long (0: off)")

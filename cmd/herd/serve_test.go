@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/shm"
 )
 
@@ -378,6 +379,9 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	})
 	if s.Restarts != 1 {
 		t.Errorf("restarts = %d, want 1", s.Restarts)
+	}
+	if want := "strategy=" + accept.Default(); !strings.Contains(h.Log(), want) {
+		t.Errorf("started without %s, the default on this kernel:\n%s", want, h.Log())
 	}
 	if !strings.Contains(h.Log(), "worker died") || !strings.Contains(h.Log(), "killed by SIGKILL") {
 		t.Errorf("the death and its signal were not logged:\n%s", h.Log())

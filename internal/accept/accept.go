@@ -136,6 +136,44 @@ var strategies = map[string]factory{
 	"fdpass":    newFdpass,
 }
 
+// Default is the strategy used when none is named: "exclusive" where the
+// kernel has EPOLLEXCLUSIVE (Linux 4.5), else "accept". Exclusive runs
+// inside the native engine's loop, shares connections evenly (listener
+// re-adding) and loses no queued connection when a worker is killed —
+// what nginx does by default on such kernels; accept, kernel wake-one on
+// every Linux, is next best.
+func Default() string {
+	if ProbeExclusive() == nil {
+		return "exclusive"
+	}
+	return "accept"
+}
+
+// ProbeExclusive reports whether the kernel honours EPOLLEXCLUSIVE. Kernels
+// before 4.5 ignore the unknown flag on EPOLL_CTL_ADD, so adding proves
+// nothing; 4.5 and later refuse it on EPOLL_CTL_MOD with EINVAL, and that
+// refusal is the test.
+func ProbeExclusive() error {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	defer unix.Close(ep)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	defer unix.Close(efd)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN}); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	err = unix.EpollCtl(ep, unix.EPOLL_CTL_MOD, efd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE})
+	if err != unix.EINVAL {
+		return errors.New("EPOLLEXCLUSIVE not known to this kernel (Linux 4.5+)")
+	}
+	return nil
+}
+
 // Names lists the strategies this build implements, sorted.
 func Names() []string {
 	names := make([]string, 0, len(strategies))

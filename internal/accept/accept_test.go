@@ -1,6 +1,7 @@
 package accept_test
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -186,5 +187,24 @@ func TestFdpass(t *testing.T) {
 func TestUnknownStrategy(t *testing.T) {
 	if err := accept.Check("nope"); err == nil {
 		t.Fatal("unknown strategy accepted")
+	}
+}
+
+// The probe agrees with the kernel version: EPOLLEXCLUSIVE came in 4.5, and
+// the default strategy follows it.
+func TestProbeExclusive(t *testing.T) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	has := major > 4 || major == 4 && minor >= 5
+	if err := accept.ProbeExclusive(); (err == nil) != has {
+		t.Errorf("kernel %d.%d: ProbeExclusive() = %v", major, minor, err)
+	}
+	want := map[bool]string{true: "exclusive", false: "accept"}[has]
+	if got := accept.Default(); got != want {
+		t.Errorf("kernel %d.%d: Default() = %q, want %q", major, minor, got, want)
 	}
 }

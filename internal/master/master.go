@@ -45,7 +45,7 @@ type Config struct {
 	Backlog      int           // listen(2) backlog; default 511, as nginx
 	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; 0: off
 	Workers      int           // default: number of CPUs
-	Strategy     string        // accept strategy; default "accept"
+	Strategy     string        // accept strategy; default accept.Default()
 	Threads      int           // accepting threads per worker and listener; default 1
 	DrainTimeout time.Duration // how long a stopping worker may finish requests; default 30s
 	ReadyTimeout time.Duration // how long a new worker may take to report ready; default 30s
@@ -336,7 +336,7 @@ func fill(cfg *Config) error {
 		return fmt.Errorf("backlog must be positive, not %d", cfg.Backlog)
 	}
 	if cfg.Strategy == "" {
-		cfg.Strategy = "accept"
+		cfg.Strategy = accept.Default()
 	}
 	if err := accept.Check(cfg.Strategy); err != nil {
 		return err
