@@ -771,10 +771,8 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 		}
 	}
 	lastMod := f.lastMod
-	c.bodyBytes = 0
 	if notModified(req, f, lastMod) {
-		c.status = 304
-		c.out = e.status(c.out[:0], 304, "Not Modified")
+		e.begin(c, 304, "Not Modified")
 		c.out = e.validators(c.out, f, lastMod, vary)
 		c.out = e.connection(c.out, c)
 		c.out = append(c.out, "\r\n"...)
@@ -782,8 +780,7 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	}
 	start, end, partial, ok := byteRange(req, f, lastMod)
 	if !ok {
-		c.status = 416
-		c.out = e.status(c.out[:0], 416, "Range Not Satisfiable")
+		e.begin(c, 416, "Range Not Satisfiable")
 		c.out = append(c.out, "Content-Range: bytes */"...)
 		c.out = strconv.AppendInt(c.out, f.size, 10)
 		c.out = append(c.out, "\r\nContent-Length: 0\r\n"...)
@@ -792,12 +789,10 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 		return
 	}
 	if partial {
-		c.status = 206
-		c.out = e.status(c.out[:0], 206, "Partial Content")
+		e.begin(c, 206, "Partial Content")
 		c.out = fmt.Appendf(c.out, "Content-Range: bytes %d-%d/%d\r\n", start, end-1, f.size)
 	} else {
-		c.status = 200
-		c.out = e.status(c.out[:0], 200, "OK")
+		e.begin(c, 200, "OK")
 	}
 	c.out = append(c.out, "Content-Type: "...)
 	c.out = append(c.out, ctype...)
@@ -822,14 +817,18 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	c.file, c.off, c.end = f, start, end
 }
 
-func (e *Engine) status(b []byte, code int, text string) []byte {
-	b = append(b, "HTTP/1.1 "...)
+// begin starts c's answer with its status line and common headers, and
+// notes the status for the access log (the body's size is added by whoever
+// appends or sends one).
+func (e *Engine) begin(c *conn, code int, text string) {
+	c.status, c.bodyBytes = code, 0
+	b := append(c.out[:0], "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(code), 10)
 	b = append(b, ' ')
 	b = append(b, text...)
 	b = append(b, "\r\nServer: herd\r\nDate: "...)
 	b = append(b, e.date...)
-	return append(b, "\r\n"...)
+	c.out = append(b, "\r\n"...)
 }
 
 func (e *Engine) validators(b []byte, f *file, lastMod string, vary bool) []byte {
@@ -854,21 +853,20 @@ func (e *Engine) connection(b []byte, c *conn) []byte {
 func (e *Engine) errorPage(c *conn, code int, text string, headers [][2]string) {
 	body := "<html><head><title>" + strconv.Itoa(code) + " " + text + "</title></head><body><h1>" +
 		strconv.Itoa(code) + " " + text + "</h1><hr>herd</body></html>\n"
-	c.out = e.status(c.out[:0], code, text)
+	e.begin(c, code, text)
 	for _, h := range headers {
 		c.out = append(c.out, h[0]+": "+h[1]+"\r\n"...)
 	}
-	e.htmlBody(c, code, body)
+	e.htmlBody(c, body)
 }
 
 // htmlBody ends an answer whose head has its status line with an HTML body.
-func (e *Engine) htmlBody(c *conn, code int, body string) {
+func (e *Engine) htmlBody(c *conn, body string) {
 	c.out = append(c.out, "Content-Type: text/html; charset=utf-8\r\nContent-Length: "...)
 	c.out = strconv.AppendInt(c.out, int64(len(body)), 10)
 	c.out = append(c.out, "\r\n"...)
 	c.out = e.connection(c.out, c)
 	c.out = append(c.out, "\r\n"...)
-	c.status, c.bodyBytes = code, 0
 	if !c.head {
 		c.out = append(c.out, body...) // a HEAD answer has the length, never the body
 		c.bodyBytes = int64(len(body))
@@ -903,8 +901,8 @@ func (e *Engine) listing(c *conn, name string) {
 			max(0, 50-len(label)), "", ent.ModTime.UTC().Format("02-Jan-2006 15:04"), sizeText(ent))
 	}
 	b.WriteString("</pre><hr></body></html>\n")
-	c.out = e.status(c.out[:0], 200, "OK")
-	e.htmlBody(c, 200, b.String())
+	e.begin(c, 200, "OK")
+	e.htmlBody(c, b.String())
 }
 
 func sizeText(ent dirEntry) string {
