@@ -14,8 +14,11 @@ import (
 // ngx_trylock_accept_mutex; seed 003), one event loop per accepting thread:
 //
 //   - If the worker is loaded — accept_disabled = worker_connections/8 −
-//     free connections is positive — it sits this round out and counts
-//     accept_disabled down instead of competing for the lock.
+//     free connections is positive — it does not compete for the lock this
+//     round and counts accept_disabled down. It leaves its epoll as it is:
+//     a loaded worker that held the lock keeps the listeners until it next
+//     tries the lock and loses (ngx_process_events_and_timers touches
+//     nothing in that branch), so for a while two workers may listen.
 //   - Otherwise it tries the shared-memory mutex without waiting. The winner
 //     adds the listeners to its epoll if they are not there yet; a loser that
 //     had them removes them. Only the holder's epoll watches the listeners.
@@ -106,8 +109,8 @@ func (c *cycle) before(timeout int) (int, error) {
 	c.locked, c.woken, c.got = false, false, 0
 	switch {
 	case s.disabled.Load() > 0:
-		s.disabled.Add(-1)
-		return timeout, c.setListening(false)
+		s.disabled.Add(-1) // and the listeners stay where they are, as in nginx
+		return timeout, nil
 	case s.cfg.Mutex.TryLock(s.cfg.PID):
 		c.locked = true
 		if err := c.setListening(true); err != nil {
