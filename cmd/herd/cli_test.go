@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/accept"
 )
 
 // A mistake a user makes gets one line on stderr and a non-zero exit, and
@@ -94,7 +96,7 @@ func TestDoctor(t *testing.T) {
 		t.Fatalf("doctor: exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{"EPOLLEXCLUSIVE", "SO_REUSEPORT", "reuseport BPF", "tcp_migrate_req", "RLIMIT_NOFILE",
-		"lower than --backlog 1000000", "recommended here: --strategy "} {
+		"lower than --backlog 1000000", "recommended here, and the default: --strategy " + accept.Default()} {
 		if !strings.Contains(out, want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, out)
 		}
