@@ -264,13 +264,17 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 				done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 1_000_000, 60*time.Second, stop)
 			}()
 			oldMaster := h.pid()
+			var took []time.Duration // per reload, then the upgrade: logged, to see where a slow run goes
 			for gen := 2; gen <= 6; gen++ {
 				time.Sleep(50 * time.Millisecond)
+				start := time.Now()
 				must(t, syscall.Kill(oldMaster, syscall.SIGHUP))
 				h.waitStatus("reloaded", 15*time.Second, func(s shm.Snapshot) bool {
 					return s.Generation == gen && len(readyPIDs(s, gen)) == 2 && len(s.Live) == 2
 				})
+				took = append(took, time.Since(start).Round(time.Millisecond))
 			}
+			start := time.Now()
 			must(t, syscall.Kill(oldMaster, syscall.SIGUSR2))
 			var s shm.Snapshot
 			deadline := time.Now().Add(15 * time.Second)
@@ -288,6 +292,7 @@ func TestReloadsAndUpgradeDropNothing(t *testing.T) {
 			if code := h.waitExit(5 * time.Second); code != 0 {
 				t.Errorf("old master exit code %d", code)
 			}
+			t.Logf("reloads took %v, the upgrade %v", took, time.Since(start).Round(time.Millisecond))
 			// The new master inherited the sockets; it must not poll them
 			// (the epoll strategies make them non-blocking, and os.NewFile
 			// would register them with its netpoller: a wakeup of the
