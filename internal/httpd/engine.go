@@ -710,13 +710,24 @@ func (e *Engine) answer(c *conn, req *request) {
 		e.errorPage(c, 405, "Method Not Allowed", [][2]string{{"Allow", "GET, HEAD"}})
 		return
 	}
-	name, dir, ok := cleanPath(req.target)
-	if !ok {
-		e.errorPage(c, 400, "Bad Request", nil)
-		c.close = true
-		return
+	var (
+		f          *file
+		isDir, dir bool
+		err        error
+		name       string
+	)
+	if raw, ok := plainPath(req.target); ok {
+		if f, isDir, err = e.files.lookup(raw, e.now); isDir {
+			name = string(raw)
+		}
+	} else {
+		if name, dir, ok = cleanPath(req.target); !ok {
+			e.errorPage(c, 400, "Bad Request", nil)
+			c.close = true
+			return
+		}
+		f, isDir, err = e.files.open(name, e.now)
 	}
-	f, isDir, err := e.files.open(name, e.now)
 	if err == nil && isDir {
 		if !dir {
 			loc := "/" + strings.TrimPrefix(name+"/", "./")
@@ -762,7 +773,7 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	defer e.files.release(f)
 	ctype, vary := f.ctype, false
 	var encoding string
-	if gz, _, err := e.files.open(f.name+".gz", e.now); err == nil && gz != nil {
+	if gz, _, err := e.files.open(f.gz, e.now); err == nil && gz != nil {
 		vary = true
 		if req.gzip {
 			gz.refs++

@@ -90,7 +90,7 @@ func dupFD(f *os.File) (int, error) {
 
 // siteRoot makes a document root inside a directory that also holds a
 // secret, and a symlink from the root to it.
-func siteRoot(t *testing.T) (root string, big []byte) {
+func siteRoot(t testing.TB) (root string, big []byte) {
 	t.Helper()
 	base := t.TempDir()
 	root = filepath.Join(base, "www")
@@ -546,8 +546,13 @@ func FuzzParse(f *testing.F) {
 		if r.size > len(data) || len(r.target) == 0 || r.target[0] != '/' {
 			t.Fatalf("accepted %q: size %d, target %q", data, r.size, r.target)
 		}
-		if name, _, ok := cleanPath(r.target); ok && (strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/")) {
+		name, dir, ok := cleanPath(r.target)
+		if ok && (strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/")) {
 			t.Fatalf("path %q cleans to %q", r.target, name)
+		}
+		// The fast path never disagrees with the full one.
+		if plain, pok := plainPath(r.target); pok && (!ok || dir || string(plain) != name) {
+			t.Fatalf("path %q: plainPath %q, cleanPath %q dir=%v ok=%v", r.target, plain, name, dir, ok)
 		}
 	})
 }
@@ -630,5 +635,40 @@ func TestAccessLogAndOnRequest(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(counts, []uint64{1, 2, 3, 4, 5}) {
 		t.Errorf("OnRequest saw %v, want 1..5", counts)
+	}
+}
+
+// plainPath takes only paths that cleanPath would leave as they are, and
+// gives the same name for them.
+func TestPlainPath(t *testing.T) {
+	for _, tc := range []struct {
+		target, name string
+		plain        bool
+	}{
+		{"/hello.txt", "hello.txt", true},
+		{"/docs/index.html?x=1#f", "docs/index.html", true},
+		{"/a.b/c..d", "a.b/c..d", true},
+		{"/", "", false},
+		{"/docs/", "", false},
+		{"/a//b", "", false},
+		{"/./a", "", false},
+		{"/a/../b", "", false},
+		{"/a/..", "", false},
+		{"/a/.", "", false},
+		{"/.hidden", "", false},
+		{"/%2e%2e/secret", "", false},
+		{"/a\\b", "", false},
+		{"/a\x00b", "", false},
+		{"*", "", false},
+	} {
+		name, ok := plainPath([]byte(tc.target))
+		if ok != tc.plain || string(name) != tc.name {
+			t.Errorf("plainPath(%q) = %q, %v; want %q, %v", tc.target, name, ok, tc.name, tc.plain)
+		}
+		if ok {
+			if clean, dir, cok := cleanPath([]byte(tc.target)); !cok || dir || clean != string(name) {
+				t.Errorf("%q: plainPath %q, cleanPath %q dir=%v ok=%v", tc.target, name, clean, dir, cok)
+			}
+		}
 	}
 }

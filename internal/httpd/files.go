@@ -1,6 +1,7 @@
 package httpd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"mime"
@@ -39,6 +40,7 @@ type file struct {
 	etag    string
 	lastMod string // Last-Modified, formatted once
 	ctype   string
+	gz      string // the name of its precompressed sibling
 	small   []byte // the whole content, for files up to smallFile
 	checked time.Time
 	refs    int
@@ -82,6 +84,20 @@ func (c *fileCache) open(name string, now time.Time) (*file, bool, error) {
 		}
 		c.entries[name] = f
 	}
+	return f.result()
+}
+
+// lookup is open for a name held as bytes: a cached entry still fresh is
+// found without allocating (indexing a map with string(b) does not copy b).
+func (c *fileCache) lookup(name []byte, now time.Time) (*file, bool, error) {
+	if f, ok := c.entries[string(name)]; ok && now.Sub(f.checked) < c.valid {
+		return f.result()
+	}
+	return c.open(string(name), now)
+}
+
+// result is what open returns for the entry.
+func (f *file) result() (*file, bool, error) {
 	switch {
 	case f.err != nil:
 		return nil, false, f.err
@@ -141,6 +157,7 @@ func (c *fileCache) load(name string, now time.Time) *file {
 	f.etag = fmt.Sprintf(`"%x-%x"`, f.mtime.Unix(), st.Size) // nginx's form
 	f.lastMod = f.mtime.UTC().Format(http.TimeFormat)
 	f.ctype = contentType(name)
+	f.gz = name + ".gz"
 	if st.Size <= smallFile {
 		buf := make([]byte, st.Size)
 		if n, err := unix.Pread(fd, buf, 0); err == nil && int64(n) == st.Size {
@@ -220,6 +237,29 @@ func contentType(name string) string {
 		return t
 	}
 	return "application/octet-stream"
+}
+
+// plainPath returns the name a request target stands for when its path
+// needs no decoding or cleaning — the common case — as a subslice of the
+// target, so that a cached file is found without allocating. It refuses
+// (ok=false: use cleanPath) a path with an escape, a backslash, a NUL, an
+// empty segment, a segment starting with a dot, or a trailing slash.
+func plainPath(target []byte) (name []byte, ok bool) {
+	if i := bytes.IndexAny(target, "?#"); i >= 0 {
+		target = target[:i]
+	}
+	if len(target) < 2 || target[0] != '/' || target[len(target)-1] == '/' {
+		return nil, false
+	}
+	for i, c := range target {
+		switch {
+		case c == '%' || c == '\\' || c == 0:
+			return nil, false
+		case c == '/' && (target[i+1] == '/' || target[i+1] == '.'):
+			return nil, false // the last byte is not a slash, so i+1 exists
+		}
+	}
+	return target[1:], true
 }
 
 // cleanPath turns a request target's path into a name relative to the
