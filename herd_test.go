@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(3) // Start does not return in a worker
 	}
+	// Under -race, a process that exits sleeps a second first (GORACE's
+	// atexit_sleep_ms), keeping a killed worker's connections open; the
+	// tests' processes must exit when they say.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	os.Exit(m.Run())
 }
 

@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv("HERD_TEST_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	// Under -race, a process that exits sleeps a second first (GORACE's
+	// atexit_sleep_ms), keeping a killed worker's connections open; the
+	// tests' processes must exit when they say.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	os.Exit(m.Run())
 }
 
