@@ -127,6 +127,20 @@ func (h *herdProc) Log() string {
 	return h.log.String()
 }
 
+// logged reports whether the log has a line containing s, waiting up to d
+// for it: a line reaches the test through a pipe and a scanner, after
+// whatever it reports may already be visible to a client.
+func (h *herdProc) logged(s string, d time.Duration) bool {
+	for end := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(h.Log(), s) {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
+}
+
 func (h *herdProc) pid() int { return h.cmd.Process.Pid }
 
 func (h *herdProc) signal(sig syscall.Signal) {

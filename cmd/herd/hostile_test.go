@@ -92,10 +92,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}
 		idle = append(idle, c)
 	}
-	for end := time.Now().Add(10 * time.Second); !strings.Contains(h.Log(), "accept paused") && time.Now().Before(end); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(h.Log(), "accept paused") {
+	if !h.logged("accept paused", 10*time.Second) {
 		t.Fatalf("no pause reported with %d connections open", len(idle))
 	}
 	// Paused, not spinning: the worker uses little CPU while exhausted.
@@ -129,10 +126,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("not served after descriptors were freed")
 	}
-	for end := time.Now().Add(5 * time.Second); !strings.Contains(h.Log(), "accept resumed") && time.Now().Before(end); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(h.Log(), "accept resumed") {
+	if !h.logged("accept resumed", 5*time.Second) {
 		t.Errorf("the end of the episode was not logged")
 	}
 }

@@ -383,7 +383,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	if want := "strategy=" + accept.Default(); !strings.Contains(h.Log(), want) {
 		t.Errorf("started without %s, the default on this kernel:\n%s", want, h.Log())
 	}
-	if !strings.Contains(h.Log(), "worker died") || !strings.Contains(h.Log(), "killed by SIGKILL") {
+	if !h.logged("worker died", 5*time.Second) || !h.logged("killed by SIGKILL", time.Second) {
 		t.Errorf("the death and its signal were not logged:\n%s", h.Log())
 	}
 	res := load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 20, 10*time.Second, nil)
@@ -438,7 +438,7 @@ func TestStuckWorkerIsReplaced(t *testing.T) {
 	if alive(victim.PID) {
 		t.Errorf("stuck worker %d still exists", victim.PID)
 	}
-	if !strings.Contains(h.Log(), "worker stopped responding") {
+	if !h.logged("worker stopped responding", 5*time.Second) {
 		t.Errorf("not logged:\n%s", h.Log())
 	}
 }

@@ -132,7 +132,7 @@ func TestMutexHolderKilled(t *testing.T) {
 			if d := time.Since(start); d > time.Second {
 				t.Errorf("serving stalled %v after the holder was killed", d)
 			}
-			if !strings.Contains(h.Log(), "freed the accept mutex") {
+			if !h.logged("freed the accept mutex", 5*time.Second) {
 				t.Errorf("the master did not report freeing the lock:\n%s", h.Log())
 			}
 		})
@@ -220,7 +220,7 @@ func TestReuseportShrinkDropsNothing(t *testing.T) {
 	if res.failed != 0 || res.sent < 100 {
 		t.Fatalf("across 3 TTOU and a TTIN: sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
 	}
-	if !strings.Contains(h.Log(), "reuseport: retiring slot sockets") {
+	if !h.logged("reuseport: retiring slot sockets", 5*time.Second) {
 		t.Errorf("the steering was not logged:\n%s", h.Log())
 	}
 	t.Logf("%d requests across the resizes, none failed", res.sent)
@@ -246,7 +246,7 @@ func TestFdpassResendsWhenWorkerDies(t *testing.T) {
 	if res.failed != 0 || res.sent != 40 {
 		t.Fatalf("sent %d, failed %d (first: %s)", res.sent, res.failed, res.firstErr)
 	}
-	if !strings.Contains(h.Log(), "fdpass: re-sending connections") {
+	if !h.logged("fdpass: re-sending connections", 5*time.Second) {
 		t.Errorf("no connection was in flight to the stopped worker, so nothing was tested:\n%s", h.Log())
 	}
 }
