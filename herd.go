@@ -226,20 +226,12 @@ func (s *Server) Start() error {
 	}
 }
 
-func deferAccept(d time.Duration) time.Duration {
+// orDefault reads a duration option whose zero value means its default
+// and a negative one means off (0 to the master).
+func orDefault(d, def time.Duration) time.Duration {
 	switch {
 	case d == 0:
-		return time.Second
-	case d < 0:
-		return 0
-	}
-	return d
-}
-
-func workerTimeout(d time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return 30 * time.Second
+		return def
 	case d < 0:
 		return 0
 	}
@@ -269,11 +261,11 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	}
 	return master.Config{
 		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
-		Listen: listen, Backlog: s.Backlog, DeferAccept: deferAccept(s.DeferAccept), Workers: s.Workers, Strategy: s.Strategy,
+		Listen: listen, Backlog: s.Backlog, DeferAccept: orDefault(s.DeferAccept, time.Second), Workers: s.Workers, Strategy: s.Strategy,
 		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
 		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,
 		WorkerConnections: s.WorkerConnections, MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
-		WorkerTimeout: workerTimeout(s.WorkerTimeout), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
+		WorkerTimeout: orDefault(s.WorkerTimeout, 30*time.Second), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
 	}
 }
 

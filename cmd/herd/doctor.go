@@ -51,10 +51,10 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	row("net.core.somaxconn", somax, note)
 	tw.Flush()
 
-	// The recommendation is the default (accept.Default), said with its reason.
-	rec, because := "accept", "blocking accept4 wakes one waiter on every Linux since 2.6, with no lock"
-	if exclusive == nil {
-		rec, because = "exclusive", "EPOLLEXCLUSIVE with listener re-adding: fewest context switches and even sharing in herd's lab (docs/STRATEGIES.md)"
+	// The recommendation is the default, said with its reason.
+	rec, because := accept.Default(), "blocking accept4 wakes one waiter on every Linux since 2.6, with no lock"
+	if rec == "exclusive" {
+		because = "EPOLLEXCLUSIVE with listener re-adding: fewest context switches and even sharing in herd's lab (docs/STRATEGIES.md)"
 	}
 	fmt.Fprintf(stdout, "\nrecommended here, and the default: --strategy %s (%s)\n", rec, because)
 	return nil
