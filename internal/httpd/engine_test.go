@@ -405,7 +405,12 @@ func TestLimitsAndMalformed(t *testing.T) {
 		{"bad method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
 		{"folded header", "GET / HTTP/1.1\r\nHost: x\r\n  folded\r\n\r\n", 400},
-		{"chunked body", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+		{"gzip-coded body", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+		{"both framings", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
+		{"chunked HTTP/1.0", "GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"bad chunk size", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n", 400},
+		{"huge chunk", "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffff\r\n", 413},
+		{"expectation", "GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n", 417},
 		{"differing lengths", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400},
 		{"bad length", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
 		{"huge body", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413},
@@ -419,7 +424,10 @@ func TestLimitsAndMalformed(t *testing.T) {
 			t.Errorf("%s: status %d, want %d", tc.name, resps[0].StatusCode, tc.status)
 			continue
 		}
-		if tc.status >= 500 || tc.status == 400 || tc.status == 414 || tc.status == 431 || tc.status == 413 {
+		if !resps[0].Close {
+			t.Errorf("%s: refused with Connection: %q, then closed", tc.name, resps[0].Header.Get("Connection"))
+		}
+		{
 			c.SetReadDeadline(time.Now().Add(2 * time.Second))
 			if n, err := c.Read(make([]byte, 1)); err == nil || n > 0 {
 				t.Errorf("%s: connection left open", tc.name)
@@ -572,7 +580,7 @@ func TestAutoindex(t *testing.T) {
 		t.Fatalf("listing: %d %q", resps[0].StatusCode, resps[0].Header.Get("Content-Type"))
 	}
 	for _, want := range []string{"<title>Index of /empty/</title>", `<a href="../">../</a>`,
-		`<a href="%3Cb%3E&amp;%22x%22.txt">&lt;b&gt;&amp;&#34;x&#34;.txt</a>`, `<a href="sub/">sub/</a>`} {
+		`<a href="./%3Cb%3E&amp;%22x%22.txt">&lt;b&gt;&amp;&#34;x&#34;.txt</a>`, `<a href="./sub/">sub/</a>`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("listing lacks %s:\n%s", want, body)
 		}

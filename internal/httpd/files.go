@@ -22,11 +22,17 @@ import (
 // again once it is older than `valid`; at most `max` entries are kept.
 // It belongs to one event loop and needs no lock.
 type fileCache struct {
-	root    int // O_PATH descriptor of the document root
+	path    string // the document root as configured, perhaps through a symlink
+	root    int    // O_PATH descriptor of the directory path named when last checked
+	rootID  [2]uint64
 	follow  bool
 	valid   time.Duration
 	max     int
 	entries map[string]*file
+
+	// shortLogged: running out of descriptors was logged; reset when a
+	// file opens again, so each episode is logged once.
+	shortLogged bool
 }
 
 // file is one cached file. refs counts the responses still sending it; a
@@ -51,14 +57,51 @@ type file struct {
 
 const smallFile = 16 << 10
 
-var errEscape = errors.New("path escapes the root")
+var (
+	errEscape     = errors.New("path escapes the root")
+	errNotRegular = errors.New("not a regular file") // a FIFO, device or socket: never opened for reading
+)
 
 func newFileCache(root string, follow bool) (*fileCache, error) {
-	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("root %s: %w", root, err)
+	c := &fileCache{path: root, root: -1, follow: follow, valid: time.Second, max: 4096, entries: map[string]*file{}}
+	if _, err := c.refreshRoot(); err != nil {
+		return nil, err
 	}
-	return &fileCache{root: fd, follow: follow, valid: time.Second, max: 4096, entries: map[string]*file{}}, nil
+	return c, nil
+}
+
+// refreshRoot follows the document root's path to the directory it names
+// now. A deploy that switches a symlink (current -> release-2 ->
+// release-3) or renames a new tree into place is served from the next
+// check on, as nginx resolves its root per request; the engine checks
+// twice a second, which costs one stat(2). Files cached from the old tree
+// are dropped; answers still sending them finish. If the path cannot be
+// opened (a root removed before its successor is in place) the old
+// directory keeps being served and err says why.
+func (c *fileCache) refreshRoot() (changed bool, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(c.path, &st); err != nil {
+		return false, fmt.Errorf("root %s: %w", c.path, err)
+	}
+	if c.root >= 0 && c.rootID == [2]uint64{st.Dev, st.Ino} {
+		return false, nil
+	}
+	fd, err := unix.Open(c.path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("root %s: %w", c.path, err)
+	}
+	if err := unix.Fstat(fd, &st); err != nil { // what was opened, if it changed again since
+		unix.Close(fd)
+		return false, fmt.Errorf("root %s: %w", c.path, err)
+	}
+	if c.root >= 0 {
+		unix.Close(c.root)
+		for _, f := range c.entries {
+			c.drop(f)
+		}
+	}
+	c.root, c.rootID = fd, [2]uint64{st.Dev, st.Ino}
+	return true, nil
 }
 
 // open returns the file at name (relative, cleaned, no ".."), a directory
@@ -76,6 +119,9 @@ func (c *fileCache) open(name string, now time.Time) (*file, bool, error) {
 	}
 	if !ok {
 		f = c.load(name, now)
+		if f.err != nil && !lasting(f.err) {
+			return f.result() // out of descriptors, an I/O error: try again next time
+		}
 		if len(c.entries) >= c.max {
 			for _, old := range c.entries { // evict an arbitrary entry
 				c.drop(old)
@@ -94,6 +140,16 @@ func (c *fileCache) lookup(name []byte, now time.Time) (*file, bool, error) {
 		return f.result()
 	}
 	return c.open(string(name), now)
+}
+
+// lasting reports whether a failure to open describes the file rather
+// than the moment, and may be remembered until the entry is checked again.
+func lasting(err error) bool {
+	switch err {
+	case unix.ENOENT, unix.ENOTDIR, unix.ENAMETOOLONG, unix.ENXIO, unix.EACCES, unix.EPERM, errEscape, errNotRegular:
+		return true
+	}
+	return false
 }
 
 // result is what open returns for the entry.
@@ -117,9 +173,15 @@ func (c *fileCache) unchanged(f *file) bool {
 // load opens name under the root. Failures are remembered too (a missing
 // .gz sibling is looked for on every request), until the entry is checked
 // again.
+//
+// The open is non-blocking: opening a FIFO for reading blocks until a
+// writer appears, and the loop would hang with it (nginx opens with
+// O_NONBLOCK for the same reason). Anything but a regular file or a
+// directory is then refused. On a regular file O_NONBLOCK changes nothing
+// (pread and sendfile from a disk file do not return EAGAIN), so it stays.
 func (c *fileCache) load(name string, now time.Time) *file {
 	f := &file{name: name, fd: -1, checked: now}
-	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK, Resolve: unix.RESOLVE_NO_MAGICLINKS}
 	if !c.follow {
 		// The kernel refuses any resolution that leaves the root, ".." and
 		// symlinks included: containment that no string check can match.
@@ -134,6 +196,7 @@ func (c *fileCache) load(name string, now time.Time) *file {
 		f.err = err
 		return f
 	}
+	c.shortLogged = false
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -150,7 +213,7 @@ func (c *fileCache) load(name string, now time.Time) *file {
 	case unix.S_IFREG:
 	default:
 		unix.Close(fd)
-		f.err = unix.EACCES // devices, fifos, sockets: never
+		f.err = errNotRegular // devices, fifos, sockets: never
 		return f
 	}
 	f.fd = fd
@@ -178,7 +241,7 @@ type dirEntry struct {
 // readDir lists the directory name, sorted by name, opened with the same
 // containment as files. Entries that vanish while being read are left out.
 func (c *fileCache) readDir(name string) ([]dirEntry, error) {
-	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NONBLOCK, Resolve: unix.RESOLVE_NO_MAGICLINKS}
 	if !c.follow {
 		how.Resolve |= unix.RESOLVE_BENEATH
 	}
@@ -265,7 +328,8 @@ func plainPath(target []byte) (name []byte, ok bool) {
 // cleanPath turns a request target's path into a name relative to the
 // root: percent-decoded, "." and ".." resolved lexically (so nothing can
 // climb above "/"), without the leading slash. dir reports a trailing
-// slash. A NUL, a bad escape or a backslash is refused.
+// slash, or a last segment "." or ".." (the name is then a directory's).
+// A NUL, a bad escape or a backslash is refused.
 func cleanPath(target []byte) (name string, dir bool, ok bool) {
 	p := string(target)
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
@@ -292,7 +356,7 @@ func cleanPath(target []byte) (name string, dir bool, ok bool) {
 	if strings.ContainsAny(p, "\x00\\") {
 		return "", false, false
 	}
-	dir = strings.HasSuffix(p, "/")
+	dir = strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")
 	name = strings.TrimPrefix(path.Clean(p), "/")
 	if name == "" {
 		name = "."

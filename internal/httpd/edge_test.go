@@ -1,0 +1,650 @@
+package httpd
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
+// Regression tests for what a hostile client (or an unlucky document root)
+// did to the engine: each names the class it covers in docs/SECURITY.md.
+
+// A FIFO under the root, or as a file's .gz sibling, is not opened for
+// reading: opening one blocks until a writer comes, and would hang the
+// loop and every connection on it.
+func TestSpecialFilesDoNotBlock(t *testing.T) {
+	root, _ := siteRoot(t)
+	for _, name := range []string{"fifo", "page.js.gz"} {
+		if err := unix.Mkfifo(filepath.Join(root, name), 0o644); err != nil {
+			t.Skipf("mkfifo: %v", err)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "page.js"), []byte("page\n"), 0o644)
+	addr, _ := testEngine(t, root, nil)
+	for _, tc := range []struct {
+		raw    string
+		status int
+		body   string
+	}{
+		{get("/fifo"), 404, ""},
+		{get("/fifo", "Range: bytes=0-1\r\n"), 404, ""},
+		{get("/page.js", "Accept-Encoding: gzip\r\n"), 200, "page\n"},
+		{get("/hello.txt"), 200, "Hello, world\n"}, // the loop is still alive
+	} {
+		resps, bodies, _ := exchange(t, addr, tc.raw, 1) // 5 s deadline: a hang fails here
+		if resps[0].StatusCode != tc.status || (tc.body != "" && string(bodies[0]) != tc.body) {
+			t.Errorf("%s: %d %q, want %d %q", firstLine(tc.raw), resps[0].StatusCode, bodies[0], tc.status, tc.body)
+		}
+	}
+}
+
+// The loop itself writes the heartbeat: while it is stuck, the heartbeat
+// stops, so the master's --worker-timeout can replace the worker.
+func TestHeartbeatComesFromTheLoop(t *testing.T) {
+	root, _ := siteRoot(t)
+	stuck, release := make(chan struct{}), make(chan struct{})
+	addr, st := testEngine(t, root, func(c *Config) {
+		c.OnRequest = func(uint64) { // runs on the loop's thread
+			close(stuck)
+			<-release
+		}
+	})
+	waitBeat := func(after uint64) uint64 {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if b := st.Load(shm.Heartbeat); b > after {
+				return b
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no heartbeat after %d", after)
+		return 0
+	}
+	beat := waitBeat(0)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, get("/hello.txt"))
+	<-stuck
+	frozen := st.Load(shm.Heartbeat)
+	time.Sleep(2500 * time.Millisecond)
+	if b := st.Load(shm.Heartbeat); b != frozen {
+		t.Errorf("heartbeat moved from %d to %d while the loop was stuck", frozen, b)
+	}
+	close(release)
+	if waitBeat(frozen) <= beat {
+		t.Error("heartbeat did not resume")
+	}
+}
+
+// Directory redirects percent-encode the name and keep the query; no byte
+// of a name can end the Location header and start another.
+func TestRedirectLocation(t *testing.T) {
+	root, _ := siteRoot(t)
+	for _, d := range []string{"a dir", "q?x", "x\r\nSet-Cookie: a=1", "50%", "é"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr, _ := testEngine(t, root, nil)
+	for _, tc := range []struct{ target, location string }{
+		{"/docs", "/docs/"},
+		{"/docs?x=1&y=%2F", "/docs/?x=1&y=%2F"},
+		{"/a%20dir", "/a%20dir/"},
+		{"/a%20dir?q=1", "/a%20dir/?q=1"},
+		{"/q%3fx", "/q%3Fx/"},
+		{"/x%0d%0aSet-Cookie:%20a=1", "/x%0D%0ASet-Cookie:%20a=1/"},
+		{"/50%25", "/50%25/"},
+		{"/%C3%A9", "/%C3%A9/"},
+		{"/docs/./../docs", "/docs/"},
+		{"http://example.com/docs?z", "/docs/?z"},
+	} {
+		resps, _, _ := exchange(t, addr, get(tc.target), 1)
+		r := resps[0]
+		if r.StatusCode != 301 || r.Header.Get("Location") != tc.location || r.Header.Get("Set-Cookie") != "" {
+			t.Errorf("GET %s: %d Location %q Set-Cookie %q; want 301 %q", tc.target, r.StatusCode,
+				r.Header.Get("Location"), r.Header.Get("Set-Cookie"), tc.location)
+		}
+	}
+}
+
+// A listing's links are relative ("./name"): a file named like a URL
+// scheme stays a file, and names are escaped for the URL and for HTML.
+func TestAutoindexLinksStayRelative(t *testing.T) {
+	root, _ := siteRoot(t)
+	for _, n := range []string{"javascript:alert(1)", "data:text", `"><script>x<`} {
+		if err := os.WriteFile(filepath.Join(root, "empty", n), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr, _ := testEngine(t, root, func(c *Config) { c.Autoindex = true })
+	_, bodies, _ := exchange(t, addr, get("/empty/"), 1)
+	body := string(bodies[0])
+	for _, href := range regexp.MustCompile(`href="([^"]*)"`).FindAllStringSubmatch(body, -1) {
+		if h := href[1]; !strings.HasPrefix(h, "./") && h != "../" {
+			t.Errorf("link %q is not relative to the directory", h)
+		}
+	}
+	for _, want := range []string{`href="./javascript:alert%281%29"`, `href="./data:text"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("listing lacks %s:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "<script>") {
+		t.Errorf("a name reached the page unescaped:\n%s", body)
+	}
+}
+
+// byteRange and notModified as pure functions, as net/http tests
+// parseRange: the status for every shape of Range, and the validators.
+func TestByteRange(t *testing.T) {
+	for _, tc := range []struct {
+		spec       string
+		size       int64
+		start, end int64
+		status     int
+	}{
+		{"bytes=0-4", 13, 0, 5, 206},
+		{"BYTES=0-4", 13, 0, 5, 206},
+		{"Bytes = 0-4", 13, 0, 5, 206},
+		{"bytes=7-", 13, 7, 13, 206},
+		{"bytes=-6", 13, 7, 13, 206},
+		{"bytes=-100", 13, 0, 13, 206},
+		{"bytes=5-100", 13, 5, 13, 206},
+		{"bytes= 0-4 ", 13, 0, 5, 206},
+		{"bytes=0-4,", 13, 0, 5, 206},
+		{"bytes=0-4, 20-30", 13, 0, 5, 206},
+		{"bytes=0-0", 1, 0, 1, 206},
+		{"bytes=13-", 13, 0, 0, 416},
+		{"bytes=-0", 13, 0, 0, 416},
+		{"bytes=20-30, 40-", 13, 0, 0, 416},
+		{"bytes=abc-", 13, 0, 0, 416},
+		{"bytes=-abc", 13, 0, 0, 416},
+		{"bytes=1-abc", 13, 0, 0, 416},
+		{"bytes=+1-2", 13, 0, 0, 416},
+		{"bytes=5-3", 13, 0, 0, 416},
+		{"bytes=", 13, 0, 0, 416},
+		{"bytes=,", 13, 0, 0, 416},
+		{"bytes=1", 13, 0, 0, 416},
+		{"bytes=0-1, x", 13, 0, 0, 416},
+		{"bytes=99999999999999999999-", 13, 0, 0, 416},
+		{"bytes=0-1,3-4", 13, 0, 13, 200},
+		{"items=0-4", 13, 0, 13, 200},
+		{"bytes0-4", 13, 0, 13, 200},
+		{"bytes=-1", 0, 0, 0, 200},
+		{"bytes=0-", 0, 0, 0, 200},
+		{"bytes=-0", 0, 0, 0, 200},
+		{"bytes=1-", 0, 0, 0, 416},
+	} {
+		start, end, status := byteRange([]byte(tc.spec), tc.size)
+		if status != tc.status || (status != 416 && (start != tc.start || end != tc.end)) {
+			t.Errorf("byteRange(%q, %d) = [%d,%d) %d; want [%d,%d) %d", tc.spec, tc.size, start, end, status,
+				tc.start, tc.end, tc.status)
+		}
+	}
+}
+
+func TestNotModifiedAndIfRange(t *testing.T) {
+	mtime := time.Date(2026, 11, 1, 10, 0, 0, 500, time.UTC)
+	etag, lastMod := `"abc-d"`, mtime.Format(http.TimeFormat)
+	for _, tc := range []struct {
+		inm, ims string
+		want     bool
+	}{
+		{`"abc-d"`, "", true},
+		{`W/"abc-d"`, "", true},
+		{`"x", "abc-d"`, "", true},
+		{`*`, "", true},
+		{`"x"`, "", false},
+		{`"x"`, lastMod, false}, // If-None-Match wins over If-Modified-Since
+		{"", lastMod, true},
+		{"", mtime.Add(time.Hour).Format(http.TimeFormat), true},
+		{"", mtime.Add(-time.Hour).Format(http.TimeFormat), false},
+		{"", "yesterday", false},
+	} {
+		var inm, ims []byte
+		if tc.inm != "" {
+			inm = []byte(tc.inm)
+		}
+		if tc.ims != "" {
+			ims = []byte(tc.ims)
+		}
+		if got := notModified(inm, ims, etag, mtime); got != tc.want {
+			t.Errorf("notModified(%q, %q) = %v", tc.inm, tc.ims, got)
+		}
+	}
+	for _, tc := range []struct {
+		ifRange string
+		want    bool
+	}{{etag, true}, {lastMod, true}, {`W/"abc-d"`, false}, {`"stale"`, false}, {"Mon, 01 Jan 2001 00:00:00 GMT", false}} {
+		if got := ifRangeHolds([]byte(tc.ifRange), etag, lastMod); got != tc.want {
+			t.Errorf("ifRangeHolds(%q) = %v", tc.ifRange, got)
+		}
+	}
+	if !ifRangeHolds(nil, etag, lastMod) {
+		t.Error("no If-Range: a Range must apply")
+	}
+}
+
+// FuzzRange: byteRange never panics and never answers a range outside
+// the file; whatever it answers 206 is a non-empty part of it.
+//
+//	go test ./internal/httpd -run '^$' -fuzz FuzzRange -fuzztime 1m
+func FuzzRange(f *testing.F) {
+	for _, s := range []string{"bytes=0-4", "bytes=-0", "bytes=5-", "BYTES=1-2,3-4", "bytes=-1", "bytes=abc-"} {
+		f.Add([]byte(s), int64(13))
+	}
+	f.Fuzz(func(t *testing.T, spec []byte, size int64) {
+		if size < 0 {
+			size = -size
+		}
+		start, end, status := byteRange(spec, size)
+		switch status {
+		case 206:
+			if start < 0 || start >= end || end > size {
+				t.Fatalf("byteRange(%q, %d) = [%d,%d) 206", spec, size, start, end)
+			}
+		case 200:
+			if start != 0 || end != size {
+				t.Fatalf("byteRange(%q, %d) = [%d,%d) 200, not the whole", spec, size, start, end)
+			}
+		case 416:
+		default:
+			t.Fatalf("status %d", status)
+		}
+		notModified(spec, spec, `"a"`, time.Unix(size, 0))
+	})
+}
+
+// Range answers over the wire: a 416 never carries the file's validators
+// as if it were the file, and an empty file ignores ranges from its start.
+func TestRangeAnswers(t *testing.T) {
+	root, _ := siteRoot(t)
+	os.WriteFile(filepath.Join(root, "empty.txt"), nil, 0o644)
+	addr, _ := testEngine(t, root, nil)
+	for _, tc := range []struct {
+		raw    string
+		status int
+		length int64
+	}{
+		{get("/hello.txt", "Range: bytes=-0\r\n"), 416, 0},
+		{get("/hello.txt", "Range: BYTES=0-4\r\n"), 206, 5},
+		{get("/hello.txt", "Range: bytes=abc-\r\n"), 416, 0},
+		{get("/hello.txt", "Range: bytes=-abc\r\n"), 416, 0},
+		{get("/empty.txt", "Range: bytes=-1\r\n"), 200, 0},
+	} {
+		resps, _, _ := exchange(t, addr, tc.raw, 1)
+		r := resps[0]
+		if r.StatusCode != tc.status || r.ContentLength != tc.length {
+			t.Errorf("%q: %d length %d; want %d length %d", strings.TrimSpace(tc.raw), r.StatusCode, r.ContentLength, tc.status, tc.length)
+		}
+		if r.StatusCode == 416 && (r.Header.Get("ETag") != "" || r.Header.Get("Content-Range") != "bytes */13") {
+			t.Errorf("%q: 416 with ETag %q, Content-Range %q", strings.TrimSpace(tc.raw), r.Header.Get("ETag"), r.Header.Get("Content-Range"))
+		}
+	}
+}
+
+// The parser's answers to the protocol details of RFC 9112 and 9110 that
+// a client may rely on.
+func TestParseProtocolDetails(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		status   int // 0: accepted
+		target   string
+		keep     bool
+	}{
+		{"bare LF", "GET /a HTTP/1.1\nHost: x\n\n", 0, "/a", true},
+		{"mixed endings", "GET /a HTTP/1.1\r\nHost: x\n\r\n", 0, "/a", true},
+		{"empty lines first", "\r\n\r\n\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n", 0, "/a", true},
+		{"HTTP/1.2 is 1.1", "GET /a HTTP/1.2\r\nHost: x\r\n\r\n", 0, "/a", true},
+		{"HTTP/1.2 needs Host", "GET /a HTTP/1.2\r\n\r\n", 400, "", false},
+		{"HTTP/2.0", "GET /a HTTP/2.0\r\nHost: x\r\n\r\n", 505, "", false},
+		{"HTTP/0.9", "GET /a HTTP/0.9\r\n\r\n", 505, "", false},
+		{"lower-case version", "GET /a http/1.1\r\nHost: x\r\n\r\n", 400, "", false},
+		{"scheme in capitals", "GET HTTP://h/a?b HTTP/1.1\r\nHost: h\r\n\r\n", 0, "/a?b", true},
+		{"https scheme", "GET HtTpS://h HTTP/1.1\r\nHost: h\r\n\r\n", 0, "/", true},
+		{"authority then query", "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n", 0, "/?q", true},
+		{"other scheme", "GET ftp://h/a HTTP/1.1\r\nHost: h\r\n\r\n", 400, "", false},
+		{"Host with port", "GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", 0, "/", true},
+		{"Host IPv6", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", 0, "/", true},
+		{"Host empty", "GET / HTTP/1.1\r\nHost:\r\n\r\n", 0, "/", true},
+		{"Host with space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "", false},
+		{"Host with slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "", false},
+		{"Host with userinfo", "GET / HTTP/1.1\r\nHost: u@h\r\n\r\n", 400, "", false},
+		{"Host bad port", "GET / HTTP/1.1\r\nHost: h:8o\r\n\r\n", 400, "", false},
+		{"Host bad bracket", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "", false},
+		{"Content-Length +3", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400, "", false},
+		{"Content-Length -0", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -0\r\n\r\n", 400, "", false},
+		{"Content-Length 0x3", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\nabc", 400, "", false},
+		{"Content-Length list", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", 400, "", false},
+		{"Content-Length 3", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 0, "/", true},
+		{"Content-Length twice, same", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 0, "/", true},
+		{"bare CR in a field", "GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", 400, "", false},
+		{"Expect 100-continue", "GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n\r\n", 0, "/", true},
+		{"Expect other", "GET / HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417, "", false},
+		{"Expect in HTTP/1.0", "GET / HTTP/1.0\r\nExpect: x\r\n\r\n", 0, "/", false},
+	} {
+		r, err := parse([]byte(tc.in))
+		switch {
+		case tc.status != 0:
+			if err == nil || err.status != tc.status {
+				t.Errorf("%s: want %d, got %+v %v", tc.name, tc.status, r, err)
+			}
+		case err != nil || r == nil:
+			t.Errorf("%s: refused: %v", tc.name, err)
+		case string(r.target) != tc.target || r.keep != tc.keep || r.size != len(tc.in)-int(r.length):
+			t.Errorf("%s: target %q keep %v size %d", tc.name, r.target, r.keep, r.size)
+		}
+	}
+}
+
+func TestChunkedBody(t *testing.T) {
+	for _, tc := range []struct {
+		body   string
+		end    int // 0: more needed
+		status int
+	}{
+		{"0\r\n\r\n", 5, 0},
+		{"3\r\nabc\r\n0\r\n\r\nGET", 13, 0},
+		{"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n", 46, 0},
+		{"3\nabc\n0\n\n", 9, 0},
+		{"3\r\nab", 0, 0},
+		{"3\r\nabc\r", 0, 0},
+		{"0\r\nTrailer: x\r\n", 0, 0},
+		{"3\r\nabcd\r\n", 0, 400},
+		{"x\r\n", 0, 400},
+		{"\r\n", 0, 400},
+		{"123456789\r\n", 0, 400},
+		{"10000\r\n", 0, 413},
+		{"-1\r\n", 0, 400},
+	} {
+		_, end, err := chunkedBody([]byte(tc.body), 0)
+		status := 0
+		if err != nil {
+			status = err.status
+		}
+		if end != tc.end || status != tc.status {
+			t.Errorf("chunkedBody(%q) = %d, %d; want %d, %d", tc.body, end, status, tc.end, tc.status)
+		}
+	}
+	// Resumed from where it stopped, byte by byte, it finds the same end.
+	body := "3\r\nabc\r\n5\r\nhello\r\n0\r\n\r\n"
+	next, end := 0, 0
+	for n := 1; n <= len(body) && end == 0; n++ {
+		var err *parseError
+		if next, end, err = chunkedBody([]byte(body[:n]), next); err != nil {
+			t.Fatalf("at %d: %v", n, err)
+		}
+	}
+	if end != len(body) {
+		t.Errorf("byte by byte: end %d, want %d", end, len(body))
+	}
+}
+
+// Protocol details over the wire: bodies read and dropped (chunked
+// included) with the next request answered, 100-continue answered before
+// the client sends its body, a refused method with a body answered at
+// once, a file never served as a directory.
+func TestProtocolDetailsOverTheWire(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	for _, tc := range []struct {
+		raw    string
+		n      int
+		status []int
+	}{
+		{"GET /hello.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + get("/hello.txt"), 2, []int{200, 200}},
+		{"GET /hello.txt HTTP/1.1\nHost: x\n\n", 1, []int{200}},
+		{"\r\n" + get("/hello.txt"), 1, []int{200}},
+		{"GET /hello.txt HTTP/1.2\r\nHost: x\r\n\r\n", 1, []int{200}},
+		{"GET HTTP://x/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n", 1, []int{200}},
+		{get("/hello.txt/"), 1, []int{404}},
+		{get("/hello.txt/."), 1, []int{404}},
+		{get("/hello.txt/%2e"), 1, []int{404}},
+		{get("/docs/."), 1, []int{200}},
+		{"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 1, []int{400}},
+	} {
+		resps, _, _ := exchange(t, addr, tc.raw, tc.n)
+		for i, want := range tc.status {
+			if resps[i].StatusCode != want {
+				t.Errorf("%q: answer %d is %d, want %d", tc.raw, i+1, resps[i].StatusCode, want)
+			}
+		}
+	}
+
+	// Expect: 100-continue — the interim answer comes before any body is sent.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+	br := bufio.NewReader(c)
+	if line, err := br.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("before the body: %q %v", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(c, "hello")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after the body: %v %v", resp, err)
+	}
+
+	// POST with Expect: 405 at once, no 100, and the connection closes.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c2, "POST /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c2), nil)
+	if err != nil || resp.StatusCode != 405 || !resp.Close {
+		t.Fatalf("POST with Expect: %v %v", resp, err)
+	}
+}
+
+// A refused request says "Connection: close" and the connection then
+// closes cleanly: a request pipelined behind it is not answered, and a
+// client still sending gets the answer and a FIN, not a reset.
+func TestRefusalsCloseHonestly(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+
+	resps, _, c := exchange(t, addr, "GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n"+get("/hello.txt"), 1)
+	if resps[0].StatusCode != 400 || !resps[0].Close {
+		t.Errorf("bad escape: %d close=%v", resps[0].StatusCode, resps[0].Close)
+	}
+	if n, err := c.Read(make([]byte, 512)); n != 0 || err != io.EOF {
+		t.Errorf("after the refusal: %d bytes, %v; want EOF", n, err)
+	}
+
+	// 413 while the client is still sending its body: it must be able to
+	// read the whole answer, then see the end of the stream.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+	sent := make(chan error, 1)
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		var err error
+		for i := 0; i < 32 && err == nil; i++ { // 2 MiB, bounded
+			_, err = c.Write(chunk)
+		}
+		sent <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the answer and some body cross
+	all, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the 413: %v (a reset instead of a lingering close)", err)
+	}
+	if !bytes.HasPrefix(all, []byte("HTTP/1.1 413 ")) || !bytes.Contains(all, []byte("Connection: close")) {
+		t.Errorf("answer: %q", all)
+	}
+	<-sent
+}
+
+// Out of descriptors, a file request is 503, and the failure is not
+// remembered: the same file is served as soon as descriptors are free.
+func TestOutOfDescriptors(t *testing.T) {
+	root, _ := siteRoot(t)
+	os.WriteFile(filepath.Join(root, "other.txt"), []byte("other\n"), 0o644)
+	addr, _ := testEngine(t, root, nil)
+	resps, _, c := exchange(t, addr, get("/hello.txt"), 1) // the connection is in the loop now
+	if resps[0].StatusCode != 200 {
+		t.Fatal(resps[0].Status)
+	}
+	br := bufio.NewReader(c)
+	ask := func(target string) int {
+		t.Helper()
+		io.WriteString(c, get(target))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", target, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	var fillers []int
+	func() {
+		low := lim
+		low.Cur = 4096
+		if low.Cur > lim.Cur {
+			low.Cur = lim.Cur
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+			t.Skipf("setrlimit: %v", err)
+		}
+		defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		for {
+			fd, err := unix.Dup(0)
+			if err != nil {
+				if !errors.Is(err, unix.EMFILE) {
+					t.Fatalf("dup: %v", err)
+				}
+				break
+			}
+			fillers = append(fillers, fd)
+		}
+		io.WriteString(c, get("/other.txt"))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("out of descriptors: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !resp.Close {
+			t.Errorf("out of descriptors: %d Retry-After %q close=%v; want 503, Retry-After, close",
+				resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close)
+		}
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+	}()
+	c.Close()
+	resps, bodies, c := exchange(t, addr, get("/other.txt"), 1)
+	if resps[0].StatusCode != 200 || string(bodies[0]) != "other\n" {
+		t.Errorf("descriptors free again: %d %q; want 200 at once", resps[0].StatusCode, bodies[0])
+	}
+	br = bufio.NewReader(c)
+	if s := ask("/" + strings.Repeat("n", 300)); s != 404 {
+		t.Errorf("name too long: %d, want 404", s)
+	}
+}
+
+// The access log tells how many body bytes reached the client, also when
+// the client leaves in the middle of a large file.
+func TestAccessLogCountsWhatWasSent(t *testing.T) {
+	root, _ := siteRoot(t)
+	huge := make([]byte, 32<<20)
+	os.WriteFile(filepath.Join(root, "huge.bin"), huge, 0o644)
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "access.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	addr, st := testEngine(t, root, func(c *Config) { c.AccessLog = logFile })
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, get("/huge.bin"))
+	io.ReadFull(c, make([]byte, 1000))
+	time.Sleep(200 * time.Millisecond)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset: the rest of the file cannot be sent
+	deadline := time.Now().Add(5 * time.Second)
+	for st.Load(shm.Active) != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(logFile.Name())
+	m := regexp.MustCompile(`"GET /huge.bin HTTP/1.1" 200 (\d+)\n`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no log line for the cut transfer:\n%s", b)
+	}
+	if string(m[1]) == "33554432" {
+		t.Errorf("logged the planned %s bytes, not what was sent", m[1])
+	}
+}
+
+// The document root is followed when its path names another directory:
+// a symlink switched by a deploy, then the old release deleted.
+func TestRootFollowsDeploy(t *testing.T) {
+	base := t.TempDir()
+	for _, rel := range []string{"release-1", "release-2"} {
+		os.Mkdir(filepath.Join(base, rel), 0o755)
+		os.WriteFile(filepath.Join(base, rel, "v.txt"), []byte(rel), 0o644)
+	}
+	current := filepath.Join(base, "current")
+	if err := os.Symlink("release-1", current); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := testEngine(t, current, nil)
+	if _, bodies, _ := exchange(t, addr, get("/v.txt"), 1); string(bodies[0]) != "release-1" {
+		t.Fatalf("before: %q", bodies[0])
+	}
+	// Switch atomically, as deploy tools do, and delete the old release.
+	os.Symlink("release-2", current+".new")
+	if err := os.Rename(current+".new", current); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(base, "release-1"))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resps, bodies, _ := exchange(t, addr, get("/v.txt"), 1)
+		if resps[0].StatusCode == 200 && string(bodies[0]) == "release-2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the switch: %d %q", resps[0].StatusCode, bodies[0])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
