@@ -3,9 +3,12 @@ package herd_test
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,5 +147,59 @@ func init() {
 	// Workers of the slow generation wait before they start serving.
 	if herd.IsWorker() && os.Getenv("HERD_TEST_SLOW_START") != "" {
 		time.Sleep(time.Second)
+	}
+}
+
+// A local client that opens many connections to the admin endpoint and
+// sends nothing pins no more than its cap of the master's descriptors, and
+// each one it holds is closed after the header timeout.
+func TestAdminIdleClientsAreBounded(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "admin")
+	srv := adminServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fds := func() int { // the master is this process
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	before := fds()
+	const idle = 100
+	var conns []net.Conn
+	for range idle {
+		c, err := net.Dial("tcp", srv.AdminAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	time.Sleep(200 * time.Millisecond) // let the master accept what it will
+	// The clients' own descriptors are in this process too.
+	if grown := fds() - before - idle; grown > 40 {
+		t.Errorf("the master took %d descriptors for %d idle admin connections; the cap is 32", grown, idle)
+	}
+	var closed atomic.Int32
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(8 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				closed.Add(1)
+			}
+		}()
+	}
+	for end := time.Now().Add(8 * time.Second); closed.Load() < 32 && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	wg.Wait()
+	if n := closed.Load(); n < 32 {
+		t.Errorf("%d idle admin connections closed within 8s; the header timeout is 5s", n)
 	}
 }

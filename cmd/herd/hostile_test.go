@@ -3,13 +3,18 @@ package main
 import (
 	"io"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
 )
 
 // Slowloris: hundreds of connections dribbling a request head a byte at a
@@ -141,4 +146,70 @@ func cpuTicks(t *testing.T, pid int) int {
 	u, _ := strconv.Atoi(f[11])
 	k, _ := strconv.Atoi(f[12])
 	return u + k
+}
+
+// A FIFO under the root hangs no worker, with either engine: it is
+// answered 404 and the same (only) worker serves the next request; a
+// reload then replaces the worker as usual.
+func TestFIFODoesNotHangAWorker(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) {
+			root, _ := docroot(t)
+			must(t, unix.Mkfifo(filepath.Join(root, "fifo"), 0o644))
+			h := startHerd(t, root, "--workers", "1", "--engine", engine)
+			c := &http.Client{Timeout: 5 * time.Second}
+			for range 3 {
+				if code, _, err := get(c, "http://"+h.addr+"/fifo"); err != nil || code != 404 {
+					t.Fatalf("GET /fifo: %d %v; want 404 at once", code, err)
+				}
+			}
+			if code, body, err := get(c, "http://"+h.addr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+				t.Fatalf("GET /hello.txt after the FIFO: %d %q %v", code, body, err)
+			}
+			old := h.status().Live[0].PID
+			h.signal(unix.SIGHUP)
+			h.waitStatus("old worker gone after HUP", 10*time.Second, func(s shm.Snapshot) bool {
+				return len(s.Live) == 1 && s.Live[0].PID != old && s.Live[0].State == "ready"
+			})
+		})
+	}
+}
+
+// A worker whose event loop is stuck — here in a write to an access log
+// that is a pipe nobody reads — stops its heartbeat, and the master's
+// --worker-timeout replaces it; once the pipe is read again, the
+// replacement serves.
+func TestStuckLoopIsReplaced(t *testing.T) {
+	root, _ := docroot(t)
+	fifo := filepath.Join(t.TempDir(), "access.fifo")
+	must(t, unix.Mkfifo(fifo, 0o644))
+	pipe, err := os.OpenFile(fifo, os.O_RDWR, 0) // a reader that reads nothing (yet)
+	must(t, err)
+	defer pipe.Close()
+	unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, 4096)
+	h := startHerd(t, root, "--workers", "1", "--worker-timeout", "2s", "--access-log", fifo)
+	stuck := h.status().Live[0].PID
+
+	// Requests fill the pipe; the loop blocks in its next log write.
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	deadline := time.Now().Add(20 * time.Second)
+	for n := 0; ; n++ {
+		if _, _, err := get(c, "http://"+h.addr+"/hello.txt"); err != nil {
+			break
+		}
+		if n > 5000 || time.Now().After(deadline) {
+			t.Fatalf("the loop never blocked on the full log pipe (%d requests)", n)
+		}
+	}
+	if !h.logged("worker stopped responding; killing it", 10*time.Second) {
+		t.Fatal("a worker with a stuck loop was not killed by --worker-timeout")
+	}
+	go io.Copy(io.Discard, pipe) // the log is read again
+	h.waitStatus("a replacement worker", 10*time.Second, func(s shm.Snapshot) bool {
+		return len(s.Live) == 1 && s.Live[0].PID != stuck && s.Live[0].State == "ready"
+	})
+	c.Timeout = 5 * time.Second
+	if code, _, err := get(c, "http://"+h.addr+"/hello.txt"); err != nil || code != 200 {
+		t.Errorf("the replacement: %d %v", code, err)
+	}
 }

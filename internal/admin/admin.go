@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -24,7 +25,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
+
+// The endpoint runs in the master, whose descriptors are the service's:
+// a local client that opens connections and sends nothing must not pin
+// them. So every connection has a deadline for its request head and
+// between requests, an answer must be taken within WriteTimeout, and at
+// most MaxConns are served at once; more wait in the listen backlog,
+// costing the master nothing, until one of those is done.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 10 * time.Second
+	WriteTimeout      = 30 * time.Second
+	IdleTimeout       = 30 * time.Second
+	MaxConns          = 32
+)
+
+// Server returns the http.Server for the endpoint, with its timeouts.
+func Server(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
+		WriteTimeout: WriteTimeout, IdleTimeout: IdleTimeout, MaxHeaderBytes: 16 << 10}
+}
+
+// LimitListener caps the connections the endpoint serves at once.
+func LimitListener(l net.Listener) net.Listener { return netutil.LimitListener(l, MaxConns) }
 
 // Source is what the endpoint reads from the master.
 type Source interface {

@@ -626,9 +626,11 @@ func TestRootFollowsDeploy(t *testing.T) {
 	if err := os.Symlink("release-1", current); err != nil {
 		t.Fatal(err)
 	}
-	addr, _ := testEngine(t, current, nil)
-	if _, bodies, _ := exchange(t, addr, get("/v.txt"), 1); string(bodies[0]) != "release-1" {
-		t.Fatalf("before: %q", bodies[0])
+	engines := bothEngines(t, current)
+	for _, e := range engines {
+		if _, bodies, _ := exchange(t, e.addr, get("/v.txt"), 1); string(bodies[0]) != "release-1" {
+			t.Fatalf("%s before: %q", e.name, bodies[0])
+		}
 	}
 	// Switch atomically, as deploy tools do, and delete the old release.
 	os.Symlink("release-2", current+".new")
@@ -637,14 +639,80 @@ func TestRootFollowsDeploy(t *testing.T) {
 	}
 	os.RemoveAll(filepath.Join(base, "release-1"))
 	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resps, bodies, _ := exchange(t, addr, get("/v.txt"), 1)
-		if resps[0].StatusCode == 200 && string(bodies[0]) == "release-2" {
-			break
+	for _, e := range engines {
+		for {
+			resps, bodies, _ := exchange(t, e.addr, get("/v.txt"), 1)
+			if resps[0].StatusCode == 200 && string(bodies[0]) == "release-2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after the switch: %d %q", e.name, resps[0].StatusCode, bodies[0])
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the switch: %d %q", resps[0].StatusCode, bodies[0])
+	}
+}
+
+type servedBy struct{ name, addr string }
+
+// bothEngines serves root with the native engine and with the nethttp
+// handler (Static under net/http), each on its own loopback port.
+func bothEngines(t *testing.T, root string) []servedBy {
+	t.Helper()
+	native, _ := testEngine(t, root, nil)
+	h, err := Static(root, StaticOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return []servedBy{{"native", native}, {"nethttp", l.Addr().String()}}
+}
+
+// Both engines, one table of raw requests: the classes above answer with
+// the same status and the same framing, whichever engine serves.
+func TestEnginesAgree(t *testing.T) {
+	root, _ := siteRoot(t)
+	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	for _, d := range []string{"a dir", "q?x", "x\r\nSet-Cookie: a=1"} {
+		os.Mkdir(filepath.Join(root, d), 0o755)
+	}
+	engines := bothEngines(t, root)
+	for _, tc := range []struct {
+		raw      string
+		status   int
+		location string
+	}{
+		{get("/hello.txt"), 200, ""},
+		{get("/fifo"), 404, ""},
+		{get("/missing"), 404, ""},
+		{get("/leak.txt"), 403, ""},
+		{get("/empty/"), 403, ""},
+		{get("/docs"), 301, "/docs/"},
+		{get("/docs?x=1"), 301, "/docs/?x=1"},
+		{get("/a%20dir"), 301, "/a%20dir/"},
+		{get("/q%3fx"), 301, "/q%3Fx/"},
+		{get("/x%0d%0aSet-Cookie:%20a=1"), 301, "/x%0D%0ASet-Cookie:%20a=1/"},
+		{get("/hello.txt", "Range: bytes=0-4\r\n"), 206, ""},
+		{get("/hello.txt", "Range: bytes=13-\r\n"), 416, ""},
+		{get("/hello.txt", "Range: bytes=abc-\r\n"), 416, ""},
+		{"POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, ""},
+		{"HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n", 404, ""},
+	} {
+		for _, e := range engines {
+			resps, _, _ := exchange(t, e.addr, tc.raw, 1)
+			r := resps[0]
+			if r.StatusCode != tc.status || r.Header.Get("Location") != tc.location || r.Header.Get("Set-Cookie") != "" {
+				t.Errorf("%s: %s: %d Location %q; want %d %q", e.name, firstLine(tc.raw), r.StatusCode,
+					r.Header.Get("Location"), tc.status, tc.location)
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }

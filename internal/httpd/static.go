@@ -11,7 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StaticOptions shape a static file handler.
@@ -28,7 +34,9 @@ type StaticOptions struct {
 // Static serves the files under root: GET and HEAD, index.html for
 // directories, Content-Type by extension, ranges and conditional requests
 // (net/http's ServeContent), and bodies by sendfile(2), because the files
-// handed to net/http are *os.File.
+// handed to net/http are *os.File. The root's path is followed to the
+// directory it names now, checked at most once a second, as the native
+// engine does (a deploy that switches a symlink is served at once).
 func Static(root string, opts StaticOptions) (http.Handler, error) {
 	fi, err := os.Stat(root)
 	if err != nil {
@@ -45,15 +53,11 @@ func Static(root string, opts StaticOptions) (http.Handler, error) {
 	if err != nil && !errors.Is(err, io.EOF) /* an empty root is fine */ {
 		return nil, fmt.Errorf("root %s: cannot read: %w", root, bare(err))
 	}
-	var fsys http.FileSystem
-	if opts.FollowSymlinks {
-		fsys = http.Dir(root)
-	} else {
-		r, err := os.OpenRoot(root)
-		if err != nil {
+	fsys := &rootFS{path: root, follow: opts.FollowSymlinks}
+	if !opts.FollowSymlinks {
+		if err := fsys.refresh(); err != nil {
 			return nil, fmt.Errorf("root %s: %w", root, bare(err))
 		}
-		fsys = rootFS{r}
 	}
 	return StaticFS(fsys, opts), nil
 }
@@ -61,6 +65,7 @@ func Static(root string, opts StaticOptions) (http.Handler, error) {
 // StaticFS serves fsys with the same rules as Static; for an embedded
 // document root, wrap it with http.FS.
 func StaticFS(fsys http.FileSystem, opts StaticOptions) http.Handler {
+	all := fsys
 	if !opts.Autoindex {
 		fsys = noListing{fsys}
 	}
@@ -71,30 +76,124 @@ func StaticFS(fsys http.FileSystem, opts StaticOptions) http.Handler {
 			http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
+		if p := r.URL.Path; !strings.HasSuffix(p, "/") && isDir(all, p) {
+			redirectToDir(w, r)
+			return
+		}
 		files.ServeHTTP(w, r)
 	})
 }
 
-// rootFS opens files through an os.Root, which refuses any path, symlinks
-// included, that resolves outside the root directory. It returns *os.File
-// itself so net/http can send bodies with sendfile(2).
-type rootFS struct{ root *os.Root }
+// redirectToDir answers a directory's name without its slash the way the
+// native engine does (dirLocation): each segment percent-encoded and the
+// query kept. net/http's FileServer would write the decoded name into
+// Location, so "/a%20dir" went to "a dir/" and "/q%3Fx" to "q?x/", another
+// resource; and the redirect comes before the 403 of a directory that may
+// not be listed, as in nginx.
+func redirectToDir(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimPrefix(path.Clean(r.URL.Path), "/")
+	query := ""
+	if r.URL.RawQuery != "" {
+		query = "?" + r.URL.RawQuery
+	}
+	w.Header().Set("Location", dirLocation(name, []byte(query)))
+	w.WriteHeader(http.StatusMovedPermanently)
+}
 
-func (f rootFS) Open(name string) (http.File, error) {
+func isDir(fsys http.FileSystem, name string) bool {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	return err == nil && fi.IsDir()
+}
+
+// rootFS opens files under the document root without blocking (a FIFO
+// would pin a goroutine and its thread until a writer comes: each such
+// request, one more thread), and only regular files and directories. Off
+// FollowSymlinks it opens through an os.Root, which refuses any path,
+// symlinks included, that resolves outside the root directory; the root
+// is reopened when its path names another directory. It returns *os.File
+// itself so net/http can send bodies with sendfile(2).
+type rootFS struct {
+	path   string
+	follow bool
+
+	mu      sync.Mutex
+	root    atomic.Pointer[os.Root]
+	id      os.FileInfo
+	checked atomic.Int64 // unix nanoseconds of the last look at path
+}
+
+// refresh reopens the root if its path names another directory now.
+func (f *rootFS) refresh() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checked.Store(time.Now().UnixNano())
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return err
+	}
+	if f.id != nil && os.SameFile(fi, f.id) {
+		return nil
+	}
+	r, err := os.OpenRoot(f.path)
+	if err != nil {
+		return err
+	}
+	if fi, err = r.Stat("."); err != nil {
+		r.Close()
+		return err
+	}
+	old := f.root.Swap(r)
+	f.id = fi
+	if old != nil {
+		// An Open in progress may still use it: close it later, not now.
+		time.AfterFunc(time.Minute, func() { old.Close() })
+	}
+	return nil
+}
+
+func (f *rootFS) Open(name string) (http.File, error) {
 	name = strings.TrimPrefix(path.Clean("/"+name), "/")
 	if name == "" {
 		name = "."
 	}
-	file, err := f.root.Open(name)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		// Escaping the root ("path escapes from parent") and any other
-		// refusal is 403, not the 500 net/http would make of it.
-		return nil, fs.ErrPermission
+	var file *os.File
+	var err error
+	if f.follow {
+		file, err = os.OpenFile(filepath.Join(f.path, filepath.FromSlash(name)), os.O_RDONLY|unix.O_NONBLOCK, 0)
+	} else {
+		if time.Now().UnixNano()-f.checked.Load() > int64(time.Second) {
+			f.refresh() // on failure, the directory opened last serves on
+		}
+		file, err = f.root.Load().OpenFile(name, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	}
 	if err != nil {
-		return nil, err
+		return nil, openError(err)
+	}
+	if fi, err := file.Stat(); err != nil || !(fi.Mode().IsRegular() || fi.IsDir()) {
+		file.Close()
+		return nil, fs.ErrNotExist // a FIFO, device or socket: 404, as nginx
 	}
 	return file, nil
+}
+
+// openError maps a failed open to what net/http answers: 404 for what is
+// not there, 500 while the process is out of descriptors (never cached:
+// the next request tries again), and 403 for every other refusal,
+// escaping the root ("path escapes from parent") included.
+func openError(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ENAMETOOLONG),
+		errors.Is(err, unix.ENXIO):
+		return fs.ErrNotExist
+	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
+		return err
+	}
+	return fs.ErrPermission
 }
 
 // noListing turns a directory without index.html into 403.

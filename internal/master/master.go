@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -459,8 +458,8 @@ func (m *Master) Run() error {
 		}()
 	}
 	if m.admin != nil {
-		srv := &http.Server{Handler: admin.Handler(adminSource{m}, m.cfg.Strategy), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(m.admin)
+		srv := admin.Server(admin.Handler(adminSource{m}, m.cfg.Strategy))
+		go srv.Serve(admin.LimitListener(m.admin))
 		defer srv.Close()
 		m.log.Info("admin endpoint", "listen", m.admin.Addr().String())
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/herd-run/herd/internal/shm"
 )
@@ -26,6 +27,7 @@ type handoff struct {
 	drained chan struct{}
 	once    sync.Once
 	addr    net.Addr
+	taken   atomic.Uint64 // connections Accept has handed to the server
 }
 
 func newHandoff(addr net.Addr) *handoff {
@@ -37,14 +39,32 @@ func (h *handoff) push(c net.Conn) { h.conns <- c }
 func (h *handoff) Accept() (net.Conn, error) {
 	select {
 	case c := <-h.conns:
+		h.taken.Add(1)
 		return c, nil
 	case <-h.drained:
 		select {
 		case c := <-h.conns:
+			h.taken.Add(1)
 			return c, nil
 		default:
 			return nil, net.ErrClosed
 		}
+	}
+}
+
+// serving returns the heartbeat's test of net/http's serving path: true
+// while the server takes what the strategy hands it — nothing waits, or
+// something was taken since the last call. A Serve loop that stopped
+// taking connections stops the heartbeat, and the master replaces the
+// worker. (A handler stuck on one request holds only its own goroutine,
+// and does not count.)
+func (h *handoff) serving() func() bool {
+	var last uint64
+	return func() bool {
+		n := h.taken.Load()
+		ok := n != last || len(h.conns) == 0
+		last = n
+		return ok
 	}
 }
 

@@ -93,13 +93,16 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	stopBeat := heartbeat(st)
-	defer stopBeat()
+	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
 	if spec.Engine == "native" {
+		// The engine's loop beats from here on (httpd's tick): a loop
+		// stuck in a call stops the heartbeat, and the master replaces it.
 		return runNative(spec, strat, deferred, st, ctrl, sigs, masterGone, log)
 	}
 
 	ln := newHandoff(addr)
+	stopBeat := heartbeat(st, ln.serving())
+	defer stopBeat()
 	srv := &http.Server{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if opts.Configure != nil {
 		opts.Configure(srv)
@@ -301,9 +304,10 @@ func recycler(spec *Spec, ctrl *control) func(n uint64) {
 	}
 }
 
-// heartbeat refreshes the record's Heartbeat field every second so the
-// master (and `herd status`) can tell a stuck worker from a quiet one.
-func heartbeat(st *shm.Record) (stop func()) {
+// heartbeat refreshes the record's Heartbeat field every second, while
+// alive says the worker serves, so the master (and `herd status`) can tell
+// a stuck worker from a quiet one.
+func heartbeat(st *shm.Record, alive func() bool) (stop func()) {
 	t := time.NewTicker(time.Second)
 	done := make(chan struct{})
 	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
@@ -311,7 +315,9 @@ func heartbeat(st *shm.Record) (stop func()) {
 		for {
 			select {
 			case now := <-t.C:
-				st.Store(shm.Heartbeat, uint64(now.UnixNano()))
+				if alive() {
+					st.Store(shm.Heartbeat, uint64(now.UnixNano()))
+				}
 			case <-done:
 				t.Stop()
 				return
