@@ -558,6 +558,11 @@ func FuzzParse(f *testing.F) {
 		if ok && (strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/")) {
 			t.Fatalf("path %q cleans to %q", r.target, name)
 		}
+		if r.chunked {
+			if next, end, _ := chunkedBody(data[r.size:], 0); next < 0 || end < 0 || end > len(data)-r.size || next > len(data)-r.size {
+				t.Fatalf("chunked body of %q: next %d end %d", data, next, end)
+			}
+		}
 		// The fast path never disagrees with the full one.
 		if plain, pok := plainPath(r.target); pok && (!ok || dir || string(plain) != name) {
 			t.Fatalf("path %q: plainPath %q, cleanPath %q dir=%v ok=%v", r.target, plain, name, dir, ok)
