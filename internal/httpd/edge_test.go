@@ -211,6 +211,8 @@ func TestNotModifiedAndIfRange(t *testing.T) {
 		{`W/"abc-d"`, "", true},
 		{`"x", "abc-d"`, "", true},
 		{`*`, "", true},
+		{` * `, "", true},
+		{`W/"x", *`, "", false}, // "*" is valid only alone (RFC 9110 13.1.2)
 		{`"x"`, "", false},
 		{`"x"`, lastMod, false}, // If-None-Match wins over If-Modified-Since
 		{"", lastMod, true},
@@ -713,6 +715,30 @@ func TestEnginesAgree(t *testing.T) {
 				t.Errorf("%s: %s: %d Location %q; want %d %q", e.name, firstLine(tc.raw), r.StatusCode,
 					r.Header.Get("Location"), tc.status, tc.location)
 			}
+		}
+	}
+}
+
+// A path that climbs above the root is a bad request, as in nginx, not a
+// quiet lookup of what it cleans to; climbing inside the root is fine.
+func TestClimbingAboveTheRoot(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := testEngine(t, root, nil)
+	for _, tc := range []struct {
+		target string
+		status int
+	}{
+		{"/../secret.txt", 400},
+		{"/%2e%2e/%2e%2e/etc/passwd", 400},
+		{"/docs/../../secret.txt", 400},
+		{"/docs/./../../hello.txt", 400},
+		{"/docs/../hello.txt", 200},
+		{"/docs/x/../../hello.txt", 200},
+		{"/docs/..", 200},
+	} {
+		resps, _, _ := exchange(t, addr, get(tc.target), 1)
+		if resps[0].StatusCode != tc.status {
+			t.Errorf("GET %s: %d, want %d", tc.target, resps[0].StatusCode, tc.status)
 		}
 	}
 }

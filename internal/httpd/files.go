@@ -356,12 +356,34 @@ func cleanPath(target []byte) (name string, dir bool, ok bool) {
 	if strings.ContainsAny(p, "\x00\\") {
 		return "", false, false
 	}
+	if climbs(p) {
+		return "", false, false // "/../x": above the root, a bad request (nginx: 400)
+	}
 	dir = strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")
 	name = strings.TrimPrefix(path.Clean(p), "/")
 	if name == "" {
 		name = "."
 	}
 	return name, dir, true
+}
+
+// climbs reports whether a decoded path has a ".." segment that would
+// leave "/". path.Clean would silently stop at the root; a request that
+// tries to climb out of it is refused instead.
+func climbs(p string) bool {
+	depth := 0
+	for _, seg := range strings.Split(p, "/") {
+		switch seg {
+		case "", ".":
+		case "..":
+			if depth--; depth < 0 {
+				return true
+			}
+		default:
+			depth++
+		}
+	}
+	return false
 }
 
 func isHex(c byte) bool { return isDigit(c) || 'a' <= c|0x20 && c|0x20 <= 'f' }

@@ -380,9 +380,11 @@ func sizeText(ent dirEntry) string {
 // If-None-Match compares weakly: W/ is ignored on both sides.
 func notModified(inm, ims []byte, etag string, mtime time.Time) bool {
 	if inm != nil {
+		if string(trim(inm)) == "*" { // "*" alone: any current representation
+			return true
+		}
 		for _, tag := range strings.Split(string(inm), ",") {
-			tag = strings.TrimSpace(tag)
-			if tag == "*" || strings.TrimPrefix(tag, "W/") == strings.TrimPrefix(etag, "W/") {
+			if strings.TrimPrefix(strings.TrimSpace(tag), "W/") == strings.TrimPrefix(etag, "W/") {
 				return true
 			}
 		}
