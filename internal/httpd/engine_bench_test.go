@@ -3,6 +3,8 @@ package httpd
 import (
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/shm"
 )
 
 // BenchmarkAnswer builds the answer to a GET of a cached small file, the
@@ -15,7 +17,13 @@ func BenchmarkAnswer(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer files.close()
-	e := &Engine{files: files}
+	region, err := shm.Create("bench", shm.Size(1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer region.Close()
+	board, _ := shm.NewScoreboard(region.Bytes(), 1)
+	e := &Engine{files: files, cfg: Config{Stats: board.Record(board.Claim(0, 1, 0))}}
 	e.tick()
 	c := &conn{out: make([]byte, 0, 512)}
 	var req request
