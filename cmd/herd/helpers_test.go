@@ -310,22 +310,3 @@ func ppid(t *testing.T, pid int) int {
 	n, _ := strconv.Atoi(f[1])
 	return n
 }
-
-// lockedBuffer is a bytes.Buffer safe to write from a process's output copier
-// while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}

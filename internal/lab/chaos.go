@@ -216,15 +216,6 @@ func stopByPIDFile(path string) {
 	syscall.Kill(pid, syscall.SIGKILL)
 }
 
-func isChild(parent, pid int) bool {
-	for _, k := range children(parent) {
-		if k == pid {
-			return true
-		}
-	}
-	return false
-}
-
 func isZombie(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
