@@ -168,7 +168,7 @@ func (e *Engine) Run() error {
 	defer e.shutdown()
 	lastSweep := time.Now()
 	attached, busy := false, false
-	holdP := runtime.GOMAXPROCS(0) >= 2 // see wait
+	holdP := canHoldP(runtime.GOMAXPROCS(0)) // see wait
 	cycler, _ := e.cfg.Inline.(accept.Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {

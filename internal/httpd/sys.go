@@ -1,6 +1,8 @@
 package httpd
 
 import (
+	"os"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -60,12 +62,18 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // sysmon's after 10ms, a stop-the-world's at once — interrupts epoll_wait
 // with EINTR, so the garbage collector never waits on a sleeping loop.
 //
+// It relies on that signal: with asynchronous preemption turned off
+// (GODEBUG=asyncpreemptoff=1) a stop-the-world would wait for the sleep to
+// end, so canHoldP says no and the ordinary wait is used. And a held wait
+// is never longer than maxHeldWait, which bounds that wait even if a
+// signal is lost.
+//
 // Otherwise, after a busy round (busy: more than one event) it first tries
 // a raw epoll_wait that does not block — under load events are almost
 // always ready — and only then makes the blocking call the scheduler knows.
 func wait(ep int, events []unix.EpollEvent, msec int, holdP, busy bool) (int, error) {
 	if holdP || busy {
-		timeout := msec
+		timeout := min(msec, maxHeldWait)
 		if !holdP {
 			timeout = 0
 		}
@@ -78,4 +86,26 @@ func wait(ep int, events []unix.EpollEvent, msec int, holdP, busy bool) (int, er
 		}
 	}
 	return unix.EpollWait(ep, events, msec)
+}
+
+// maxHeldWait bounds, in milliseconds, an epoll_wait that keeps its P.
+const maxHeldWait = 100
+
+// canHoldP reports whether the loop may keep its P in epoll_wait: the
+// process has a second P for its other goroutines, and the runtime can
+// preempt a thread by signal (see wait).
+func canHoldP(procs int) bool {
+	return procs >= 2 && !asyncPreemptOff(os.Getenv("GODEBUG"))
+}
+
+// asyncPreemptOff reads GODEBUG as the runtime does: comma-separated
+// settings, the last one for a key wins.
+func asyncPreemptOff(godebug string) bool {
+	off := false
+	for _, kv := range strings.Split(godebug, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "asyncpreemptoff="); ok {
+			off = v == "1"
+		}
+	}
+	return off
 }

@@ -213,8 +213,9 @@ func runNative(spec *Spec, strat accept.Strategy, deferred bool, st *shm.Record,
 	// which leaves the worker's other goroutines — control socket, signals,
 	// heartbeat, a blocking strategy's accept threads — without one on a
 	// one-CPU machine. A second P costs nothing there.
-	if runtime.GOMAXPROCS(0) < 2 {
+	if n := runtime.GOMAXPROCS(0); n < 2 {
 		runtime.GOMAXPROCS(2)
+		log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
 	}
 	// With one accepting thread, an epoll-based strategy runs inside the
 	// engine's own loop: the listener is in the loop's epoll set.
