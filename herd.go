@@ -35,6 +35,7 @@ import (
 
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/master"
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"github.com/herd-run/herd/internal/worker"
 	"golang.org/x/sys/unix"
@@ -170,7 +171,7 @@ func ListenAndServe(addr string, handler http.Handler) error {
 // IsWorker reports whether this process is a herd worker, for programs that
 // want to skip master-only work (such as printing a banner) in workers.
 func IsWorker() bool {
-	_, ok := os.LookupEnv(worker.EnvKey)
+	_, ok := os.LookupEnv(proto.WorkerEnv)
 	return ok
 }
 

@@ -71,13 +71,20 @@ func startWrapped(t testing.TB, wrapper []string, args ...string) *herdProc {
 	h.cmd = exec.Command(argv[0], argv[1:]...)
 	h.cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := h.cmd.StderrPipe()
+	// A pipe of our own rather than StderrPipe: Wait closes that one's read
+	// end when the process exits, and a new master started by USR2, which
+	// outlives it and writes to the same stderr, would then die of SIGPIPE
+	// at its next log line.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.cmd.Stderr = w
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	w.Close()
+	t.Cleanup(func() { stderr.Close() })
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)

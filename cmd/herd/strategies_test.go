@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -361,4 +362,56 @@ func polledListeners(t *testing.T, pid int, addr string) []int {
 		}
 	}
 	return polled
+}
+
+// USR2 after the configuration's listen addresses were edited: the new
+// master keeps the inherited socket that is still configured, opens the new
+// address and closes the one no longer configured — it used to keep the
+// old addresses by position and silently serve the old port.
+func TestUpgradeFollowsEditedListen(t *testing.T) {
+	root, _ := docroot(t)
+	port := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		must(t, err)
+		defer l.Close()
+		return l.Addr().String()
+	}
+	a, b := port(), port()
+	cfg := filepath.Join(t.TempDir(), "herd.toml")
+	write := func(addrs ...string) {
+		must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("workers = 1\nlisten = [\"%s\"]\n", strings.Join(addrs, `", "`))), 0o644))
+	}
+	upgrade := func(old int) int {
+		t.Helper()
+		must(t, syscall.Kill(old, syscall.SIGUSR2))
+		h := &herdProc{t: t, pidFile: filepath.Join(filepath.Dir(cfg), "herd.pid")}
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if pid, err := master.ReadPIDFile(h.pidFile); err == nil && pid != old && !alive(old) {
+				if s := h.status(); s.MasterPID == pid && len(readyPIDs(s, 1)) == 1 {
+					return pid
+				}
+			}
+		}
+		t.Fatalf("upgrade from %d did not complete", old)
+		return 0
+	}
+	serves := func(addr string) bool {
+		code, _, err := get(client(), "http://"+addr+"/hello.txt")
+		return err == nil && code == 200
+	}
+	write(a)
+	h := startWrapped(t, nil, root, "--config", cfg, "--pid", filepath.Join(filepath.Dir(cfg), "herd.pid"))
+	if !serves(a) || serves(b) {
+		t.Fatalf("before: %s serves %v, %s serves %v", a, serves(a), b, serves(b))
+	}
+	write(a, b)
+	pid := upgrade(h.pid())
+	if !serves(a) || !serves(b) {
+		t.Fatalf("after adding %s: %s serves %v, %s serves %v\n%s", b, a, serves(a), b, serves(b), h.Log())
+	}
+	write(b)
+	upgrade(pid)
+	if serves(a) || !serves(b) {
+		t.Fatalf("after removing %s: %s serves %v, %s serves %v\n%s", a, a, serves(a), b, serves(b), h.Log())
+	}
 }

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -156,7 +156,7 @@ func (d *dispatcher) send(p *proc, fd int) bool {
 	seq := d.seq
 	var err error
 	werr := control(p.ctrl, func(cfd int) error {
-		err = unix.Sendmsg(cfd, []byte("fd "+strconv.FormatUint(seq, 10)), unix.UnixRights(fd), nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		err = unix.Sendmsg(cfd, proto.Msg{Kind: proto.FD, Seq: seq}.Encode(), unix.UnixRights(fd), nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		return nil
 	})
 	if werr != nil || err != nil {

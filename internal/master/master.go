@@ -23,7 +23,6 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +32,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/admin"
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"github.com/herd-run/herd/internal/worker"
 	"golang.org/x/sys/unix"
@@ -319,7 +319,7 @@ func Check(cfg Config) error {
 }
 
 func fill(cfg *Config) error {
-	if len(cfg.Listen) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(inheritEnv) == "" {
+	if len(cfg.Listen) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(proto.UpgradeEnv) == "" {
 		return errors.New("no listen address (and no sockets from systemd)")
 	}
 	if cfg.Workers == 0 {
@@ -662,7 +662,7 @@ func (m *Master) checkReady() {
 		notify(daemon.SdNotifyReady)
 		if m.readyFD != nil {
 			// We are the new master of a binary upgrade: the old one may go.
-			m.readyFD.Write([]byte("ready"))
+			m.readyFD.Write(proto.Msg{Kind: proto.Ready}.Encode())
 			m.readyFD.Close()
 			m.readyFD = nil
 		}
@@ -768,7 +768,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		return nil, err
 	}
 	defer closeFiles(socks) // the worker has its own copies once started
-	files := append([]*os.File{child, m.region.File()}, socks...)
+	files := proto.WorkerFiles(child, m.region.File(), socks)
 	engine := ""
 	if m.cfg.StaticRoot != "" {
 		engine = "native"
@@ -785,7 +785,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	}
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
 	// Workers never talk to systemd: only the master is the service.
-	cmd.Env = append(withoutKey(withoutKey(os.Environ(), worker.EnvKey), "NOTIFY_SOCKET"), m.cfg.Env...)
+	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.WorkerEnv), "NOTIFY_SOCKET"), m.cfg.Env...)
 	cmd.Env = append(cmd.Env, spec.Env())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
@@ -823,25 +823,26 @@ func closeFiles(files []*os.File) {
 	}
 }
 
-// readControl handles the worker's messages: "ready", sent once the worker
-// accepts connections, becomes an event for the loop; "ack SEQ" (fdpass)
-// goes straight to the dispatcher.
+// readControl handles the worker's messages: Ready, sent once the worker
+// accepts connections, and Recycle become events for the loop; Ack
+// (fdpass) goes straight to the dispatcher.
 func (m *Master) readControl(p *proc) {
-	buf := make([]byte, 64)
+	buf := make([]byte, proto.MaxMsg)
 	for {
 		n, err := p.ctrl.Read(buf)
 		if err != nil || n == 0 {
 			return
 		}
-		msg := string(buf[:n])
-		if msg == "ready" {
+		msg, err := proto.Decode(buf[:n])
+		switch {
+		case err != nil:
+			m.log.Warn("bad control message from a worker", "pid", p.pid(), "msg", string(buf[:n]))
+		case msg.Kind == proto.Ready:
 			m.post(event{kind: evReady, p: p})
-		} else if msg == "recycle" {
+		case msg.Kind == proto.Recycle:
 			m.post(event{kind: evRecycle, p: p})
-		} else if seq, ok := strings.CutPrefix(msg, "ack "); ok && m.disp != nil {
-			if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
-				m.disp.ack(p, n)
-			}
+		case msg.Kind == proto.Ack && m.disp != nil:
+			m.disp.ack(p, msg.Seq)
 		}
 	}
 }

@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
+	"strconv"
 	"time"
 
+	"github.com/herd-run/herd/internal/proto"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,11 +29,10 @@ import (
 // master's pid is in FILE.oldbin and the new master's in FILE; if the
 // upgrade fails, FILE names the old master again.
 
-// inheritEnv carries what a new master needs to adopt the sockets.
-const inheritEnv = "HERD_INHERIT"
-
+// inheritance is what a new master needs to adopt the sockets, carried in
+// proto.UpgradeEnv.
 type inheritance struct {
-	Listen  []string      `json:"listen"`          // addresses, in fd order from fd 3
+	Listen  []string      `json:"listen"`          // addresses, in fd order from proto.FirstInheritedFD
 	Reuse   map[int][]int `json:"reuse,omitempty"` // reuseport: slot → fd indexes
 	ReadyFD int           `json:"ready_fd"`        // write "ready" here once serving
 }
@@ -61,7 +64,7 @@ func (m *Master) startUpgrade() {
 	}
 	if m.reuse != nil {
 		in.Reuse = map[int][]int{}
-		for _, slot := range sortedSlots(m.reuse) {
+		for _, slot := range slices.Sorted(maps.Keys(m.reuse)) {
 			for _, s := range m.reuse[slot] {
 				in.Reuse[slot] = append(in.Reuse[slot], add(s))
 			}
@@ -82,13 +85,13 @@ func (m *Master) startUpgrade() {
 		m.log.Error("USR2: cannot upgrade", "err", err)
 		return
 	}
-	in.ReadyFD = 3 + len(files)
+	in.ReadyFD = proto.InheritedFD(len(files))
 	files = append(files, w)
 	spec, _ := json.Marshal(in)
 
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
-	cmd.Env = append(withoutKey(withoutKey(os.Environ(), inheritEnv), "HERD_WORKER"), m.cfg.Env...)
-	cmd.Env = append(cmd.Env, inheritEnv+"="+string(spec))
+	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.UpgradeEnv), proto.WorkerEnv), m.cfg.Env...)
+	cmd.Env = append(cmd.Env, proto.UpgradeEnv+"="+string(spec))
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
 	if m.cfg.PIDFile != "" {
@@ -109,24 +112,15 @@ func (m *Master) startUpgrade() {
 	m.upgrade = u
 	m.log.Info("USR2: started a new master", "pid", cmd.Process.Pid)
 	go func() {
-		buf := make([]byte, 16)
+		buf := make([]byte, proto.MaxMsg)
 		n, _ := r.Read(buf)
-		if string(buf[:n]) == "ready" {
+		if msg, err := proto.Decode(buf[:n]); err == nil && msg.Kind == proto.Ready {
 			m.post(event{kind: evUpgradeReady})
 			return
 		}
 		m.post(event{kind: evUpgradeFailed, err: errors.New("the new master exited before it was ready")})
 	}()
 	go cmd.Wait() // reap it if it dies while we are still its parent
-}
-
-func sortedSlots(m map[int][]*Socket) []int {
-	slots := make([]int, 0, len(m))
-	for s := range m {
-		slots = append(slots, s)
-	}
-	sort.Ints(slots)
-	return slots
 }
 
 // upgradeDone hands over: the new master serves, this one stops gracefully.
@@ -168,50 +162,172 @@ func (m *Master) restorePIDFile() {
 
 // inherited returns the sockets passed by an upgrading master, or nil.
 func inherited() (*inheritance, error) {
-	v, ok := os.LookupEnv(inheritEnv)
+	v, ok := os.LookupEnv(proto.UpgradeEnv)
 	if !ok {
 		return nil, nil
 	}
-	os.Unsetenv(inheritEnv)
+	os.Unsetenv(proto.UpgradeEnv)
 	var in inheritance
 	if err := json.Unmarshal([]byte(v), &in); err != nil {
-		return nil, fmt.Errorf("bad %s: %w", inheritEnv, err)
+		return nil, fmt.Errorf("bad %s: %w", proto.UpgradeEnv, err)
 	}
 	return &in, nil
 }
 
-// adopt takes the inherited sockets instead of binding new ones.
+// adopt takes the inherited sockets instead of binding new ones, matched
+// to the configured addresses by what they are bound to, as tableflip and
+// nginx match them — not by position, so that an edited --listen is obeyed
+// across USR2: a configured address an inherited socket is bound to takes
+// that socket (its queue and all); one that none is bound to is opened now;
+// an inherited socket no longer configured is closed (its unix socket file
+// removed). A configured port 0 takes an inherited socket of the same host
+// whatever its port, as the port was chosen when it was first bound.
+// Without configured addresses (systemd's sockets, handed on) every
+// inherited socket is kept.
 func (m *Master) adopt(in *inheritance) error {
-	if len(in.Listen) != len(m.cfg.Listen) {
-		return fmt.Errorf("upgrade: inherited %d listeners, configured %d", len(in.Listen), len(m.cfg.Listen))
+	fds := func(k int) []int { // the descriptors of inherited address k: one, or one per reuseport slot
+		if in.Reuse == nil {
+			return []int{proto.InheritedFD(k)}
+		}
+		var out []int
+		for _, slot := range slices.Sorted(maps.Keys(in.Reuse)) {
+			if idx := in.Reuse[slot]; k < len(idx) {
+				out = append(out, proto.InheritedFD(idx[k]))
+			}
+		}
+		return out
 	}
-	sock := func(i int, addr string) *Socket {
-		s := &Socket{Addr: addr, fd: 3 + i} // a bare descriptor: see Socket
-		unix.CloseOnExec(s.fd)              // passed to workers explicitly, as our own are
+	for k, a := range in.Listen {
+		for _, fd := range fds(k) {
+			unix.CloseOnExec(fd) // passed to workers explicitly, as our own are
+			if err := checkListening(fd); err != nil {
+				return fmt.Errorf("upgrade: inherited %s: %w", a, err)
+			}
+		}
+	}
+	if (in.Reuse != nil) != (m.cfg.Strategy == "reuseport") {
+		return errors.New("upgrade: between reuseport and another strategy the sockets differ; restart instead")
+	}
+	if len(m.cfg.Listen) == 0 {
+		m.cfg.Listen = in.Listen
+	}
+	match := make([]int, len(m.cfg.Listen)) // configured j → inherited k, or -1
+	used := make([]bool, len(in.Listen))
+	for j, a := range m.cfg.Listen {
+		match[j] = -1
+		for k := range in.Listen {
+			if !used[k] && boundTo(a, fds(k)[0]) {
+				match[j], used[k] = k, true
+				break
+			}
+		}
+	}
+	sock := func(fd int, addr string) *Socket {
+		s := &Socket{Addr: addr, fd: fd} // a bare descriptor: see Socket
 		if network, path, err := ParseAddr(addr); err == nil && network == "unix" {
 			s.path = path
 		}
 		return s
 	}
 	if in.Reuse != nil {
-		if m.cfg.Strategy != "reuseport" {
-			return errors.New("upgrade: the old master used reuseport; this one does not")
-		}
 		m.reuse = map[int][]*Socket{}
-		for slot, idx := range in.Reuse {
-			for k, i := range idx {
-				m.reuse[slot] = append(m.reuse[slot], sock(i, in.Listen[k]))
+		for _, slot := range slices.Sorted(maps.Keys(in.Reuse)) {
+			for j, a := range m.cfg.Listen {
+				if k := match[j]; k >= 0 {
+					m.reuse[slot] = append(m.reuse[slot], sock(proto.InheritedFD(in.Reuse[slot][k]), in.Listen[k]))
+					continue
+				}
+				if slot > 0 && len(m.reuse[0]) > j {
+					a = m.reuse[0][j].Addr // the port slot 0 got, if it was 0
+				}
+				s, err := m.listenConfig(true).Listen(a)
+				if err != nil {
+					return fmt.Errorf("upgrade: %w", err)
+				}
+				m.reuse[slot] = append(m.reuse[slot], s)
 			}
 		}
 		m.sockets = m.reuse[0]
 	} else {
-		if m.cfg.Strategy == "reuseport" {
-			return errors.New("upgrade: reuseport needs the old master to have used it too")
+		for j, a := range m.cfg.Listen {
+			if k := match[j]; k >= 0 {
+				m.sockets = append(m.sockets, sock(proto.InheritedFD(k), in.Listen[k]))
+				continue
+			}
+			s, err := m.listenConfig(false).Listen(a)
+			if err != nil {
+				return fmt.Errorf("upgrade: %w", err)
+			}
+			m.log.Info("upgrade: listening on an address the old master did not", "listen", s.Addr)
+			m.sockets = append(m.sockets, s)
 		}
-		for i, a := range in.Listen {
-			m.sockets = append(m.sockets, sock(i, a))
+	}
+	for k, a := range in.Listen {
+		if used[k] {
+			continue
+		}
+		m.log.Info("upgrade: closing an inherited socket no longer configured", "listen", a)
+		for _, fd := range fds(k) {
+			sock(fd, a).Close()
 		}
 	}
 	m.readyFD = os.NewFile(uintptr(in.ReadyFD), "upgrade-ready")
 	return nil
+}
+
+// checkListening verifies that fd is a listening stream socket.
+func checkListening(fd int) error {
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return fmt.Errorf("descriptor %d is not a stream socket", fd)
+	}
+	if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 1 {
+		return fmt.Errorf("descriptor %d is not listening", fd)
+	}
+	return nil
+}
+
+// boundTo reports whether the socket fd is bound to the configured address
+// s: the same unix path, or the same IP (an empty host: 0.0.0.0) and port
+// (a configured port 0: any).
+func boundTo(s string, fd int) bool {
+	network, addr, err := ParseAddr(s)
+	if err != nil {
+		return false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	if network == "unix" {
+		u, ok := sa.(*unix.SockaddrUnix)
+		return ok && u.Name == addr
+	}
+	host, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	var ip net.IP
+	var gotPort int
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		ip, gotPort = net.IP(a.Addr[:]), a.Port
+	case *unix.SockaddrInet6:
+		ip, gotPort = net.IP(a.Addr[:]), a.Port
+	default:
+		return false
+	}
+	if port != 0 && port != gotPort {
+		return false
+	}
+	if host == "" {
+		return ip.Equal(net.IPv4zero)
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false
+	}
+	for _, want := range ips {
+		if want.Equal(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,17 +2,17 @@ package worker
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/proto"
 	"golang.org/x/sys/unix"
 )
 
 // control is the worker's end of its SOCK_SEQPACKET socket to the master.
-// The worker sends "ready" and, under fdpass, "ack SEQ"; the master sends
-// "fd SEQ" messages carrying a descriptor (SCM_RIGHTS). One goroutine reads
+// The messages are internal/proto's: the worker sends Ready, Recycle and,
+// under fdpass, Ack; the master sends FD messages carrying a descriptor
+// (SCM_RIGHTS). One goroutine reads
 // it, and its EOF is how the worker learns that the master is gone, however
 // it died: a socket's EOF survives SIGKILL, while PR_SET_PDEATHSIG would be
 // tied to the master's spawning OS thread, which the Go runtime may retire.
@@ -28,9 +28,10 @@ func newControl(fd int) *control {
 	return c
 }
 
-func (c *control) send(msg string) error {
+func (c *control) send(msg proto.Msg) error {
+	b := msg.Encode()
 	for {
-		_, err := unix.Write(c.fd, []byte(msg))
+		_, err := unix.Write(c.fd, b)
 		if err != unix.EINTR {
 			if err != nil {
 				return fmt.Errorf("worker: control socket: %w", err)
@@ -48,7 +49,7 @@ func (c *control) stopPassing() { c.passing.Store(false) }
 // read runs until the master's end closes, then closes gone.
 func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
-	buf := make([]byte, 64)
+	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
@@ -59,19 +60,14 @@ func (c *control) read(gone chan<- struct{}) {
 			return
 		}
 		fds := parseRights(oob[:oobn])
-		msg := string(buf[:n])
-		seq, isFD := strings.CutPrefix(msg, "fd ")
-		if !isFD || len(fds) != 1 || !c.passing.Load() {
+		msg, err := proto.Decode(buf[:n])
+		if err != nil || msg.Kind != proto.FD || len(fds) != 1 || !c.passing.Load() {
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
 			continue
 		}
-		if _, err := strconv.ParseUint(seq, 10, 64); err != nil {
-			unix.Close(fds[0])
-			continue
-		}
-		p := accept.Passed{FD: fds[0], Ack: func() { c.send("ack " + seq) }}
+		p := accept.Passed{FD: fds[0], Ack: func() { c.send(proto.Msg{Kind: proto.Ack, Seq: msg.Seq}) }}
 		select {
 		case c.passed <- p:
 		default:

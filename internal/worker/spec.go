@@ -5,17 +5,13 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/herd-run/herd/internal/proto"
 )
 
 // Go cannot fork, so a worker is the same binary executed again by the
 // master with the same arguments. What makes it a worker is the Spec in its
-// environment and these inherited descriptors (exec.Cmd.ExtraFiles start at 3).
-const (
-	EnvKey          = "HERD_WORKER"
-	CtrlFD          = 3 // SOCK_SEQPACKET to the master: readiness, and EOF when the master dies
-	ShmFD           = 4 // the scoreboard memfd
-	FirstListenerFD = 5 // the listening sockets, in Spec.Listeners order
-)
+// environment (proto.WorkerEnv) and the descriptors internal/proto lays out.
 
 // Spec is what the master tells a worker it spawns. The worker takes its
 // serving options from here rather than from its own arguments, so the
@@ -54,21 +50,21 @@ func (s *Spec) Env() string {
 	if err != nil {
 		panic(err) // a Spec always marshals
 	}
-	return EnvKey + "=" + string(b)
+	return proto.WorkerEnv + "=" + string(b)
 }
 
 // FromEnv returns the spec of this process, or nil if it is not a worker.
 func FromEnv() (*Spec, error) {
-	v, ok := os.LookupEnv(EnvKey)
+	v, ok := os.LookupEnv(proto.WorkerEnv)
 	if !ok {
 		return nil, nil
 	}
 	var s Spec
 	if err := json.Unmarshal([]byte(v), &s); err != nil {
-		return nil, fmt.Errorf("worker: bad %s: %w", EnvKey, err)
+		return nil, fmt.Errorf("worker: bad %s: %w", proto.WorkerEnv, err)
 	}
 	if len(s.Listeners) == 0 || s.Record < 0 {
-		return nil, fmt.Errorf("worker: incomplete %s: %s", EnvKey, v)
+		return nil, fmt.Errorf("worker: incomplete %s: %s", proto.WorkerEnv, v)
 	}
 	return &s, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/httpd"
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -37,7 +38,7 @@ type Options struct {
 
 // Run is the whole life of a worker process and returns its exit code.
 func Run(spec *Spec, opts Options) int {
-	os.Unsetenv(EnvKey) // a handler's child processes are not herd workers
+	os.Unsetenv(proto.WorkerEnv) // a handler's child processes are not herd workers
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
@@ -60,7 +61,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	// a stop for everyone.
 	signal.Ignore(unix.SIGINT, unix.SIGHUP, unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
 
-	region, err := shm.Open(os.NewFile(ShmFD, "scoreboard"), true)
+	region, err := shm.Open(os.NewFile(proto.ShmFD, "scoreboard"), true)
 	if err != nil {
 		return err
 	}
@@ -74,13 +75,13 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	}
 	st.Store(shm.PID, uint64(os.Getpid()))
 
-	ctrl := newControl(CtrlFD)
+	ctrl := newControl(proto.CtrlFD)
 	masterGone := make(chan struct{})
 	go ctrl.read(masterGone)
 
 	listeners := make([]accept.Listener, len(spec.Listeners))
 	for i, a := range spec.Listeners {
-		listeners[i] = accept.Listener{FD: FirstListenerFD + i, Addr: a}
+		listeners[i] = accept.Listener{FD: proto.FirstListenerFD + i, Addr: a}
 	}
 	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
 	deferred := deferredAccept(listeners)
@@ -169,7 +170,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 func serveUntilStop(spec *Spec, st *shm.Record, ctrl *control, sigs <-chan os.Signal, masterGone <-chan struct{},
 	accepting, served <-chan error, engine string, log *slog.Logger) (graceful bool, err error) {
 	st.Store(shm.State, shm.StateReady)
-	if err := ctrl.send("ready"); err != nil {
+	if err := ctrl.send(proto.Msg{Kind: proto.Ready}); err != nil {
 		return false, fmt.Errorf("worker: tell master ready: %w", err)
 	}
 	log.Debug("worker ready", "strategy", spec.Strategy, "engine", engine)
@@ -300,7 +301,7 @@ func recycler(spec *Spec, ctrl *control) func(n uint64) {
 	var once sync.Once
 	return func(n uint64) {
 		if n >= limit {
-			once.Do(func() { ctrl.send("recycle") })
+			once.Do(func() { ctrl.send(proto.Msg{Kind: proto.Recycle}) })
 		}
 	}
 }

@@ -1,0 +1,100 @@
+// Package proto is the protocol between a herd master and the processes it
+// starts, in one place for both sides: which descriptors a child inherits
+// and where, the environment variables that tell a process what it is,
+// and the messages on a worker's control socket.
+//
+// Go cannot fork, so every child is the same binary executed again;
+// exec.Cmd.ExtraFiles numbers inherited descriptors from 3.
+package proto
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// A worker inherits, in this order:
+const (
+	CtrlFD          = 3 // SOCK_SEQPACKET to the master: the messages below, and EOF when the master dies
+	ShmFD           = 4 // the scoreboard memfd
+	FirstListenerFD = 5 // the listening sockets, in the order of the worker's spec
+)
+
+// WorkerEnv carries a worker's spec (JSON); its presence makes the process
+// a worker.
+const WorkerEnv = "HERD_WORKER"
+
+// WorkerFiles lays out a worker's inherited descriptors for
+// exec.Cmd.ExtraFiles: ctrl at CtrlFD, the scoreboard at ShmFD, the
+// listeners from FirstListenerFD.
+func WorkerFiles(ctrl, scoreboard *os.File, listeners []*os.File) []*os.File {
+	return append([]*os.File{ctrl, scoreboard}, listeners...)
+}
+
+// A new master started by a binary upgrade (USR2) inherits the old one's
+// sockets from FirstInheritedFD on, in the order its UpgradeEnv lists
+// them, and a pipe to say it is ready on.
+const (
+	UpgradeEnv       = "HERD_INHERIT"
+	FirstInheritedFD = 3
+)
+
+// InheritedFD is the descriptor of the i-th inherited file of an upgrade.
+func InheritedFD(i int) int { return FirstInheritedFD + i }
+
+// Kind is what a control message says.
+type Kind int
+
+const (
+	Ready   Kind = iota + 1 // worker → master: accepting; the reload or start may go on
+	Recycle                 // worker → master: --max-requests reached; start my successor
+	Ack                     // worker → master (fdpass): the descriptor Seq was taken
+	FD                      // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
+)
+
+var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd"}
+
+// Msg is one control message: one SOCK_SEQPACKET datagram of text, "ready",
+// "recycle", "ack SEQ" or "fd SEQ".
+type Msg struct {
+	Kind Kind
+	Seq  uint64 // Ack and FD
+}
+
+// MaxMsg is the largest encoded message.
+const MaxMsg = 32
+
+// Encode renders m as its datagram.
+func (m Msg) Encode() []byte {
+	b := []byte(names[m.Kind])
+	if m.Kind == Ack || m.Kind == FD {
+		b = strconv.AppendUint(append(b, ' '), m.Seq, 10)
+	}
+	return b
+}
+
+var errBadMsg = errors.New("proto: bad control message")
+
+// Decode reads a datagram. Anything that is not one of the messages above
+// is an error: the reader ignores it (and closes any descriptor with it).
+func Decode(b []byte) (Msg, error) {
+	word, arg, hasArg := strings.Cut(string(b), " ")
+	for k, name := range names {
+		if word != name {
+			continue
+		}
+		if k != Ack && k != FD {
+			if hasArg {
+				return Msg{}, errBadMsg
+			}
+			return Msg{Kind: k}, nil
+		}
+		seq, err := strconv.ParseUint(arg, 10, 64)
+		if !hasArg || err != nil {
+			return Msg{}, errBadMsg
+		}
+		return Msg{Kind: k, Seq: seq}, nil
+	}
+	return Msg{}, errBadMsg
+}

@@ -1,0 +1,23 @@
+package proto
+
+import "testing"
+
+func TestMessages(t *testing.T) {
+	for _, m := range []Msg{{Kind: Ready}, {Kind: Recycle}, {Kind: Ack, Seq: 7}, {Kind: FD, Seq: 1 << 63}} {
+		b := m.Encode()
+		if len(b) > MaxMsg {
+			t.Errorf("%+v encodes to %d bytes, over MaxMsg", m, len(b))
+		}
+		if got, err := Decode(b); err != nil || got != m {
+			t.Errorf("Decode(%q) = %+v, %v; want %+v", b, got, err, m)
+		}
+	}
+	for _, bad := range []string{"", "ready ", "ready 1", "ack", "ack x", "fd -1", "hello", "ACK 1"} {
+		if m, err := Decode([]byte(bad)); err == nil {
+			t.Errorf("Decode(%q) = %+v, want an error", bad, m)
+		}
+	}
+	if got := string(Msg{Kind: Ack, Seq: 42}.Encode()); got != "ack 42" {
+		t.Errorf("wire form %q", got)
+	}
+}
