@@ -219,7 +219,7 @@ func (s *Server) Start() error {
 	case <-m.Ready():
 		return nil
 	case <-s.done:
-		return fmt.Errorf("herd: stopped before the workers were ready: %v", s.err)
+		return fmt.Errorf("herd: stopped before the workers were ready: %w", s.err)
 	case <-time.After(timeout):
 		m.Signal(unix.SIGTERM)
 		<-s.done
@@ -330,13 +330,57 @@ func (s *Server) Reload() {
 	}
 }
 
-// Stats is a copy of the scoreboard: per-worker and total counters.
-type Stats = shm.Snapshot
+// Stats is a copy of the scoreboard at one moment: the master's state, one
+// entry per live worker, and totals that include workers that have exited
+// (so counts survive reloads). It is what `herd status --json` and the
+// admin endpoint's /status print.
+type Stats struct {
+	MasterPID  int    `json:"master_pid"`
+	Generation int    `json:"generation"` // the current generation; a reload starts the next
+	Workers    int    `json:"workers"`    // wanted, after TTIN/TTOU
+	Reloads    uint64 `json:"reloads"`
+	Restarts   uint64 `json:"restarts"` // workers replaced after dying
+	// MutexHolder is the pid holding the accept mutex (strategies mutex
+	// and nginx), or 0.
+	MutexHolder int           `json:"accept_mutex_holder"`
+	Live        []WorkerStats `json:"live"`
+	Total       WorkerStats   `json:"total"`
+}
+
+// WorkerStats are one worker's counters. Wakeups counts returns from the
+// call a worker sleeps in (accept, epoll_wait, a lock); Spurious those that
+// brought no connection: the thundering herd, measured.
+type WorkerStats struct {
+	Record     int    `json:"record"` // the scoreboard record
+	PID        int    `json:"pid"`
+	Slot       int    `json:"slot"`
+	Generation int    `json:"generation"`
+	State      string `json:"state"`             // starting, ready, stopping
+	Started    int64  `json:"started_unix_ns"`   // when the master started it
+	Heartbeat  int64  `json:"heartbeat_unix_ns"` // last sign of life of its serving loop
+	Accepts    uint64 `json:"accepts"`
+	Wakeups    uint64 `json:"wakeups"`
+	Spurious   uint64 `json:"spurious_wakeups"`
+	Timeouts   uint64 `json:"timeouts"`
+	Active     uint64 `json:"active"` // connections open now
+	Requests   uint64 `json:"requests"`
+	BytesOut   uint64 `json:"bytes_out"`
+}
 
 // Stats reads the scoreboard.
 func (s *Server) Stats() Stats {
 	if s.master == nil {
 		return Stats{}
 	}
-	return s.master.Snapshot()
+	return statsOf(s.master.Snapshot())
+}
+
+func statsOf(snap shm.Snapshot) Stats {
+	st := Stats{MasterPID: snap.MasterPID, Generation: snap.Generation, Workers: snap.Workers,
+		Reloads: snap.Reloads, Restarts: snap.Restarts, MutexHolder: snap.MutexHolder,
+		Total: WorkerStats(snap.Total)}
+	for _, w := range snap.Live {
+		st.Live = append(st.Live, WorkerStats(w))
+	}
+	return st
 }

@@ -127,7 +127,10 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("httpd: eventfd: %w", err)
 	}
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		return nil, fmt.Errorf("httpd: %w", err)
+		unix.Close(wake)
+		unix.Close(ep)
+		files.close()
+		return nil, fmt.Errorf("httpd: epoll_ctl: %w", err)
 	}
 	return &Engine{cfg: cfg, ep: ep, wake: wake, files: files, conns: map[int]*conn{},
 		done: make(chan struct{}), events: make([]unix.EpollEvent, 256)}, nil

@@ -235,7 +235,7 @@ func (m *Matrix) Soak(ctx context.Context, cell Cell, c Chaos) (*ChaosResult, er
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	if err := os.WriteFile(root+"/hello.txt", []byte(Body), 0o644); err != nil {
+	if err := os.WriteFile(root+"/hello.txt", []byte(helloBody), 0o644); err != nil {
 		return nil, err
 	}
 	if m.Path == "" {
@@ -264,7 +264,7 @@ func (m *Matrix) Soak(ctx context.Context, cell Cell, c Chaos) (*ChaosResult, er
 	}
 	c.Load.Addr, c.Load.Path = srv.addr, m.Path
 	c.Load.Concurrency, c.Load.KeepAlive = cell.Concurrency, cell.Mode == "keepalive"
-	c.Load.WantLength = int64(len(Body))
+	c.Load.WantLength = int64(len(helloBody))
 	if m.Command != "" {
 		c.Load.WantLength = -1
 	}

@@ -21,9 +21,9 @@ func testServer(t *testing.T, body string) string {
 }
 
 func TestLoadCountsAndValidates(t *testing.T) {
-	addr := testServer(t, Body)
+	addr := testServer(t, helloBody)
 	for _, keep := range []bool{false, true} {
-		res, err := Load{Addr: addr, Concurrency: 3, KeepAlive: keep, Requests: 90, WantLength: int64(len(Body))}.Run(context.Background())
+		res, err := Load{Addr: addr, Concurrency: 3, KeepAlive: keep, Requests: 90, WantLength: int64(len(helloBody))}.Run(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -63,7 +63,7 @@ func TestLoadRefused(t *testing.T) {
 
 // A load stops by itself at its duration, however fast the server is.
 func TestLoadDurationBound(t *testing.T) {
-	addr := testServer(t, Body)
+	addr := testServer(t, helloBody)
 	start := time.Now()
 	res, err := Load{Addr: addr, Concurrency: 2, KeepAlive: true, Duration: 200 * time.Millisecond, WantLength: -1}.Run(context.Background())
 	if err != nil {
@@ -82,7 +82,7 @@ func TestOnlyLoopback(t *testing.T) {
 		}
 	}
 	for _, a := range []string{"127.0.0.1:80", "127.3.2.1:80", "[::1]:80", "localhost:80"} {
-		if err := Check(a); err != nil {
+		if err := checkAddr(a); err != nil {
 			t.Errorf("%s refused: %v", a, err)
 		}
 	}

@@ -40,9 +40,9 @@ type Load struct {
 	Progress func(done int)
 }
 
-// MaxDuration bounds every load, whatever it asks for: a load loop always
+// maxDuration bounds every load, whatever it asks for: a load loop always
 // stops by itself.
-const MaxDuration = 10 * time.Minute
+const maxDuration = 10 * time.Minute
 
 // Result is what a load measured.
 type Result struct {
@@ -64,7 +64,7 @@ func (r *Result) RPS() float64 {
 
 // Check verifies that a load only targets this machine's loopback
 // addresses: the lab never sends traffic anywhere else.
-func Check(addr string) error {
+func checkAddr(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("lab: target %q: %w", addr, err)
@@ -80,9 +80,9 @@ func Check(addr string) error {
 }
 
 // Run sends the load and returns what it measured. It stops at the first of
-// Requests, Duration, MaxDuration or ctx's end.
+// Requests, Duration, maxDuration or ctx's end.
 func (l Load) Run(ctx context.Context) (*Result, error) {
-	if err := Check(l.Addr); err != nil {
+	if err := checkAddr(l.Addr); err != nil {
 		return nil, err
 	}
 	if l.Requests <= 0 && l.Duration <= 0 {
@@ -100,7 +100,7 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	if l.WantStatus == 0 {
 		l.WantStatus = 200
 	}
-	d := MaxDuration
+	d := maxDuration
 	if l.Duration > 0 && l.Duration < d {
 		d = l.Duration
 	}

@@ -45,9 +45,9 @@ type Matrix struct {
 	Terminal bool
 }
 
-// Body is what the lab's document root serves at /hello.txt: 13 bytes,
+// helloBody is what the lab's document root serves at /hello.txt: 13 bytes,
 // like the seeds' "Hello, World" apps.
-const Body = "Hello, world\n"
+const helloBody = "Hello, world\n"
 
 // Cells lists the matrix's cells in run order.
 func (m *Matrix) Cells() []Cell {
@@ -99,7 +99,7 @@ func (m *Matrix) check() error {
 		return errors.New("lab: give a request count or a duration per cell")
 	}
 	if m.Command != "" {
-		if err := Check(m.Target); err != nil {
+		if err := checkAddr(m.Target); err != nil {
 			return err
 		}
 	}
@@ -129,7 +129,7 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	if err := os.WriteFile(filepath.Join(root, "hello.txt"), []byte(Body), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "hello.txt"), []byte(helloBody), 0o644); err != nil {
 		return nil, err
 	}
 	rep := &Report{Env: currentEnv()}
@@ -286,7 +286,7 @@ func (m *Matrix) runCell(ctx context.Context, root string, cell Cell, progress f
 	defer srv.stop()
 	load := Load{
 		Addr: srv.addr, Path: m.Path, Concurrency: cell.Concurrency, KeepAlive: cell.Mode == "keepalive",
-		Requests: m.Warmup, WantLength: int64(len(Body)),
+		Requests: m.Warmup, WantLength: int64(len(helloBody)),
 	}
 	if m.Command != "" {
 		load.WantLength = -1

@@ -41,11 +41,11 @@ func (s *Socket) File() (*os.File, error) {
 	return os.NewFile(uintptr(fd), s.Addr), nil
 }
 
-// ParseAddr splits a --listen value into a network and an address. A value
+// parseAddr splits a --listen value into a network and an address. A value
 // starting with "unix:" or containing a slash is a unix socket path; anything
 // else is TCP host:port, where an empty host means all IPv4 addresses, as in
 // nginx's "listen 8080".
-func ParseAddr(s string) (network, addr string, err error) {
+func parseAddr(s string) (network, addr string, err error) {
 	if p, ok := strings.CutPrefix(s, "unix:"); ok || strings.Contains(s, "/") {
 		if !ok {
 			p = s
@@ -70,8 +70,8 @@ func ParseAddr(s string) (network, addr string, err error) {
 	return "tcp", s, nil
 }
 
-// ListenConfig is how Listen makes a listening socket.
-type ListenConfig struct {
+// socketConfig is how Listen makes a listening socket.
+type socketConfig struct {
 	Backlog   int  // listen(2) backlog
 	ReusePort bool // TCP: join a SO_REUSEPORT group (every member sets it before bind)
 
@@ -89,8 +89,8 @@ type ListenConfig struct {
 // neither takes a backlog (it uses net.core.somaxconn) nor leaves the socket
 // out of the master's netpoller — and the master must never poll a socket
 // its workers accept on, or an exclusive-wakeup strategy would not be.
-func (lc ListenConfig) Listen(s string) (*Socket, error) {
-	network, addr, err := ParseAddr(s)
+func (lc socketConfig) Listen(s string) (*Socket, error) {
+	network, addr, err := parseAddr(s)
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +104,9 @@ func (lc ListenConfig) Listen(s string) (*Socket, error) {
 }
 
 // Listen creates a listening socket with a backlog and no other option.
-func Listen(s string, backlog int) (*Socket, error) { return ListenConfig{Backlog: backlog}.Listen(s) }
+func Listen(s string, backlog int) (*Socket, error) { return socketConfig{Backlog: backlog}.Listen(s) }
 
-func (lc ListenConfig) listenTCP(addr string) (*Socket, error) {
+func (lc socketConfig) listenTCP(addr string) (*Socket, error) {
 	ta, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)

@@ -40,7 +40,7 @@ import (
 
 // Config is how the master runs.
 type Config struct {
-	Listen       []string      // addresses; see ParseAddr
+	Listen       []string      // addresses; see parseAddr
 	Backlog      int           // listen(2) backlog; default 511, as nginx
 	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; 0: off
 	Workers      int           // default: number of CPUs
@@ -81,9 +81,9 @@ type Config struct {
 	Log *slog.Logger
 }
 
-// MaxWorkers bounds --workers and TTIN. The scoreboard has twice as many
+// maxWorkers bounds --workers and TTIN. The scoreboard has twice as many
 // records, since during a reload two generations are alive.
-const MaxWorkers = 512
+const maxWorkers = 512
 
 // Master is a running master process.
 type Master struct {
@@ -188,6 +188,9 @@ func New(cfg Config) (*Master, error) {
 	}
 	if err := m.open(); err != nil {
 		m.closeSockets()
+		if m.admin != nil {
+			m.admin.Close()
+		}
 		if m.region != nil {
 			m.region.Close()
 		}
@@ -244,12 +247,12 @@ func (m *Master) open() error {
 			m.sockets = append(m.sockets, s)
 		}
 	}
-	region, err := shm.Create(shm.ScoreboardName, shm.Size(2*MaxWorkers))
+	region, err := shm.Create(shm.ScoreboardName, shm.Size(2*maxWorkers))
 	if err != nil {
 		return err
 	}
 	m.region = region
-	m.board, _ = shm.NewScoreboard(region.Bytes(), 2*MaxWorkers)
+	m.board, _ = shm.NewScoreboard(region.Bytes(), 2*maxWorkers)
 	if cfg.Strategy == "flock" {
 		f, err := os.CreateTemp("", "herd-accept-*.lock")
 		if err != nil {
@@ -281,8 +284,8 @@ func (m *Master) open() error {
 // TestReuseportShrinkDropsNothing hit. With net.ipv4.tcp_migrate_req=1
 // (off by default) the kernel moves them to another socket of the group
 // instead, and the option is kept.
-func (m *Master) listenConfig(reusePort bool) ListenConfig {
-	lc := ListenConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
+func (m *Master) listenConfig(reusePort bool) socketConfig {
+	lc := socketConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
 	if reusePort && !migrateReq() {
 		lc.DeferAccept = 0
 	}
@@ -296,7 +299,7 @@ func Check(cfg Config) error {
 		return err
 	}
 	for _, a := range cfg.Listen {
-		network, _, err := ParseAddr(a)
+		network, _, err := parseAddr(a)
 		if err != nil {
 			return err
 		}
@@ -305,7 +308,7 @@ func Check(cfg Config) error {
 		}
 	}
 	if cfg.Admin != "" {
-		network, a, err := ParseAddr(cfg.Admin)
+		network, a, err := parseAddr(cfg.Admin)
 		if err != nil {
 			return fmt.Errorf("admin: %w", err)
 		}
@@ -325,8 +328,8 @@ func fill(cfg *Config) error {
 	if cfg.Workers == 0 {
 		cfg.Workers = runtime.NumCPU()
 	}
-	if cfg.Workers < 1 || cfg.Workers > MaxWorkers {
-		return fmt.Errorf("workers must be between 1 and %d, not %d", MaxWorkers, cfg.Workers)
+	if cfg.Workers < 1 || cfg.Workers > maxWorkers {
+		return fmt.Errorf("workers must be between 1 and %d, not %d", maxWorkers, cfg.Workers)
 	}
 	if cfg.Backlog == 0 {
 		cfg.Backlog = 511
@@ -489,7 +492,7 @@ func (m *Master) handleSignal(sig os.Signal) {
 	case unix.SIGHUP:
 		m.startReload()
 	case unix.SIGTTIN:
-		if m.stopping || m.workers >= MaxWorkers {
+		if m.stopping || m.workers >= maxWorkers {
 			return
 		}
 		m.workers++
@@ -625,7 +628,7 @@ func (a adminSource) Ready() bool            { return a.m.readyNow.Load() }
 // listenAdmin opens the admin endpoint's socket: a loopback TCP address or
 // a unix socket, never a public address.
 func listenAdmin(addr string) (net.Listener, error) {
-	network, a, err := ParseAddr(addr)
+	network, a, err := parseAddr(addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}

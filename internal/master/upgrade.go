@@ -224,7 +224,7 @@ func (m *Master) adopt(in *inheritance) error {
 	}
 	sock := func(fd int, addr string) *Socket {
 		s := &Socket{Addr: addr, fd: fd} // a bare descriptor: see Socket
-		if network, path, err := ParseAddr(addr); err == nil && network == "unix" {
+		if network, path, err := parseAddr(addr); err == nil && network == "unix" {
 			s.path = path
 		}
 		return s
@@ -290,7 +290,7 @@ func checkListening(fd int) error {
 // s: the same unix path, or the same IP (an empty host: 0.0.0.0) and port
 // (a configured port 0: any).
 func boundTo(s string, fd int) bool {
-	network, addr, err := ParseAddr(s)
+	network, addr, err := parseAddr(s)
 	if err != nil {
 		return false
 	}
