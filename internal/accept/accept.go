@@ -50,35 +50,12 @@ type Strategy interface {
 	Stop()
 }
 
-// Inline is implemented by the strategies whose wait is an epoll_wait on
-// the listeners (epoll, exclusive): an engine with an event loop of its own
-// puts the listeners in its own epoll set instead of running Serve, and
-// accepts where it serves, as an nginx worker does — no thread hop per
-// connection. Serve and Inline are two ways to run the same strategy; a
-// worker uses one.
-type Inline interface {
-	Strategy
-	// Attach adds the listeners to the epoll instance ep, reporting
-	// listener i with the event token base+i.
-	Attach(ep int, base int32) error
-	// Ready accepts from listener i, which ep reported readable (once, or
-	// until EAGAIN with multi-accept), and hands what it took to deliver.
-	Ready(ep int, i int, deliver func(fd int)) error
-	// Detach takes the listeners out of ep: the worker stops accepting;
-	// what is queued stays for the others.
-	Detach(ep int)
-}
-
-// Cycler is an Inline strategy that acts around each wait of the engine's
-// loop (nginx's accept mutex). Each round: Before, with the loop's own
-// timeout, returns the one to wait with; the loop waits, calls Ready for
-// the listeners reported, then After with the number of events — before it
-// serves anything else, connections just accepted included.
-type Cycler interface {
-	Inline
-	Before(ep int, timeout int) (int, error)
-	After(ep int, n int)
-}
+// Besides Serve, the epoll-based strategies (epoll, exclusive, nginx) can
+// run inside an event loop of the worker's own, as an nginx worker accepts
+// where it serves: they have the methods of httpd.Inline (Attach, Ready,
+// Detach), and nginx those of httpd.Cycler (Before, After), the interfaces
+// their one consumer, the native engine, defines. Serve and the inline
+// form are two ways to run the same strategy; a worker uses one.
 
 // Listener is an inherited listening socket as a strategy sees it.
 type Listener struct {

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -50,7 +49,7 @@ type Config struct {
 
 	// Inline, if set, is an accept strategy whose listeners this loop
 	// watches and accepts from itself (no hand-off between threads).
-	Inline accept.Inline
+	Inline Inline
 	// Nonblocking: descriptors arrive non-blocking (accepted with
 	// SOCK_NONBLOCK), so the loop need not set the flag.
 	Nonblocking bool
@@ -61,6 +60,33 @@ type Config struct {
 	// answer with "Connection: close" then costs accept4, read, send and
 	// close, and no epoll_ctl or second epoll_wait.
 	ReadFirst bool
+}
+
+// Inline is an accept strategy whose wait is an epoll_wait on the listeners
+// (internal/accept's epoll, exclusive and nginx): the engine puts the
+// listeners in its own epoll set and accepts where it serves — no thread
+// hop per connection.
+type Inline interface {
+	// Attach adds the listeners to the epoll instance ep, reporting
+	// listener i with the event token base+i.
+	Attach(ep int, base int32) error
+	// Ready accepts from listener i, which ep reported readable (once, or
+	// until EAGAIN with multi-accept), and hands what it took to deliver.
+	Ready(ep int, i int, deliver func(fd int)) error
+	// Detach takes the listeners out of ep: the worker stops accepting;
+	// what is queued stays for the others.
+	Detach(ep int)
+}
+
+// Cycler is an Inline strategy that acts around each wait of the loop
+// (nginx's accept mutex). Each round: Before, with the loop's own timeout,
+// returns the one to wait with; the loop waits, calls Ready for the
+// listeners reported, then After with the number of events — before it
+// serves anything else, connections just accepted included.
+type Cycler interface {
+	Inline
+	Before(ep int, timeout int) (int, error)
+	After(ep int, n int)
 }
 
 // listenerToken is the first epoll event token of an Inline strategy's
@@ -172,7 +198,7 @@ func (e *Engine) Run() error {
 	lastSweep := time.Now()
 	attached, busy := false, false
 	holdP := canHoldP(runtime.GOMAXPROCS(0)) // see wait
-	cycler, _ := e.cfg.Inline.(accept.Cycler)
+	cycler, _ := e.cfg.Inline.(Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {
 			return err

@@ -220,7 +220,7 @@ func runNative(spec *Spec, strat accept.Strategy, deferred bool, st *shm.Record,
 	}
 	// With one accepting thread, an epoll-based strategy runs inside the
 	// engine's own loop: the listener is in the loop's epoll set.
-	inline, isInline := strat.(accept.Inline)
+	inline, isInline := strat.(httpd.Inline)
 	if isInline && spec.Threads <= 1 {
 		cfg.Inline = inline
 	}
