@@ -2,17 +2,90 @@ package worker
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/herd-run/herd/internal/shm"
 )
 
 // The nethttp engine serves the user's http.Handler with net/http.Server over
 // a net.Listener that the accept strategy feeds.
+
+// httpEngine is net/http as a worker's engine.
+type httpEngine struct {
+	srv      *http.Server
+	ln       *handoff
+	st       *shm.Record
+	log      *slog.Logger
+	draining atomic.Bool
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
+	srv := &http.Server{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if configure != nil {
+		configure(srv)
+	}
+	srv.Handler = h
+	return &httpEngine{srv: srv, ln: newHandoff(addr), st: st, log: log, closed: make(chan struct{})}
+}
+
+// Run serves until drained — every connection the worker accepted is
+// closed — or closed.
+func (e *httpEngine) Run() error {
+	err := e.srv.Serve(e.ln)
+	if !e.draining.Load() {
+		return err
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for e.st.Load(shm.Active) > 0 {
+		select {
+		case <-e.closed:
+			return nil
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Add wraps an accepted descriptor for net/http.
+func (e *httpEngine) Add(fd int) {
+	c, err := fdConn(fd)
+	if err != nil {
+		e.st.Add(shm.Active, -1)
+		e.log.Warn("wrap accepted connection", "err", err)
+		return
+	}
+	e.ln.push(newCountedConn(c, e.st))
+}
+
+// Drain finishes what was accepted. It does not use http.Server.Shutdown:
+// Shutdown makes a connection that was accepted but whose request has not
+// been read yet hang up without an answer (net/http's conn.serve returns
+// when it finds the server shutting down), which is the very drop a reload
+// must not cause. Instead keep-alive is turned off — idle connections are
+// closed, and every request already accepted, or read from now on, is
+// answered with "Connection: close" — the hand-off hands out what it still
+// holds and then reports closed, and Run waits for the connection count to
+// reach zero. The strategy has stopped before (no more Adds).
+func (e *httpEngine) Drain() {
+	e.draining.Store(true)
+	e.srv.SetKeepAlivesEnabled(false)
+	e.ln.drain()
+}
+
+// Close ends every connection at once.
+func (e *httpEngine) Close() {
+	e.once.Do(func() { close(e.closed) })
+	e.srv.Close()
+}
 
 // handoff is the net.Listener between a strategy and http.Server: the
 // strategy pushes accepted connections, Serve pops them.

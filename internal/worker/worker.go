@@ -6,7 +6,6 @@
 package worker
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -51,6 +50,30 @@ func Run(spec *Spec, opts Options) int {
 	return 0
 }
 
+// An engine serves the connections a worker's strategy accepts: herd's
+// native event loop (*httpd.Engine), or net/http with the program's
+// handler (httpEngine). Both have one life: Run serves until drained or
+// closed; Add hands it an accepted descriptor, from any goroutine; Drain
+// makes it finish what it has and accept nothing more; Close ends it at
+// once.
+type engine interface {
+	Run() error
+	Add(fd int)
+	Drain()
+	Close()
+}
+
+// proc is a worker process's state while it serves.
+type proc struct {
+	spec       *Spec
+	log        *slog.Logger
+	st         *shm.Record
+	ctrl       *control
+	sigs       chan os.Signal
+	masterGone chan struct{}
+	strat      accept.Strategy
+}
+
 func run(spec *Spec, opts Options, log *slog.Logger) error {
 	// Signals first: a QUIT that arrives while we start must not kill us
 	// with a goroutine dump (Go's default for SIGQUIT).
@@ -75,9 +98,8 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	}
 	st.Store(shm.PID, uint64(os.Getpid()))
 
-	ctrl := newControl(proto.CtrlFD)
-	masterGone := make(chan struct{})
-	go ctrl.read(masterGone)
+	w := &proc{spec: spec, log: log, st: st, ctrl: newControl(proto.CtrlFD), sigs: sigs, masterGone: make(chan struct{})}
+	go w.ctrl.read(w.masterGone)
 
 	listeners := make([]accept.Listener, len(spec.Listeners))
 	for i, a := range spec.Listeners {
@@ -85,201 +107,131 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	}
 	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
 	deferred := deferredAccept(listeners)
-	strat, err := accept.New(spec.Strategy, accept.Config{
+	w.strat, err = accept.New(spec.Strategy, accept.Config{
 		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
 		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
 		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), MutexDelay: spec.MutexDelay,
-		ReorderEvery: spec.ReorderEvery, Passed: ctrl.passed, Nonblock: spec.Engine == "native",
+		ReorderEvery: spec.ReorderEvery, Passed: w.ctrl.passed, Nonblock: spec.Engine == "native",
 	})
 	if err != nil {
 		return err
 	}
-	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
-	if spec.Engine == "native" {
-		// The engine's loop beats from here on (httpd's tick): a loop
-		// stuck in a call stops the heartbeat, and the master replaces it.
-		return runNative(spec, strat, deferred, st, ctrl, sigs, masterGone, log)
-	}
-
-	ln := newHandoff(addr)
-	stopBeat := heartbeat(st, ln.serving())
-	defer stopBeat()
-	srv := &http.Server{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	if opts.Configure != nil {
-		opts.Configure(srv)
-	}
-	handler := opts.Handler
+	var alog *accessLog
 	if spec.AccessLog != "" {
-		alog, err := openAccessLog(spec.AccessLog)
-		if err != nil {
+		if alog, err = openAccessLog(spec.AccessLog); err != nil {
 			return err
 		}
 		defer alog.Close()
+	}
+	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
+	if spec.Engine == "native" {
+		eng, inline, err := w.nativeEngine(deferred, alog)
+		if err != nil {
+			return err
+		}
+		// The engine's loop beats from here on (httpd's tick): a loop
+		// stuck in a call stops the heartbeat, and the master replaces it.
+		return w.serve(eng, "native engine", inline)
+	}
+	var handler http.Handler = opts.Handler
+	if alog != nil {
 		handler = alog.wrap(handler)
 	}
-	srv.Handler = countRequests(handler, st, recycler(spec, ctrl))
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	accepting := make(chan error, 1)
-	go func() {
-		accepting <- strat.Serve(func(fd int) {
-			c, err := fdConn(fd)
-			if err != nil {
-				st.Add(shm.Active, -1)
-				log.Warn("wrap accepted connection", "err", err)
-				return
-			}
-			ln.push(newCountedConn(c, st))
-		})
-	}()
-
-	if graceful, err := serveUntilStop(spec, st, ctrl, sigs, masterGone, accepting, served, "http server", log); !graceful {
-		return err
-	}
-
-	// Graceful stop: stop accepting, serve what was accepted, drain.
-	st.Store(shm.State, shm.StateStopping)
-	strat.Stop()
-	ctrl.stopPassing()
-	if err := <-accepting; err != nil {
-		log.Warn("accept strategy stopped with error", "err", err)
-	}
-	ln.drain()
-	<-served
-	ctx, cancel := context.WithTimeout(context.Background(), spec.DrainTimeout)
-	defer cancel()
-	go func() {
-		// A second TERM, or the master's death, cuts the drain short.
-		select {
-		case <-sigs:
-		case <-masterGone:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
-	if err := drainConns(ctx, srv, st); err != nil {
-		log.Warn("drain cut short", "err", err, "active", st.Load(shm.Active))
-		srv.Close()
-	}
-	return nil
+	eng := newHTTPEngine(addr, countRequests(handler, st, recycler(spec, w.ctrl)), opts.Configure, st, log)
+	stopBeat := heartbeat(st, eng.ln.serving())
+	defer stopBeat()
+	return w.serve(eng, "http server", false)
 }
 
-// serveUntilStop reports the worker ready and waits for the reason to stop:
-// graceful (QUIT) or not — a fast stop (TERM) or the master's death end
-// the worker at once (nil error), a failed strategy or engine with an error.
-func serveUntilStop(spec *Spec, st *shm.Record, ctrl *control, sigs <-chan os.Signal, masterGone <-chan struct{},
-	accepting, served <-chan error, engine string, log *slog.Logger) (graceful bool, err error) {
-	st.Store(shm.State, shm.StateReady)
-	if err := ctrl.send(proto.Msg{Kind: proto.Ready}); err != nil {
-		return false, fmt.Errorf("worker: tell master ready: %w", err)
-	}
-	log.Debug("worker ready", "strategy", spec.Strategy, "engine", engine)
-	select {
-	case sig := <-sigs:
-		return sig != unix.SIGTERM, nil // TERM: the connections close with the process
-	case <-masterGone:
-		log.Warn("master is gone; exiting")
-		return false, nil
-	case err := <-accepting:
-		return false, fmt.Errorf("accept strategy %s: %w", spec.Strategy, err)
-	case err := <-served:
-		return false, fmt.Errorf("%s: %w", engine, err)
-	}
-}
-
-// runNative serves with the native engine: the strategy hands descriptors
-// straight to the event loop; a graceful stop stops the strategy, then lets
-// the loop answer what it has, closing keep-alive connections as they go
-// idle, bounded by the drain timeout.
-func runNative(spec *Spec, strat accept.Strategy, deferred bool, st *shm.Record, ctrl *control, sigs <-chan os.Signal,
-	masterGone <-chan struct{}, log *slog.Logger) error {
+// nativeEngine makes the native engine. With one accepting thread, an
+// epoll-based strategy runs inside the engine's own loop (inline): the
+// listener is in the loop's epoll set.
+func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
+	spec := w.spec
 	cfg := httpd.Config{
 		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
-		WorkerConnections: spec.WorkerConnections, Stats: st, Log: log,
+		WorkerConnections: spec.WorkerConnections, Stats: w.st, Log: w.log,
 		HeaderTimeout: spec.HeaderTimeout, IdleTimeout: spec.IdleTimeout,
 		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
 		ReadFirst:   deferred,
 		Autoindex:   spec.Autoindex,
-		OnRequest:   recycler(spec, ctrl),
+		OnRequest:   recycler(spec, w.ctrl),
 	}
-	if spec.AccessLog != "" {
-		alog, err := openAccessLog(spec.AccessLog)
-		if err != nil {
-			return err
-		}
-		defer alog.Close()
+	if alog != nil {
 		cfg.AccessLog = alog
 	}
 	// The loop keeps its P while it sleeps in epoll_wait (see httpd's wait),
 	// which leaves the worker's other goroutines — control socket, signals,
-	// heartbeat, a blocking strategy's accept threads — without one on a
-	// one-CPU machine. A second P costs nothing there.
+	// a blocking strategy's accept threads — without one on a one-CPU
+	// machine. A second P costs nothing there.
 	if n := runtime.GOMAXPROCS(0); n < 2 {
 		runtime.GOMAXPROCS(2)
-		log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
+		w.log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
 	}
-	// With one accepting thread, an epoll-based strategy runs inside the
-	// engine's own loop: the listener is in the loop's epoll set.
-	inline, isInline := strat.(httpd.Inline)
+	inline, isInline := w.strat.(httpd.Inline)
 	if isInline && spec.Threads <= 1 {
 		cfg.Inline = inline
 	}
 	eng, err := httpd.New(cfg)
-	if err != nil {
-		return err
-	}
-	served := make(chan error, 1)
-	go func() { served <- eng.Run() }()
-	accepting := make(chan error, 1)
-	if cfg.Inline == nil {
-		go func() { accepting <- strat.Serve(eng.Add) }()
-	}
-
-	if graceful, err := serveUntilStop(spec, st, ctrl, sigs, masterGone, accepting, served, "native engine", log); !graceful {
-		return err
-	}
-	st.Store(shm.State, shm.StateStopping)
-	if cfg.Inline == nil {
-		strat.Stop()
-		if err := <-accepting; err != nil {
-			log.Warn("accept strategy stopped with error", "err", err)
-		}
-	}
-	ctrl.stopPassing()
-	eng.Drain() // an inline strategy's listeners leave the loop first
-	select {
-	case <-eng.Done():
-	case <-time.After(spec.DrainTimeout):
-		log.Warn("drain cut short", "active", st.Load(shm.Active))
-		eng.Close()
-		<-eng.Done()
-	case <-sigs:
-		eng.Close()
-		<-eng.Done()
-	case <-masterGone:
-	}
-	return nil
+	return eng, cfg.Inline != nil, err
 }
 
-// drainConns waits until every connection this worker accepted is closed.
-//
-// It does not use http.Server.Shutdown: Shutdown makes a connection that was
-// accepted but whose request has not been read yet hang up without an
-// answer (net/http's conn.serve returns when it finds the server shutting
-// down), which is the very drop a reload must not cause. Instead keep-alive
-// is turned off — idle connections are closed, and every request already
-// accepted, or read from now on, is answered with "Connection: close" — and
-// the worker waits for the connection count to reach zero.
-func drainConns(ctx context.Context, srv *http.Server, st *shm.Record) error {
-	srv.SetKeepAlivesEnabled(false)
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for st.Load(shm.Active) > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+// serve runs the engine fed by the strategy (or accepting inline), reports
+// the worker ready, and stops the way it is told: a graceful stop (QUIT)
+// stops accepting — what is queued stays for the other workers — then
+// lets the engine finish what it has, bounded by the drain timeout; a
+// fast stop (TERM) or the master's death end the worker at once; a failed
+// strategy or engine ends it with an error.
+func (w *proc) serve(eng engine, name string, inline bool) error {
+	served := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		served <- eng.Run()
+		close(done)
+	}()
+	accepting := make(chan error, 1)
+	if !inline {
+		go func() { accepting <- w.strat.Serve(eng.Add) }()
+	}
+
+	w.st.Store(shm.State, shm.StateReady)
+	if err := w.ctrl.send(proto.Msg{Kind: proto.Ready}); err != nil {
+		return fmt.Errorf("worker: tell master ready: %w", err)
+	}
+	w.log.Debug("worker ready", "strategy", w.spec.Strategy, "engine", name)
+	select {
+	case sig := <-w.sigs:
+		if sig == unix.SIGTERM {
+			return nil // the connections close with the process
 		}
+	case <-w.masterGone:
+		w.log.Warn("master is gone; exiting")
+		return nil
+	case err := <-accepting:
+		return fmt.Errorf("accept strategy %s: %w", w.spec.Strategy, err)
+	case err := <-served:
+		return fmt.Errorf("%s: %w", name, err)
+	}
+
+	w.st.Store(shm.State, shm.StateStopping)
+	if !inline {
+		w.strat.Stop()
+		if err := <-accepting; err != nil {
+			w.log.Warn("accept strategy stopped with error", "err", err)
+		}
+	}
+	w.ctrl.stopPassing()
+	eng.Drain() // an inline strategy's listeners leave the loop first
+	select {
+	case <-done:
+	case <-time.After(w.spec.DrainTimeout):
+		w.log.Warn("drain cut short", "active", w.st.Load(shm.Active))
+		eng.Close()
+		<-done
+	case <-w.sigs: // a second signal cuts the drain short
+		eng.Close()
+		<-done
+	case <-w.masterGone:
 	}
 	return nil
 }
