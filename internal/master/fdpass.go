@@ -2,12 +2,12 @@ package master
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
@@ -23,8 +23,7 @@ import (
 // when every worker is at --worker-connections the master stops accepting
 // and the listen backlog holds the rest.
 type dispatcher struct {
-	log   *slog.Logger
-	board *shm.Scoreboard
+	shared
 	limit int
 
 	mu       sync.Mutex
@@ -33,68 +32,56 @@ type dispatcher struct {
 	orphans  []int                    // accepted, no worker could take them yet
 	idle     map[*proc]func()         // retired workers waiting for their in-flight to be acknowledged
 	seq      uint64
-	stopping atomic.Bool
-	wg       sync.WaitGroup
+
+	accepting accept.Strategy
+	served    chan error
+	closing   atomic.Bool // accepting is stopping
+	stopOnce  sync.Once
+	full      atomic.Bool // every worker at its limit: logged once per episode
 }
 
-func newDispatcher(log *slog.Logger, board *shm.Scoreboard, limit int) *dispatcher {
-	return &dispatcher{log: log, board: board, limit: limit,
+func newDispatcher(m *Master) *dispatcher {
+	return &dispatcher{shared: shared{m}, limit: m.cfg.WorkerConnections,
 		workers: map[*proc]bool{}, inflight: map[*proc]map[uint64]int{}, idle: map[*proc]func(){}}
 }
 
-// run starts one accepting thread per listener. The sockets are blocking
-// with SO_RCVTIMEO, as for the accept strategy, so the threads notice stop.
-func (d *dispatcher) run(sockets []*Socket) error {
-	tv := unix.NsecToTimeval((250 * time.Millisecond).Nanoseconds())
-	for _, s := range sockets {
-		err := unix.SetNonblock(s.FD(), false)
-		if err == nil {
-			err = unix.SetsockoptTimeval(s.FD(), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		}
-		if err != nil {
-			return fmt.Errorf("fdpass: %s: %w", s.Addr, err)
-		}
-		d.wg.Add(1)
-		go d.acceptLoop(s.FD(), s.Addr)
+// run accepts with internal/accept's "accept" strategy — a thread blocked
+// in accept4 per listener, with its rules for transient errors and
+// descriptor exhaustion — and dispatches what it accepts. The master's
+// accepts are counted in a record of its own, outside the scoreboard: the
+// workers count the connections they receive.
+func (d *dispatcher) run() error {
+	listeners := make([]accept.Listener, len(d.m.sockets))
+	for i, s := range d.m.sockets {
+		listeners[i] = accept.Listener{FD: s.FD(), Addr: s.Addr}
 	}
+	strat, err := accept.New("accept", accept.Config{Listeners: listeners, Stats: new(shm.Record), Log: d.m.log})
+	if err != nil {
+		return fmt.Errorf("fdpass: %w", err)
+	}
+	d.accepting, d.served = strat, make(chan error, 1)
+	go func() { d.served <- strat.Serve(d.deliver) }()
 	return nil
 }
 
-func (d *dispatcher) acceptLoop(lfd int, addr string) {
-	defer d.wg.Done()
-	full := false
-	for !d.stopping.Load() {
-		if !d.hasRoom() {
-			if !full {
-				d.log.Warn("fdpass: every worker is at its connection limit; not accepting", "limit", d.limit)
-				full = true
-			}
-			time.Sleep(5 * time.Millisecond)
-			continue
+// deliver dispatches an accepted connection. While every worker is at
+// --worker-connections the accepting thread waits here, so the master
+// stops accepting and the listen backlog holds the rest.
+func (d *dispatcher) deliver(fd int) {
+	for !d.hasRoom() && !d.closing.Load() {
+		if d.full.CompareAndSwap(false, true) {
+			d.m.log.Warn("fdpass: every worker is at its connection limit; not accepting", "limit", d.limit)
 		}
-		full = false
-		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
-		switch {
-		case err == nil:
-			d.dispatch(fd)
-		case err == unix.EAGAIN, transientAccept(err):
-		case err == unix.EMFILE || err == unix.ENFILE:
-			time.Sleep(100 * time.Millisecond)
-		default:
-			d.log.Error("fdpass: accept4", "listen", addr, "err", err)
-			time.Sleep(100 * time.Millisecond)
-		}
+		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-func transientAccept(err error) bool {
-	return err == unix.EINTR || err == unix.ECONNABORTED || err == unix.EPROTO || err == unix.EPERM
+	d.full.Store(false)
+	d.dispatch(fd)
 }
 
 // load is a worker's open plus in-flight connections.
 func (d *dispatcher) load(p *proc) int {
 	n := len(d.inflight[p])
-	if r := d.board.Record(p.rec); r != nil {
+	if r := d.m.board.Record(p.rec); r != nil {
 		if a := r.Load(shm.Active); a < 1<<20 {
 			n += int(a)
 		}
@@ -200,8 +187,16 @@ func (d *dispatcher) whenIdle(p *proc, fn func()) {
 // stopAccepting ends the accepting threads and waits for them, so a
 // stopping master accepts nothing it could no longer hand to a worker.
 func (d *dispatcher) stopAccepting() {
-	d.stopping.Store(true)
-	d.wg.Wait()
+	d.stopOnce.Do(func() {
+		d.closing.Store(true)
+		if d.accepting == nil {
+			return
+		}
+		d.accepting.Stop()
+		if err := <-d.served; err != nil {
+			d.m.log.Warn("fdpass: accepting stopped with error", "err", err)
+		}
+	})
 }
 
 // ready lets p receive, and hands it what no worker could take.
@@ -223,9 +218,9 @@ func (d *dispatcher) retire(p *proc) {
 	d.mu.Unlock()
 }
 
-// gone re-sends what p never acknowledged: it died, or stopped, before it
+// exited re-sends what p never acknowledged: it died, or stopped, before it
 // took those connections.
-func (d *dispatcher) gone(p *proc) {
+func (d *dispatcher) exited(p *proc) {
 	d.mu.Lock()
 	delete(d.workers, p)
 	delete(d.idle, p)
@@ -233,15 +228,38 @@ func (d *dispatcher) gone(p *proc) {
 	delete(d.inflight, p)
 	d.mu.Unlock()
 	if len(lost) > 0 {
-		d.log.Info("fdpass: re-sending connections a worker did not take", "pid", p.pid(), "connections", len(lost))
+		d.m.log.Info("fdpass: re-sending connections a worker did not take", "pid", p.pid(), "connections", len(lost))
 	}
 	for _, fd := range lost {
 		d.dispatch(fd)
 	}
 }
 
-// stop ends accepting and closes what was never handed over.
-func (d *dispatcher) stop() {
+// stopWorker stops sending to p; a graceful stop waits until p has taken
+// what was already sent (a second at most: a worker that never
+// acknowledges).
+func (d *dispatcher) stopWorker(p *proc, sig unix.Signal) {
+	d.retire(p)
+	if sig != unix.SIGQUIT {
+		p.cmd.Process.Signal(sig)
+		return
+	}
+	var once sync.Once
+	quit := func() { once.Do(func() { p.cmd.Process.Signal(unix.SIGQUIT) }) }
+	d.whenIdle(p, quit)
+	time.AfterFunc(time.Second, quit)
+}
+
+// stopping: a graceful stop stops accepting at once; the backlog keeps what
+// arrives now (for a new master, if any).
+func (d *dispatcher) stopping(graceful bool) {
+	if graceful {
+		d.stopAccepting()
+	}
+}
+
+// close ends accepting and closes what was never handed over.
+func (d *dispatcher) close() {
 	d.stopAccepting()
 	d.mu.Lock()
 	defer d.mu.Unlock()

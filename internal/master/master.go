@@ -93,9 +93,7 @@ type Master struct {
 	region  *shm.Region
 	board   *shm.Scoreboard
 
-	lockFile string            // flock: the accept lock file
-	reuse    map[int][]*Socket // reuseport: each slot's own sockets
-	disp     *dispatcher       // fdpass: the master accepts and passes
+	half half // the strategy's part in the master (strategy.go)
 
 	admin    net.Listener // --admin
 	readyNow atomic.Bool  // every slot has a ready worker of the current generation
@@ -194,9 +192,7 @@ func New(cfg Config) (*Master, error) {
 		if m.region != nil {
 			m.region.Close()
 		}
-		if m.lockFile != "" {
-			os.Remove(m.lockFile)
-		}
+		m.half.close()
 		return nil, err
 	}
 	return m, nil
@@ -207,6 +203,7 @@ func New(cfg Config) (*Master, error) {
 // and the pid file last.
 func (m *Master) open() error {
 	cfg := m.cfg
+	m.half = newHalf(m, cfg.Strategy)
 	in, err := inherited()
 	if err != nil {
 		return err
@@ -227,25 +224,8 @@ func (m *Master) open() error {
 		if err := m.adopt(in); err != nil {
 			return err
 		}
-	} else if cfg.Strategy == "reuseport" {
-		m.reuse = map[int][]*Socket{}
-		for slot := 0; slot < cfg.Workers; slot++ {
-			socks, err := m.slotSockets(slot)
-			if err != nil {
-				return err
-			}
-			if slot == 0 {
-				m.sockets = socks
-			}
-		}
-	} else {
-		for _, a := range cfg.Listen {
-			s, err := m.listenConfig(false).Listen(a)
-			if err != nil {
-				return err
-			}
-			m.sockets = append(m.sockets, s)
-		}
+	} else if err := m.half.listen(); err != nil {
+		return err
 	}
 	region, err := shm.Create(shm.ScoreboardName, shm.Size(2*maxWorkers))
 	if err != nil {
@@ -253,16 +233,8 @@ func (m *Master) open() error {
 	}
 	m.region = region
 	m.board, _ = shm.NewScoreboard(region.Bytes(), 2*maxWorkers)
-	if cfg.Strategy == "flock" {
-		f, err := os.CreateTemp("", "herd-accept-*.lock")
-		if err != nil {
-			return fmt.Errorf("flock: lock file: %w", err)
-		}
-		m.lockFile = f.Name()
-		f.Close()
-	}
-	if cfg.Strategy == "fdpass" {
-		m.disp = newDispatcher(m.log, m.board, cfg.WorkerConnections)
+	if err := m.half.open(); err != nil {
+		return err
 	}
 	if cfg.Admin != "" {
 		if m.admin, err = listenAdmin(cfg.Admin); err != nil {
@@ -440,11 +412,8 @@ func (m *Master) Run() error {
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 	m.log.Info("herd master started", "pid", os.Getpid(), "listen", strings.Join(m.Addrs(), ","),
 		"workers", m.workers, "strategy", m.cfg.Strategy)
-	if m.disp != nil {
-		if err := m.disp.run(m.sockets); err != nil {
-			return err
-		}
-		defer m.disp.stop()
+	if err := m.half.run(); err != nil {
+		return err
 	}
 	if m.cfg.WorkerTimeout > 0 {
 		tick := time.NewTicker(min(m.cfg.WorkerTimeout/2, time.Second))
@@ -498,9 +467,7 @@ func (m *Master) handleSignal(sig os.Signal) {
 		m.workers++
 		m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 		m.log.Info("TTIN: one worker more", "workers", m.workers)
-		if m.reuse != nil {
-			m.steerReuseport() // a retired slot still draining may be wanted again
-		}
+		m.half.resized()
 	case unix.SIGTTOU:
 		if m.stopping || m.workers <= 1 {
 			return
@@ -508,9 +475,7 @@ func (m *Master) handleSignal(sig os.Signal) {
 		m.workers--
 		m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 		m.log.Info("TTOU: one worker fewer", "workers", m.workers)
-		if m.reuse != nil {
-			m.steerReuseport() // before the slot's worker stops and drains
-		}
+		m.half.resized()
 		for p := range m.procs {
 			if p.slot >= m.workers {
 				m.stopProc(p, unix.SIGQUIT)
@@ -530,8 +495,8 @@ func (m *Master) handleEvent(ev event) {
 		}
 		ev.p.ready = true
 		m.board.Record(ev.p.rec).Store(shm.State, shm.StateReady)
-		if m.disp != nil && !ev.p.stopping {
-			m.disp.ready(ev.p)
+		if !ev.p.stopping {
+			m.half.ready(ev.p)
 		}
 		m.log.Debug("worker ready", "slot", ev.p.slot, "gen", ev.p.gen, "pid", ev.p.pid())
 		m.unwait(ev.p)
@@ -751,14 +716,11 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	child := os.NewFile(uintptr(fds[1]), "master-ctrl")
 	defer child.Close()
 
-	sockets := m.sockets
-	if m.reuse != nil {
-		if sockets, err = m.slotSockets(slot); err != nil {
-			child.Close()
-			ctrl.Close()
-			m.board.Release(rec)
-			return nil, err
-		}
+	sockets, err := m.half.workerSockets(slot)
+	if err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
 	}
 	names := make([]string, len(sockets))
 	for i, s := range sockets {
@@ -784,8 +746,9 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks, Autoindex: m.cfg.Autoindex,
 		HeaderTimeout: m.cfg.HeaderTimeout, IdleTimeout: m.cfg.IdleTimeout,
-		LockFile: m.lockFile, MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
+		MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
+	m.half.spec(&spec)
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
 	// Workers never talk to systemd: only the master is the service.
 	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.WorkerEnv), "NOTIFY_SOCKET"), m.cfg.Env...)
@@ -844,8 +807,8 @@ func (m *Master) readControl(p *proc) {
 			m.post(event{kind: evReady, p: p})
 		case msg.Kind == proto.Recycle:
 			m.post(event{kind: evRecycle, p: p})
-		case msg.Kind == proto.Ack && m.disp != nil:
-			m.disp.ack(p, msg.Seq)
+		case msg.Kind == proto.Ack:
+			m.half.ack(p, msg.Seq)
 		}
 	}
 }
@@ -859,20 +822,11 @@ func withoutKey(env []string, key string) []string {
 // reap accounts for an exited worker.
 func (m *Master) reap(p *proc, err error) {
 	delete(m.procs, p)
-	// The control socket stays open until the dispatcher has taken back
-	// what the worker did not acknowledge.
-	if m.disp != nil {
-		m.disp.gone(p)
-	}
+	// The control socket stays open until the strategy's half is done
+	// with the worker (fdpass takes back what it did not acknowledge).
+	m.half.exited(p)
 	p.ctrl.Close()
 	m.board.Release(p.rec)
-	// A worker killed while holding the accept mutex cannot release it.
-	if m.board.AcceptMutex().ForceUnlock(p.pid()) {
-		m.log.Warn("freed the accept mutex held by a dead worker", "pid", p.pid())
-	}
-	if m.reuse != nil {
-		defer m.closeRetiredSlot(p.slot)
-	}
 	attrs := []any{"slot", p.slot, "gen", p.gen, "pid", p.pid(), "status", exitStatus(err)}
 	if p.stopping || m.stopping {
 		m.log.Info("worker exited", attrs...)
@@ -990,19 +944,7 @@ func (m *Master) stopProc(p *proc, sig unix.Signal) {
 	if r := m.board.Record(p.rec); r != nil && sig == unix.SIGQUIT {
 		r.Store(shm.State, shm.StateStopping)
 	}
-	if m.disp != nil && sig == unix.SIGQUIT {
-		// Send nothing more, and stop it once what was sent is taken.
-		m.disp.retire(p)
-		var once sync.Once
-		quit := func() { once.Do(func() { p.cmd.Process.Signal(unix.SIGQUIT) }) }
-		m.disp.whenIdle(p, quit)
-		time.AfterFunc(time.Second, quit) // a worker that never acknowledges
-		return
-	}
-	if m.disp != nil {
-		m.disp.retire(p)
-	}
-	p.cmd.Process.Signal(sig)
+	m.half.stopWorker(p, sig)
 }
 
 // stop makes every worker stop: gracefully (QUIT: bounded by the drain
@@ -1019,9 +961,7 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 		m.reload.timer.Stop()
 		m.reload = nil
 	}
-	if graceful && m.disp != nil {
-		m.disp.stopAccepting() // the backlog keeps what arrives now (for a new master, if any)
-	}
+	m.half.stopping(graceful)
 	wsig, bound := unix.SIGTERM, m.cfg.StopTimeout
 	if graceful {
 		wsig, bound = unix.SIGQUIT, m.cfg.DrainTimeout+m.cfg.StopTimeout
@@ -1053,10 +993,8 @@ func (m *Master) close() {
 		if m.admin != nil {
 			m.admin.Close()
 		}
+		m.half.close()
 		m.region.Close()
-		if m.lockFile != "" {
-			os.Remove(m.lockFile)
-		}
 		if m.cfg.PIDFile != "" {
 			removePIDFile(m.cfg.PIDFile)
 			removePIDFile(m.cfg.PIDFile + ".oldbin")
@@ -1065,14 +1003,6 @@ func (m *Master) close() {
 }
 
 func (m *Master) closeSockets() {
-	if m.reuse != nil {
-		for _, socks := range m.reuse {
-			for _, s := range socks {
-				s.Close()
-			}
-		}
-		return // m.sockets is slot 0's
-	}
 	for _, s := range m.sockets {
 		s.Close()
 	}

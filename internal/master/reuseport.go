@@ -28,17 +28,39 @@ import (
 // what is queued before it exits (the strategy drains on stop), and closes
 // the sockets only after that.
 
-// slotSockets returns the sockets of a slot, creating them if needed.
-func (m *Master) slotSockets(slot int) ([]*Socket, error) {
-	if s, ok := m.reuse[slot]; ok {
+// reuseportHalf holds every slot's sockets; m.sockets are slot 0's.
+type reuseportHalf struct {
+	shared
+	socks map[int][]*Socket
+}
+
+// listen makes every slot's sockets, in slot order: the kernel numbers a
+// group's sockets in the order they started listening, which the steering
+// program relies on. m.sockets are slot 0's.
+func (h *reuseportHalf) listen() error {
+	for slot := 0; slot < h.m.cfg.Workers; slot++ {
+		socks, err := h.workerSockets(slot)
+		if err != nil {
+			return err
+		}
+		if slot == 0 {
+			h.m.sockets = socks
+		}
+	}
+	return nil
+}
+
+// workerSockets returns the sockets of a slot, creating them if needed.
+func (h *reuseportHalf) workerSockets(slot int) ([]*Socket, error) {
+	if s, ok := h.socks[slot]; ok {
 		return s, nil
 	}
 	var socks []*Socket
-	for i, a := range m.cfg.Listen {
-		if len(m.sockets) > i {
-			a = m.sockets[i].Addr // the port chosen for slot 0, if it was 0
+	for i, a := range h.m.cfg.Listen {
+		if len(h.m.sockets) > i {
+			a = h.m.sockets[i].Addr // the port chosen for slot 0, if it was 0
 		}
-		s, err := m.listenConfig(true).Listen(a)
+		s, err := h.m.listenConfig(true).Listen(a)
 		if err != nil {
 			for _, s := range socks {
 				s.Close()
@@ -47,20 +69,59 @@ func (m *Master) slotSockets(slot int) ([]*Socket, error) {
 		}
 		socks = append(socks, s)
 	}
-	m.reuse[slot] = socks
+	h.socks[slot] = socks
 	return socks, nil
 }
 
-// steerReuseport keeps new connections off the sockets of slots at or above
-// the wanted worker count: with a BPF program while such slots exist, with
-// the kernel's own hash otherwise.
-func (m *Master) steerReuseport() {
+func (h *reuseportHalf) slots() map[int][]*Socket    { return h.socks }
+func (h *reuseportHalf) adopted(s map[int][]*Socket) { h.socks = s }
+
+// resized steers connections: a retired slot still draining may be wanted
+// again (TTIN), or a slot is about to be retired (TTOU), before its worker
+// stops and drains.
+func (h *reuseportHalf) resized() { h.steer() }
+
+// exited closes a removed slot's sockets once its worker is gone.
+func (h *reuseportHalf) exited(p *proc) {
+	m := h.m
+	if p.slot < m.workers || p.slot == 0 {
+		return
+	}
+	for q := range m.procs {
+		if q.slot == p.slot {
+			return // still draining
+		}
+	}
+	for _, s := range h.socks[p.slot] {
+		s.Close()
+	}
+	delete(h.socks, p.slot)
+	h.steer()
+}
+
+// close closes every slot's sockets but slot 0's, which are m.sockets.
+func (h *reuseportHalf) close() {
+	for slot, socks := range h.socks {
+		if slot == 0 {
+			continue
+		}
+		for _, s := range socks {
+			s.Close()
+		}
+	}
+}
+
+// steer keeps new connections off the sockets of slots at or above the
+// wanted worker count: with a BPF program while such slots exist, with the
+// kernel's own hash otherwise.
+func (h *reuseportHalf) steer() {
+	m := h.m
 	extra := false
-	for slot := range m.reuse {
+	for slot := range h.socks {
 		extra = extra || slot >= m.workers
 	}
 	for i := range m.cfg.Listen {
-		first := m.reuse[0][i]
+		first := h.socks[0][i]
 		var err error
 		if extra {
 			err = AttachSteering(first.FD(), m.workers)
@@ -78,23 +139,6 @@ func (m *Master) steerReuseport() {
 		}
 		m.log.Info("reuseport: retiring slot sockets", "slots", m.workers, "queued_connections", how)
 	}
-}
-
-// closeRetiredSlot closes a removed slot's sockets once its worker is gone.
-func (m *Master) closeRetiredSlot(slot int) {
-	if slot < m.workers || slot == 0 {
-		return
-	}
-	for p := range m.procs {
-		if p.slot == slot {
-			return // still draining
-		}
-	}
-	for _, s := range m.reuse[slot] {
-		s.Close()
-	}
-	delete(m.reuse, slot)
-	m.steerReuseport()
 }
 
 // attachSteering puts a program on the group that picks a socket among the

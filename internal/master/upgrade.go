@@ -62,10 +62,10 @@ func (m *Master) startUpgrade() {
 	for _, s := range m.sockets {
 		in.Listen = append(in.Listen, s.Addr)
 	}
-	if m.reuse != nil {
+	if slots := m.half.slots(); slots != nil {
 		in.Reuse = map[int][]int{}
-		for _, slot := range slices.Sorted(maps.Keys(m.reuse)) {
-			for _, s := range m.reuse[slot] {
+		for _, slot := range slices.Sorted(maps.Keys(slots)) {
+			for _, s := range slots[slot] {
 				in.Reuse[slot] = append(in.Reuse[slot], add(s))
 			}
 		}
@@ -230,24 +230,25 @@ func (m *Master) adopt(in *inheritance) error {
 		return s
 	}
 	if in.Reuse != nil {
-		m.reuse = map[int][]*Socket{}
+		reuse := map[int][]*Socket{}
 		for _, slot := range slices.Sorted(maps.Keys(in.Reuse)) {
 			for j, a := range m.cfg.Listen {
 				if k := match[j]; k >= 0 {
-					m.reuse[slot] = append(m.reuse[slot], sock(proto.InheritedFD(in.Reuse[slot][k]), in.Listen[k]))
+					reuse[slot] = append(reuse[slot], sock(proto.InheritedFD(in.Reuse[slot][k]), in.Listen[k]))
 					continue
 				}
-				if slot > 0 && len(m.reuse[0]) > j {
-					a = m.reuse[0][j].Addr // the port slot 0 got, if it was 0
+				if slot > 0 && len(reuse[0]) > j {
+					a = reuse[0][j].Addr // the port slot 0 got, if it was 0
 				}
 				s, err := m.listenConfig(true).Listen(a)
 				if err != nil {
 					return fmt.Errorf("upgrade: %w", err)
 				}
-				m.reuse[slot] = append(m.reuse[slot], s)
+				reuse[slot] = append(reuse[slot], s)
 			}
 		}
-		m.sockets = m.reuse[0]
+		m.sockets = reuse[0]
+		m.half.adopted(reuse)
 	} else {
 		for j, a := range m.cfg.Listen {
 			if k := match[j]; k >= 0 {
