@@ -1,0 +1,251 @@
+package master
+
+// Workers' lives as the master sees them: starting one for every empty
+// slot (with a backoff for a slot whose workers keep dying), the
+// descriptors and spec it inherits, the messages it sends, and reaping it.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/herd-run/herd/internal/proto"
+	"github.com/herd-run/herd/internal/shm"
+	"github.com/herd-run/herd/internal/worker"
+	"golang.org/x/sys/unix"
+)
+
+// fillSlots starts a worker for every slot of the current generation that
+// has none, unless the slot is backing off after early exits.
+func (m *Master) fillSlots() {
+	covered := map[int]bool{}
+	for p := range m.procs {
+		if p.gen == m.gen && !p.stopping && !p.retiring {
+			covered[p.slot] = true
+		}
+	}
+	now := time.Now()
+	for slot := 0; slot < m.workers; slot++ {
+		if covered[slot] {
+			continue
+		}
+		ss := m.slot(slot)
+		if wait := ss.notAfter.Sub(now); wait > 0 {
+			if ss.timer == nil {
+				ss.timer = time.AfterFunc(wait, func() { m.post(event{kind: evTick}) })
+			}
+			continue
+		}
+		ss.timer = nil
+		p, err := m.spawn(slot, m.gen)
+		if err != nil {
+			m.log.Error("cannot start worker", "slot", slot, "err", err)
+			m.backoff(slot)
+			continue
+		}
+		if m.reload != nil && p.gen == m.reload.gen {
+			m.reload.waiting[p] = struct{}{}
+		}
+	}
+}
+
+func (m *Master) slot(i int) *slotState {
+	ss := m.slots[i]
+	if ss == nil {
+		ss = &slotState{}
+		m.slots[i] = ss
+	}
+	return ss
+}
+
+// backoff delays the next start of a slot whose worker exited early: none
+// for the first exit, then 100ms doubling to 10s. A crash loop is reported,
+// not spun.
+func (m *Master) backoff(slot int) {
+	ss := m.slot(slot)
+	ss.failures++
+	if ss.failures < 2 {
+		return
+	}
+	d := 100 * time.Millisecond << min(ss.failures-2, 7)
+	d = min(d, 10*time.Second)
+	ss.notAfter = time.Now().Add(d)
+	if ss.failures >= 3 {
+		m.log.Warn("worker crash loop", "slot", slot, "exits_in_a_row", ss.failures, "next_start_in", d)
+	}
+}
+
+// healthyAfter is how long a worker must live for its exit not to count
+// towards a crash loop.
+const healthyAfter = 5 * time.Second
+
+func (m *Master) spawn(slot, gen int) (*proc, error) {
+	rec := m.board.Claim(slot, gen, time.Now().UnixNano())
+	if rec < 0 {
+		return nil, errors.New("scoreboard full")
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		m.board.Release(rec)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	unix.SetNonblock(fds[0], true) // the master's end goes to the netpoller
+	ctrl := os.NewFile(uintptr(fds[0]), "worker-ctrl")
+	child := os.NewFile(uintptr(fds[1]), "master-ctrl")
+	defer child.Close()
+
+	sockets, err := m.half.workerSockets(slot)
+	if err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
+	}
+	names := make([]string, len(sockets))
+	for i, s := range sockets {
+		names[i] = s.Addr
+	}
+	socks, err := socketFiles(sockets)
+	if err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
+	}
+	defer closeFiles(socks) // the worker has its own copies once started
+	files := proto.WorkerFiles(child, m.region.File(), socks)
+	engine := ""
+	if m.cfg.StaticRoot != "" {
+		engine = "native"
+	}
+	spec := worker.Spec{
+		Engine: engine,
+		Slot:   slot, Generation: gen, Record: rec, Listeners: names,
+		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
+		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
+		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
+		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks, Autoindex: m.cfg.Autoindex,
+		HeaderTimeout: m.cfg.HeaderTimeout, IdleTimeout: m.cfg.IdleTimeout,
+		MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
+	}
+	m.half.spec(&spec)
+	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
+	// Workers never talk to systemd: only the master is the service.
+	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.WorkerEnv), "NOTIFY_SOCKET"), m.cfg.Env...)
+	cmd.Env = append(cmd.Env, spec.Env())
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = files
+	if err := cmd.Start(); err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
+	}
+	p := &proc{slot: slot, gen: gen, rec: rec, cmd: cmd, ctrl: ctrl, started: time.Now()}
+	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
+	m.procs[p] = struct{}{}
+	go m.readControl(p)
+	go func() { m.post(event{kind: evExited, p: p, err: cmd.Wait()}) }()
+	return p, nil
+}
+
+// socketFiles wraps duplicates of sockets for a child's ExtraFiles (see
+// Socket); closeFiles closes them once the child has started.
+func socketFiles(sockets []*Socket) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(sockets))
+	for _, s := range sockets {
+		f, err := s.File()
+		if err != nil {
+			closeFiles(files)
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// readControl handles the worker's messages: Ready, sent once the worker
+// accepts connections, and Recycle become events for the loop; Ack
+// (fdpass) goes straight to the dispatcher.
+func (m *Master) readControl(p *proc) {
+	buf := make([]byte, proto.MaxMsg)
+	for {
+		n, err := p.ctrl.Read(buf)
+		if err != nil || n == 0 {
+			return
+		}
+		msg, err := proto.Decode(buf[:n])
+		switch {
+		case err != nil:
+			m.log.Warn("bad control message from a worker", "pid", p.pid(), "msg", string(buf[:n]))
+		case msg.Kind == proto.Ready:
+			m.post(event{kind: evReady, p: p})
+		case msg.Kind == proto.Recycle:
+			m.post(event{kind: evRecycle, p: p})
+		case msg.Kind == proto.Ack:
+			m.half.ack(p, msg.Seq)
+		}
+	}
+}
+
+func withoutKey(env []string, key string) []string {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		return strings.HasPrefix(kv, key+"=")
+	})
+}
+
+// reap accounts for an exited worker.
+func (m *Master) reap(p *proc, err error) {
+	delete(m.procs, p)
+	// The control socket stays open until the strategy's half is done
+	// with the worker (fdpass takes back what it did not acknowledge).
+	m.half.exited(p)
+	p.ctrl.Close()
+	m.board.Release(p.rec)
+	attrs := []any{"slot", p.slot, "gen", p.gen, "pid", p.pid(), "status", exitStatus(err)}
+	if p.stopping || m.stopping {
+		m.log.Info("worker exited", attrs...)
+	} else {
+		m.log.Warn("worker died", attrs...)
+	}
+	if r := m.reload; r != nil {
+		if _, ok := r.waiting[p]; ok {
+			m.failReload(fmt.Sprintf("new worker exited before it was ready (%s)", exitStatus(err)))
+			return
+		}
+	}
+	if p.stopping || m.stopping || p.gen != m.gen || p.slot >= m.workers {
+		return
+	}
+	m.board.CountRestart()
+	if !p.ready || time.Since(p.started) < healthyAfter {
+		m.backoff(p.slot)
+	} else {
+		m.slot(p.slot).failures = 0
+	}
+}
+
+func exitStatus(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		// os/exec reports a syscall.WaitStatus, a type of its own: asking
+		// for unix.WaitStatus never matched, and a killed worker was
+		// logged as "exit -1".
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return "killed by " + unix.SignalName(ws.Signal())
+		}
+		return fmt.Sprintf("exit %d", ee.ExitCode())
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return "exit 0"
+}
