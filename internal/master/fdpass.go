@@ -241,11 +241,11 @@ func (d *dispatcher) exited(p *proc) {
 func (d *dispatcher) stopWorker(p *proc, sig unix.Signal) {
 	d.retire(p)
 	if sig != unix.SIGQUIT {
-		p.cmd.Process.Signal(sig)
+		p.process.Signal(sig)
 		return
 	}
 	var once sync.Once
-	quit := func() { once.Do(func() { p.cmd.Process.Signal(unix.SIGQUIT) }) }
+	quit := func() { once.Do(func() { p.process.Signal(unix.SIGQUIT) }) }
 	d.whenIdle(p, quit)
 	time.AfterFunc(time.Second, quit)
 }

@@ -35,7 +35,7 @@ func (m *Master) retireReplaced(q *proc) {
 // one slow request does not count as stuck; a whole process that does not
 // run does.
 func (m *Master) checkHeartbeats() {
-	now := time.Now().UnixNano()
+	now := m.clock.Now().UnixNano()
 	limit := m.cfg.WorkerTimeout.Nanoseconds()
 	for p := range m.procs {
 		r := m.board.Record(p.rec)
@@ -46,7 +46,7 @@ func (m *Master) checkHeartbeats() {
 		if beat > 0 && now-beat > limit {
 			m.log.Error("worker stopped responding; killing it", "slot", p.slot, "pid", p.pid(),
 				"silent_for", time.Duration(now-beat).Truncate(time.Millisecond))
-			p.cmd.Process.Signal(unix.SIGKILL)
+			p.process.Signal(unix.SIGKILL)
 		}
 	}
 }
@@ -107,7 +107,7 @@ func (m *Master) startReload() {
 		return
 	}
 	r := &reloadState{gen: m.gen + 1, prevGen: m.gen, waiting: map[*proc]struct{}{}}
-	r.timer = time.AfterFunc(m.cfg.ReadyTimeout, func() { m.post(event{kind: evReloadTimer}) })
+	r.timer = m.clock.AfterFunc(m.cfg.ReadyTimeout, func() { m.post(event{kind: evReloadTimer}) })
 	m.reload = r
 	m.gen = r.gen
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
@@ -205,5 +205,5 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 	if m.deadline != nil {
 		m.deadline.Stop()
 	}
-	m.deadline = time.AfterFunc(bound, func() { m.post(event{kind: evDeadline}) })
+	m.deadline = m.clock.AfterFunc(bound, func() { m.post(event{kind: evDeadline}) })
 }

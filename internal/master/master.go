@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"sync"
@@ -53,6 +52,9 @@ type Master struct {
 	ready   chan struct{}
 	done    chan struct{} // closed when Run returns
 
+	start startFunc // how a worker is started: execStart, or a test's
+	clock clock     // the supervisor's time: realClock, or a test's
+
 	// Owned by the loop goroutine.
 	procs    map[*proc]struct{}
 	gen      int
@@ -61,13 +63,14 @@ type Master struct {
 	reload   *reloadState
 	stopping bool
 	isReady  bool
-	deadline *time.Timer
+	deadline stopper
 	closed   sync.Once
 }
 
+// proc is a worker the master started.
 type proc struct {
 	slot, gen, rec int
-	cmd            *exec.Cmd
+	process        process
 	ctrl           *os.File
 	started        time.Time
 	ready          bool
@@ -75,18 +78,18 @@ type proc struct {
 	retiring       bool // asked to be replaced (max requests): stops once its successor is ready
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int { return p.process.Pid() }
 
 type slotState struct {
 	failures int       // consecutive early exits
 	notAfter time.Time // earliest next spawn (backoff)
-	timer    *time.Timer
+	timer    stopper
 }
 
 type reloadState struct {
 	gen, prevGen int
 	waiting      map[*proc]struct{}
-	timer        *time.Timer
+	timer        stopper
 }
 
 type event struct {
@@ -126,7 +129,9 @@ func New(cfg Config) (*Master, error) {
 		slots:   map[int]*slotState{},
 		gen:     1,
 		workers: cfg.Workers,
+		clock:   realClock{},
 	}
+	m.start = m.execStart
 	if max := somaxconn(); max > 0 && cfg.Backlog > max {
 		m.log.Warn("backlog exceeds net.core.somaxconn; the kernel caps it", "backlog", cfg.Backlog, "somaxconn", max)
 	}
@@ -283,20 +288,29 @@ func (m *Master) Run() error {
 		m.log.Info("admin endpoint", "listen", m.admin.Addr().String())
 	}
 	m.fillSlots()
-	for !(m.stopping && len(m.procs) == 0) {
+	for !m.finished() {
 		select {
 		case sig := <-m.signals:
 			m.handleSignal(sig)
 		case ev := <-m.events:
 			m.handleEvent(ev)
 		}
-		if !m.stopping {
-			m.fillSlots()
-		}
-		m.readyNow.Store(m.allSlotsReady())
+		m.settle()
 	}
 	m.log.Info("herd master stopped")
 	return nil
+}
+
+// finished: stopping, and every worker is gone.
+func (m *Master) finished() bool { return m.stopping && len(m.procs) == 0 }
+
+// settle follows every signal or event: empty slots get a worker, and
+// /readyz its answer.
+func (m *Master) settle() {
+	if !m.stopping {
+		m.fillSlots()
+	}
+	m.readyNow.Store(m.allSlotsReady())
 }
 
 func (m *Master) handleSignal(sig os.Signal) {
@@ -358,7 +372,7 @@ func (m *Master) handleEvent(ev event) {
 	case evDeadline:
 		for p := range m.procs {
 			m.log.Warn("worker did not stop in time; killing", "slot", p.slot, "pid", p.pid())
-			p.cmd.Process.Signal(unix.SIGKILL)
+			p.process.Signal(unix.SIGKILL)
 		}
 	case evRecycle:
 		if _, live := m.procs[ev.p]; live && !ev.p.stopping && !ev.p.retiring && ev.p.gen == m.gen {

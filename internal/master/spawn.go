@@ -29,7 +29,7 @@ func (m *Master) fillSlots() {
 			covered[p.slot] = true
 		}
 	}
-	now := time.Now()
+	now := m.clock.Now()
 	for slot := 0; slot < m.workers; slot++ {
 		if covered[slot] {
 			continue
@@ -37,7 +37,7 @@ func (m *Master) fillSlots() {
 		ss := m.slot(slot)
 		if wait := ss.notAfter.Sub(now); wait > 0 {
 			if ss.timer == nil {
-				ss.timer = time.AfterFunc(wait, func() { m.post(event{kind: evTick}) })
+				ss.timer = m.clock.AfterFunc(wait, func() { m.post(event{kind: evTick}) })
 			}
 			continue
 		}
@@ -74,7 +74,7 @@ func (m *Master) backoff(slot int) {
 	}
 	d := 100 * time.Millisecond << min(ss.failures-2, 7)
 	d = min(d, 10*time.Second)
-	ss.notAfter = time.Now().Add(d)
+	ss.notAfter = m.clock.Now().Add(d)
 	if ss.failures >= 3 {
 		m.log.Warn("worker crash loop", "slot", slot, "exits_in_a_row", ss.failures, "next_start_in", d)
 	}
@@ -85,7 +85,7 @@ func (m *Master) backoff(slot int) {
 const healthyAfter = 5 * time.Second
 
 func (m *Master) spawn(slot, gen int) (*proc, error) {
-	rec := m.board.Claim(slot, gen, time.Now().UnixNano())
+	rec := m.board.Claim(slot, gen, m.clock.Now().UnixNano())
 	if rec < 0 {
 		return nil, errors.New("scoreboard full")
 	}
@@ -132,6 +132,35 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
 	}
 	m.half.spec(&spec)
+	started, err := m.start(&spec, files)
+	if err != nil {
+		ctrl.Close()
+		m.board.Release(rec)
+		return nil, err
+	}
+	p := &proc{slot: slot, gen: gen, rec: rec, process: started, ctrl: ctrl, started: m.clock.Now()}
+	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
+	m.procs[p] = struct{}{}
+	go m.readControl(p)
+	go func() { m.post(event{kind: evExited, p: p, err: started.Wait()}) }()
+	return p, nil
+}
+
+// A process is a started worker as the supervisor handles it: os/exec's in
+// a running master, a fake in the supervisor's own tests.
+type process interface {
+	Pid() int
+	Signal(sig os.Signal) error
+	Wait() error // returns when it has exited, with os/exec's error
+}
+
+// startFunc starts a worker with its spec and its inherited files, in
+// proto's layout. Master.start is execStart but in tests.
+type startFunc func(spec *worker.Spec, files []*os.File) (process, error)
+
+// execStart runs the worker: this binary again (Config.Path and Args),
+// with the spec in its environment.
+func (m *Master) execStart(spec *worker.Spec, files []*os.File) (process, error) {
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
 	// Workers never talk to systemd: only the master is the service.
 	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.WorkerEnv), "NOTIFY_SOCKET"), m.cfg.Env...)
@@ -139,17 +168,30 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
 	if err := cmd.Start(); err != nil {
-		ctrl.Close()
-		m.board.Release(rec)
 		return nil, err
 	}
-	p := &proc{slot: slot, gen: gen, rec: rec, cmd: cmd, ctrl: ctrl, started: time.Now()}
-	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
-	m.procs[p] = struct{}{}
-	go m.readControl(p)
-	go func() { m.post(event{kind: evExited, p: p, err: cmd.Wait()}) }()
-	return p, nil
+	return execProcess{cmd}, nil
 }
+
+type execProcess struct{ cmd *exec.Cmd }
+
+func (e execProcess) Pid() int                   { return e.cmd.Process.Pid }
+func (e execProcess) Signal(sig os.Signal) error { return e.cmd.Process.Signal(sig) }
+func (e execProcess) Wait() error                { return e.cmd.Wait() }
+
+// A clock is the supervisor's time: the real one, or a test's.
+type clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) stopper
+}
+
+// stopper is a timer from AfterFunc.
+type stopper interface{ Stop() bool }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                              { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
 
 // socketFiles wraps duplicates of sockets for a child's ExtraFiles (see
 // Socket); closeFiles closes them once the child has started.
@@ -226,7 +268,7 @@ func (m *Master) reap(p *proc, err error) {
 		return
 	}
 	m.board.CountRestart()
-	if !p.ready || time.Since(p.started) < healthyAfter {
+	if !p.ready || m.clock.Now().Sub(p.started) < healthyAfter {
 		m.backoff(p.slot)
 	} else {
 		m.slot(p.slot).failures = 0

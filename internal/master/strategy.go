@@ -88,7 +88,7 @@ func (shared) spec(*worker.Spec)                      {}
 func (shared) run() error                             { return nil }
 func (shared) ready(*proc)                            {}
 func (shared) ack(*proc, uint64)                      {}
-func (shared) stopWorker(p *proc, sig unix.Signal)    { p.cmd.Process.Signal(sig) }
+func (shared) stopWorker(p *proc, sig unix.Signal)    { p.process.Signal(sig) }
 func (shared) exited(*proc)                           {}
 func (shared) resized()                               {}
 func (shared) stopping(bool)                          {}

@@ -40,7 +40,7 @@ type inheritance struct {
 type upgradeState struct {
 	cmd   *exec.Cmd
 	ready *os.File // read end: "ready", or EOF if the new master died
-	timer *time.Timer
+	timer stopper
 }
 
 // startUpgrade executes the new master.
@@ -108,7 +108,7 @@ func (m *Master) startUpgrade() {
 	}
 	w.Close()
 	u := &upgradeState{cmd: cmd, ready: r}
-	u.timer = time.AfterFunc(m.cfg.ReadyTimeout+time.Second, func() { m.post(event{kind: evUpgradeFailed, err: errors.New("not ready in time")}) })
+	u.timer = m.clock.AfterFunc(m.cfg.ReadyTimeout+time.Second, func() { m.post(event{kind: evUpgradeFailed, err: errors.New("not ready in time")}) })
 	m.upgrade = u
 	m.log.Info("USR2: started a new master", "pid", cmd.Process.Pid)
 	go func() {
