@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
@@ -42,7 +43,11 @@ import (
 )
 
 // Server is a prefork HTTP server. The zero value of every option but
-// Handler (or Static) is usable.
+// Handler (or Static) is usable: for every number and duration, zero means
+// the default given with it, and a negative value turns the option off
+// where that means anything (DeferAccept, WorkerTimeout, ExclusiveReorder)
+// and is an error where it does not. herd serve's flags and configuration
+// file follow the same rule.
 type Server struct {
 	// Handler answers requests in the workers, through net/http.
 	Handler http.Handler
@@ -227,18 +232,6 @@ func (s *Server) Start() error {
 	}
 }
 
-// orDefault reads a duration option whose zero value means its default
-// and a negative one means off (0 to the master).
-func orDefault(d, def time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return def
-	case d < 0:
-		return 0
-	}
-	return d
-}
-
 // Check validates the options without starting anything, as
 // `herd serve --check` does.
 func (s *Server) Check() error {
@@ -256,18 +249,20 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
 		listen = []string{":8080"} // unless systemd passes sockets
 	}
-	var st StaticFiles
-	if s.Static != nil {
-		st = *s.Static
+	cfg := master.Config{
+		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
+		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, PIDFile: s.PIDFile, Admin: s.Admin,
+		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,
+		MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
+		Accept: accept.Options{Threads: s.Threads, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
+			MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder},
 	}
-	return master.Config{
-		StaticRoot: st.Root, FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex, HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout,
-		Listen: listen, Backlog: s.Backlog, DeferAccept: orDefault(s.DeferAccept, time.Second), Workers: s.Workers, Strategy: s.Strategy,
-		Threads: s.Threads, DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout,
-		PIDFile: s.PIDFile, Admin: s.Admin, AccessLog: s.AccessLog, Log: log, MultiAccept: s.MultiAccept,
-		WorkerConnections: s.WorkerConnections, MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder,
-		WorkerTimeout: orDefault(s.WorkerTimeout, 30*time.Second), MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
+	if st := s.Static; st != nil {
+		cfg.StaticRoot = st.Root
+		cfg.Static = httpd.Options{FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex,
+			HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout}
 	}
+	return cfg
 }
 
 // Addrs returns the addresses the server listens on, with chosen ports

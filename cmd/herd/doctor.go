@@ -20,7 +20,7 @@ import (
 func runDoctor(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("doctor", "", stderr)
 	backlog := flags.Int("backlog", 511, "the backlog you intend to use")
-	workers := flags.Int("workers", runtime.NumCPU(), "the worker count you intend to use")
+	workers := flags.Int("workers", runtime.GOMAXPROCS(0), "the worker count you intend to use (default: the CPUs this process may use)")
 	if _, err := parse(flags, args, 0); err != nil {
 		return err
 	}

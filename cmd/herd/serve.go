@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"runtime"
 	"strings"
 	"time"
 
@@ -29,7 +28,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	var (
 		listen    listFlag
 		srv       herd.Server
-		static    httpd.StaticOptions
+		static    httpd.Options
 		logLevel  = flags.String("log-level", "info", "log level: debug, info, warn or error")
 		logFormat = flags.String("log-format", "text", "log format: text or json")
 		config    = flags.String("config", "", "read flags from this TOML file (keys are flag names); HERD_<FLAG> environment variables too")
@@ -39,11 +38,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		idleTO    = flags.Duration("keepalive-timeout", 75*time.Second, "how long a keep-alive connection may wait for its next request")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
-	flags.IntVar(&srv.Workers, "workers", runtime.NumCPU(), "worker processes (default: the number of CPUs)")
+	flags.IntVar(&srv.Workers, "workers", 0, "worker processes (0: one per CPU this process may use, its cgroup quota included)")
 	flags.StringVar(&srv.Strategy, "strategy", "", "accept strategy: "+strings.Join(herd.Strategies(), ", ")+" (default: exclusive, or accept before Linux 4.5)")
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
 	flags.IntVar(&srv.Backlog, "backlog", 511, "listen backlog (capped by net.core.somaxconn)")
-	flags.DurationVar(&srv.DeferAccept, "defer-accept", time.Second, "TCP_DEFER_ACCEPT: queue a connection once its request arrives, or after this long (0: off)")
+	flags.DurationVar(&srv.DeferAccept, "defer-accept", time.Second, "TCP_DEFER_ACCEPT: queue a connection once its request arrives, or after this long (-1s: off)")
 	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
@@ -65,9 +64,6 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err := applyDefaults(flags, *config); err != nil {
 		return err
 	}
-	if srv.Workers < 1 {
-		return fmt.Errorf("workers must be at least 1, not %d", srv.Workers)
-	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
@@ -82,9 +78,6 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
 	srv.Listen = listen
-	if srv.DeferAccept == 0 {
-		srv.DeferAccept = -1 // the library's zero means its default
-	}
 
 	switch *engine {
 	case "native", "nethttp":

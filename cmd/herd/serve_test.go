@@ -515,7 +515,7 @@ func TestDrainClosesKeepAliveBetweenRequests(t *testing.T) {
 
 // By default a worker gets a connection only once its request has arrived
 // (TCP_DEFER_ACCEPT): a client that connects and says nothing holds no
-// worker descriptor. --defer-accept 0 hands connections over at once.
+// worker descriptor. --defer-accept -1s hands connections over at once.
 func TestDeferAccept(t *testing.T) {
 	root, _ := docroot(t)
 	for _, tc := range []struct {
@@ -524,7 +524,7 @@ func TestDeferAccept(t *testing.T) {
 		acceptedSilent bool
 	}{
 		{"default", nil, false},
-		{"off", []string{"--defer-accept", "0"}, true},
+		{"off", []string{"--defer-accept", "-1s"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := startHerd(t, append([]string{root, "--workers", "1", "--strategy", "exclusive"}, tc.args...)...)

@@ -197,7 +197,7 @@ func readFile(t *testing.T, path string) string {
 }
 
 // Shrinking a reuseport server resets no queued connection: the retired
-// slot's socket is steered away from, drained by its worker, then closed.
+// slot's socket is steered away from, whose queue its worker accepts, then closed.
 func TestReuseportShrinkDropsNothing(t *testing.T) {
 	root, _ := docroot(t)
 	h := startHerd(t, root, "--workers", "4", "--strategy", "reuseport")

@@ -63,22 +63,62 @@ type Listener struct {
 	Addr string // for logs
 }
 
-// Config is what a worker gives its strategy. The fields after Log matter
-// only to the strategies that name them.
+// Options are how a worker's strategy accepts, as the operator sets them.
+// The master passes them to every worker as they are; only New reads
+// them, through WithDefaults. As everywhere in herd, zero means the
+// default and a negative value turns a setting off where that means
+// anything (and is refused by Check where it does not).
+type Options struct {
+	Threads           int           `json:"threads,omitempty"`            // accepting threads per worker (per listener for accept, reuseport); default 1
+	MultiAccept       bool          `json:"multi_accept,omitempty"`       // epoll, exclusive, nginx: accept until EAGAIN per wakeup
+	WorkerConnections int           `json:"worker_connections,omitempty"` // nginx's accept_disabled budget, fdpass's limit; default 1024
+	MutexDelay        time.Duration `json:"accept_mutex_delay,omitempty"` // nginx: accept_mutex_delay; default 500ms
+	ReorderEvery      int           `json:"exclusive_reorder,omitempty"`  // exclusive: re-add the listener every N accepts; default 16 (nginx 1.21.6), negative: never
+}
+
+// WithDefaults fills what is zero with its default.
+func (o Options) WithDefaults() Options {
+	if o.Threads == 0 {
+		o.Threads = 1
+	}
+	if o.WorkerConnections == 0 {
+		o.WorkerConnections = 1024
+	}
+	if o.MutexDelay == 0 {
+		o.MutexDelay = 500 * time.Millisecond
+	}
+	if o.ReorderEvery == 0 {
+		o.ReorderEvery = 16
+	}
+	return o
+}
+
+// Check refuses values that cannot mean anything.
+func (o Options) Check() error {
+	switch {
+	case o.Threads < 0 || o.Threads > 1024:
+		return fmt.Errorf("threads must be between 1 and 1024, not %d", o.Threads)
+	case o.WorkerConnections < 0:
+		return fmt.Errorf("worker connections must be positive, not %d", o.WorkerConnections)
+	case o.MutexDelay < 0:
+		return fmt.Errorf("accept mutex delay must not be negative, not %v", o.MutexDelay)
+	}
+	return nil
+}
+
+// Config is what a worker gives its strategy: the operator's Options, and
+// what the worker itself knows. The fields after Log matter only to the
+// strategies that name them.
 type Config struct {
+	Options
 	Listeners []Listener
-	Threads   int         // accepting threads per worker (per listener for accept)
 	Stats     *shm.Record // this worker's scoreboard record
 	Log       *slog.Logger
 
-	PID               int           // this worker's pid: the accept mutex's owner word
-	MultiAccept       bool          // epoll, exclusive, nginx: accept until EAGAIN per wakeup
-	WorkerConnections int           // nginx: the connection budget behind accept_disabled
-	LockFile          string        // flock: the file every accepting thread opens and locks
-	Mutex             *shm.Mutex    // mutex, nginx: the accept mutex in shared memory
-	MutexDelay        time.Duration // nginx: accept_mutex_delay
-	ReorderEvery      int           // exclusive: re-add the listener every N accepts (0: never)
-	Passed            <-chan Passed // fdpass: descriptors the master sends
+	PID      int           // this worker's pid: the accept mutex's owner word
+	LockFile string        // flock: the file every accepting thread opens and locks
+	Mutex    *shm.Mutex    // mutex, nginx: the accept mutex in shared memory
+	Passed   <-chan Passed // fdpass: descriptors the master sends
 	// Nonblock: accept4 with SOCK_NONBLOCK, for an engine that wants
 	// non-blocking descriptors (saves it two fcntl calls per connection).
 	Nonblock bool
@@ -177,20 +217,15 @@ func New(name string, cfg Config) (Strategy, error) {
 	if len(cfg.Listeners) == 0 {
 		return nil, errors.New("accept: no listeners")
 	}
-	if cfg.Threads < 1 {
-		cfg.Threads = 1
+	if err := cfg.Options.Check(); err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
 	}
+	cfg.Options = cfg.Options.WithDefaults()
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
 	if cfg.PID == 0 {
 		cfg.PID = os.Getpid()
-	}
-	if cfg.WorkerConnections <= 0 {
-		cfg.WorkerConnections = 1024
-	}
-	if cfg.MutexDelay <= 0 {
-		cfg.MutexDelay = 500 * time.Millisecond
 	}
 	return strategies[name](cfg)
 }

@@ -37,8 +37,9 @@ func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *
 		t.Fatal(err)
 	}
 	s, err := accept.New(name, accept.Config{
-		Listeners: []accept.Listener{{FD: fd, Addr: sock.Addr}}, Threads: 2, Stats: st,
-		LockFile: lockFile, Mutex: b.AcceptMutex(), MutexDelay: 20 * time.Millisecond,
+		Options:   accept.Options{Threads: 2, MutexDelay: 20 * time.Millisecond},
+		Listeners: []accept.Listener{{FD: fd, Addr: sock.Addr}}, Stats: st,
+		LockFile: lockFile, Mutex: b.AcceptMutex(),
 	})
 	if err != nil {
 		t.Fatal(err)

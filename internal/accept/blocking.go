@@ -32,9 +32,9 @@ type blocking struct {
 	cfg      Config
 	stopping atomic.Bool
 	out      exhaustion
-	// drainOnStop: when stopping, accept what is already queued before
+	// acceptQueuedOnStop: when stopping, accept what is already queued before
 	// returning (reuseport: the socket is this slot's alone).
-	drainOnStop bool
+	acceptQueuedOnStop bool
 }
 
 // acceptBlockBound is the SO_RCVTIMEO put on the listeners: how long a
@@ -110,14 +110,14 @@ func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 			return fmt.Errorf("accept4 on %s: %w", l.Addr, err)
 		}
 	}
-	if b.drainOnStop {
-		b.drain(l, deliver)
+	if b.acceptQueuedOnStop {
+		b.acceptQueued(l, deliver)
 	}
 	return nil
 }
 
-// drain accepts connections already queued on l, without waiting for more.
-func (b *blocking) drain(l Listener, deliver func(fd int)) {
+// acceptQueued accepts connections already queued on l, without waiting for more.
+func (b *blocking) acceptQueued(l Listener, deliver func(fd int)) {
 	for {
 		pfd := []unix.PollFd{{Fd: int32(l.FD), Events: unix.POLLIN}}
 		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 {

@@ -19,7 +19,7 @@ import (
 // in ngx_reorder_accept_events: every 16 accepts, or whenever the worker is
 // loaded (accept_disabled > 0), it deletes the listener from its epoll and
 // adds it again, which moves it to the back of the queue. herd does the
-// same; ReorderEvery (--exclusive-reorder, 0 to turn it off) sets the period
+// same; ReorderEvery (--exclusive-reorder, negative to turn it off) sets the period
 // so the lab can measure what it buys.
 func newExclusive(cfg Config) (Strategy, error) { return newEpollStrategy(cfg, "exclusive", true) }
 

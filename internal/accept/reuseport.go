@@ -14,13 +14,13 @@ package accept
 // worker opens its own socket). When the worker count shrinks, the master
 // steers new connections away from the removed slot's socket before its
 // worker stops; the stopping worker then accepts what is still queued
-// (drainOnStop) before it exits, and only then is the socket closed.
+// (acceptQueuedOnStop) before it exits, and only then is the socket closed.
 func newReuseport(cfg Config) (Strategy, error) {
 	s, err := newBlocking(cfg)
 	if err != nil {
 		return nil, err
 	}
 	b := s.(*blocking)
-	b.drainOnStop = true
+	b.acceptQueuedOnStop = true
 	return b, nil
 }

@@ -29,7 +29,7 @@ type conn struct {
 	bodyNext    int     // a chunked body is scanned up to here (chunkedBody's next)
 	continued   bool    // "100 Continue" was sent for req
 	interim     bool    // out holds an interim answer (100): the request goes on after it
-	drained     bool    // the last read came back short: nothing more until EPOLLIN
+	dry         bool    // the last read came back short: nothing more until EPOLLIN
 	registered  bool    // in the loop's epoll set
 	refused     bool    // answered with an error page: what the client sent was not all read
 	outWatch    bool    // EPOLLOUT is in the connection's epoll mask
@@ -55,7 +55,7 @@ type conn struct {
 
 // consumed reports whether everything the client sent has been read and
 // used: the last read was short and nothing is left in the buffer.
-func (c *conn) consumed() bool { return c.drained && len(c.rbuf) == 0 && !c.refused }
+func (c *conn) consumed() bool { return c.dry && len(c.rbuf) == 0 && !c.refused }
 
 func (c *conn) writing() bool { return c.outOff < len(c.out) || c.file != nil }
 
@@ -72,7 +72,7 @@ func (e *Engine) serve(c *conn, events uint32) {
 		c.eof = true
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
-		c.drained = false
+		c.dry = false
 	}
 	if c.writing() {
 		if events&unix.EPOLLOUT == 0 || !e.flush(c) {
@@ -187,7 +187,7 @@ func (e *Engine) interim(c *conn, answer string) bool {
 // (EAGAIN, or a short read that emptied the socket), or the connection was
 // closed.
 func (e *Engine) read(c *conn) bool {
-	if c.drained {
+	if c.dry {
 		// The last read returned less than it asked for: the socket was
 		// empty then, and edge-triggered epoll reports anything new. A read
 		// now would only find EAGAIN (nginx skips it the same way).
@@ -223,7 +223,7 @@ func (e *Engine) read(c *conn) bool {
 	if len(c.rbuf) == 0 {
 		c.since = e.now // a new request starts: the header timeout runs
 	}
-	c.drained = n < cap(c.rbuf)-len(c.rbuf)
+	c.dry = n < cap(c.rbuf)-len(c.rbuf)
 	c.rbuf = c.rbuf[:len(c.rbuf)+n]
 	return true
 }
@@ -284,7 +284,7 @@ func (e *Engine) flush(c *conn) bool {
 	}
 	c.out, c.outOff = c.out[:0], 0
 	c.since = e.now
-	if c.close || e.drain.Load() {
+	if c.close || e.draining.Load() {
 		if !c.consumed() {
 			e.linger(c)
 		} else {

@@ -662,7 +662,7 @@ type servedBy struct{ name, addr string }
 func bothEngines(t *testing.T, root string) []servedBy {
 	t.Helper()
 	native, _ := testEngine(t, root, nil)
-	h, err := Static(root, StaticOptions{})
+	h, err := Static(root, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

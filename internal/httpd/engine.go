@@ -26,20 +26,45 @@ import (
 // draining); conn.go, one connection's reads, writes and close; and
 // response.go, what is answered to a request.
 
-// Config is what an engine serves and how.
-type Config struct {
-	Root              string
-	FollowSymlinks    bool
-	WorkerConnections int           // more connections than this are closed at once; default 1024
-	HeaderTimeout     time.Duration // for a request head to arrive whole; default 10s (408)
-	IdleTimeout       time.Duration // keep-alive between requests; default 75s, nginx's keepalive_timeout
-	SendTimeout       time.Duration // for a stalled client to take more of a response; default 60s
-	Stats             *shm.Record   // Requests, BytesOut, Active (the accept strategy counted it in)
-	Log               *slog.Logger
-
+// Options are how static files are served, as the operator sets them. The
+// master passes them to every worker as they are; the engine (New) and the
+// nethttp handler (Static, which uses FollowSymlinks and Autoindex) read
+// them. Zero means the default.
+type Options struct {
+	// FollowSymlinks lets a symlink inside the root point outside it. Off,
+	// any path that resolves outside the root — by "..", by an encoded
+	// "%2e%2e", or through a symlink — is refused.
+	FollowSymlinks bool `json:"follow_symlinks,omitempty"`
 	// Autoindex lists a directory that has no index.html (nginx's
 	// autoindex); off, such a directory is 403.
-	Autoindex bool
+	Autoindex     bool          `json:"autoindex,omitempty"`
+	HeaderTimeout time.Duration `json:"header_timeout,omitempty"`    // for a request head (and a GET's body) to arrive; default 10s (408)
+	IdleTimeout   time.Duration `json:"keepalive_timeout,omitempty"` // keep-alive between requests; default 75s, nginx's keepalive_timeout
+	SendTimeout   time.Duration `json:"send_timeout,omitempty"`      // for a stalled client to take more of a response; default 60s
+}
+
+func (o Options) withDefaults() Options {
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 75 * time.Second
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = 60 * time.Second
+	}
+	return o
+}
+
+// Config is what an engine serves and how: the operator's Options and
+// what the worker knows.
+type Config struct {
+	Options
+	Root              string
+	WorkerConnections int         // more connections than this are closed at once; default 1024
+	Stats             *shm.Record // Requests, BytesOut, Active (the accept strategy counted it in)
+	Log               *slog.Logger
+
 	// AccessLog, if set, gets one Common Log Format line per answer, in
 	// one Write each, from the loop's thread.
 	AccessLog io.Writer
@@ -101,11 +126,11 @@ type Engine struct {
 	files *fileCache
 	conns map[int]*conn
 
-	mu      sync.Mutex
-	pending []int
-	drain   atomic.Bool
-	closing atomic.Bool
-	done    chan struct{}
+	mu       sync.Mutex
+	pending  []int
+	draining atomic.Bool
+	closing  atomic.Bool
+	done     chan struct{}
 
 	free    []*conn // closed connections, with their buffers, for reuse
 	now     time.Time
@@ -122,17 +147,9 @@ type Engine struct {
 
 // New opens the root and the epoll instance. Run serves.
 func New(cfg Config) (*Engine, error) {
+	cfg.Options = cfg.Options.withDefaults()
 	if cfg.WorkerConnections <= 0 {
 		cfg.WorkerConnections = 1024
-	}
-	if cfg.HeaderTimeout <= 0 {
-		cfg.HeaderTimeout = 10 * time.Second
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 75 * time.Second
-	}
-	if cfg.SendTimeout <= 0 {
-		cfg.SendTimeout = 60 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -176,7 +193,7 @@ func (e *Engine) poke() { unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
 // a connection busy with a request gets its answer with "Connection:
 // close". Run returns once none is left. No Add may follow.
 func (e *Engine) Drain() {
-	e.drain.Store(true)
+	e.draining.Store(true)
 	e.poke()
 }
 
@@ -212,7 +229,7 @@ func (e *Engine) Run() error {
 	}
 	for {
 		e.tick()
-		if e.closing.Load() || (e.drain.Load() && len(e.conns) == 0 && e.noPending()) {
+		if e.closing.Load() || (e.draining.Load() && len(e.conns) == 0 && e.noPending()) {
 			return nil
 		}
 		timeout, cycling := 500, attached && cycler != nil
@@ -255,12 +272,12 @@ func (e *Engine) Run() error {
 				var buf [8]byte
 				unix.Read(e.wake, buf[:])
 				e.takePending()
-				if e.drain.Load() {
+				if e.draining.Load() {
 					if attached {
 						e.cfg.Inline.Detach(e.ep) // stop accepting first
 						attached = false
 					}
-					e.drainIdle()
+					e.closeIdle()
 				}
 				continue
 			}
@@ -412,11 +429,11 @@ func (e *Engine) sweep() {
 	}
 }
 
-// drainIdle closes the keep-alive connections that wait for their next
+// closeIdle closes the keep-alive connections that wait for their next
 // request. A connection that has not had its first request yet is not
 // idle: its client has sent, or is sending, a request that must be
 // answered (closing it is the drop net/http's Shutdown makes).
-func (e *Engine) drainIdle() {
+func (e *Engine) closeIdle() {
 	for _, c := range e.conns {
 		if !c.writing() && !c.lingering && len(c.rbuf) == 0 && c.requests > 0 {
 			e.closeConn(c)

@@ -26,7 +26,7 @@ var errNoFile = errors.New("no file")
 // and logs it.
 func (e *Engine) respond(c *conn, req *request) {
 	c.requests++
-	c.close = !req.keep || e.drain.Load()
+	c.close = !req.keep || e.draining.Load()
 	e.answer(c, req)
 	e.account(c, req)
 }

@@ -20,24 +20,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// StaticOptions shape a static file handler.
-type StaticOptions struct {
-	// FollowSymlinks lets a symlink inside the root point outside it. Off,
-	// any path that resolves outside the root — by "..", by an encoded
-	// "%2e%2e", or through a symlink — is refused.
-	FollowSymlinks bool
-	// Autoindex lists a directory that has no index.html. Off, such a
-	// directory is 403 Forbidden, as in nginx.
-	Autoindex bool
-}
-
 // Static serves the files under root: GET and HEAD, index.html for
 // directories, Content-Type by extension, ranges and conditional requests
 // (net/http's ServeContent), and bodies by sendfile(2), because the files
 // handed to net/http are *os.File. The root's path is followed to the
 // directory it names now, checked at most once a second, as the native
 // engine does (a deploy that switches a symlink is served at once).
-func Static(root string, opts StaticOptions) (http.Handler, error) {
+func Static(root string, opts Options) (http.Handler, error) {
 	fi, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("root %s: %w", root, bare(err))
@@ -64,7 +53,7 @@ func Static(root string, opts StaticOptions) (http.Handler, error) {
 
 // StaticFS serves fsys with the same rules as Static; for an embedded
 // document root, wrap it with http.FS.
-func StaticFS(fsys http.FileSystem, opts StaticOptions) http.Handler {
+func StaticFS(fsys http.FileSystem, opts Options) http.Handler {
 	all := fsys
 	if !opts.Autoindex {
 		fsys = noListing{fsys}

@@ -13,39 +13,41 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/proto"
 )
 
-// Config is how the master runs.
+// Config is how the master runs. Every option follows herd's one rule for
+// numbers and durations, set at the public edge (flags, TOML, herd.Server)
+// and kept all the way down: zero means the default, and a negative value
+// turns the option off where that means anything (DeferAccept,
+// WorkerTimeout, Accept.ReorderEvery) and is refused where it does not.
+// fill applies the rule to the master's own options; the options of the
+// accept strategies and of the native engine travel to the workers as they
+// are, in their owners' structs, and their owners apply it.
 type Config struct {
 	Listen       []string      // addresses; see parseAddr
 	Backlog      int           // listen(2) backlog; default 511, as nginx
-	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; 0: off
-	Workers      int           // default: number of CPUs
+	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
+	Workers      int           // default: the CPUs this process may use
 	Strategy     string        // accept strategy; default accept.Default()
-	Threads      int           // accepting threads per worker and listener; default 1
 	DrainTimeout time.Duration // how long a stopping worker may finish requests; default 30s
 	ReadyTimeout time.Duration // how long a new worker may take to report ready; default 30s
 	StopTimeout  time.Duration // after a fast stop, how long before SIGKILL; default 5s
 	PIDFile      string
 
-	MultiAccept       bool          // epoll strategies: accept until EAGAIN per wakeup
-	WorkerConnections int           // per worker; nginx's accept_disabled, fdpass's limit; default 1024
-	MutexDelay        time.Duration // nginx: accept_mutex_delay; default 500ms
-	ReorderEvery      int           // exclusive: re-add every N accepts; default 16, negative: never
+	// Accept is how workers accept (internal/accept owns it).
+	Accept accept.Options
 
 	Admin     string // operator endpoint address (loopback or unix socket); "" for none
 	AccessLog string // workers log requests here ("-": standard output); "" for none
 
 	// StaticRoot, if set, is served by the native engine (internal/httpd)
-	// instead of the program's handler.
-	StaticRoot     string
-	FollowSymlinks bool
-	Autoindex      bool          // native engine: list directories without index.html
-	HeaderTimeout  time.Duration // native engine: a request head must arrive within this; default 10s
-	IdleTimeout    time.Duration // native engine: keep-alive idle limit; default 75s
+	// instead of the program's handler, as Static says (httpd owns it).
+	StaticRoot string
+	Static     httpd.Options
 
-	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; 0: never
+	WorkerTimeout     time.Duration // kill a worker whose heartbeat is older; default 30s, negative: never
 	MaxRequests       int           // replace a worker after this many requests; 0: never
 	MaxRequestsJitter int           // plus up to this many more, at random per worker
 
@@ -97,7 +99,10 @@ func fill(cfg *Config) error {
 		return errors.New("no listen address (and no sockets from systemd)")
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = runtime.NumCPU()
+		// The CPUs this process may use: its affinity and, since Go 1.25,
+		// its cgroup CPU quota (a container limited to 2 CPUs on a
+		// 64-CPU host gets 2 workers, not 64).
+		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
 	if cfg.Workers < 1 || cfg.Workers > maxWorkers {
 		return fmt.Errorf("workers must be between 1 and %d, not %d", maxWorkers, cfg.Workers)
@@ -114,11 +119,23 @@ func fill(cfg *Config) error {
 	if err := accept.Check(cfg.Strategy); err != nil {
 		return err
 	}
-	if cfg.Threads == 0 {
-		cfg.Threads = 1
+	if err := cfg.Accept.Check(); err != nil {
+		return err
 	}
-	if cfg.Threads < 1 || cfg.Threads > 1024 {
-		return fmt.Errorf("threads must be between 1 and 1024, not %d", cfg.Threads)
+	switch {
+	case cfg.DeferAccept == 0:
+		cfg.DeferAccept = time.Second // nginx's "deferred"
+	case cfg.DeferAccept < 0:
+		cfg.DeferAccept = 0 // off, to the socket
+	}
+	switch {
+	case cfg.WorkerTimeout == 0:
+		cfg.WorkerTimeout = 30 * time.Second // gunicorn's timeout
+	case cfg.WorkerTimeout < 0:
+		cfg.WorkerTimeout = 0 // never
+	}
+	if cfg.MaxRequests < 0 || cfg.MaxRequestsJitter < 0 {
+		return errors.New("max requests must not be negative")
 	}
 	for _, d := range []*time.Duration{&cfg.DrainTimeout, &cfg.ReadyTimeout} {
 		if *d == 0 {
@@ -127,21 +144,6 @@ func fill(cfg *Config) error {
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 5 * time.Second
-	}
-	if cfg.WorkerConnections == 0 {
-		cfg.WorkerConnections = 1024
-	}
-	if cfg.WorkerConnections < 1 {
-		return fmt.Errorf("worker connections must be positive, not %d", cfg.WorkerConnections)
-	}
-	if cfg.MutexDelay == 0 {
-		cfg.MutexDelay = 500 * time.Millisecond
-	}
-	switch {
-	case cfg.ReorderEvery == 0:
-		cfg.ReorderEvery = 16 // nginx 1.21.6
-	case cfg.ReorderEvery < 0:
-		cfg.ReorderEvery = 0
 	}
 	if cfg.DrainTimeout < 0 || cfg.ReadyTimeout < 0 || cfg.StopTimeout < 0 {
 		return errors.New("timeouts must not be negative")

@@ -41,7 +41,7 @@ type dispatcher struct {
 }
 
 func newDispatcher(m *Master) *dispatcher {
-	return &dispatcher{shared: shared{m}, limit: m.cfg.WorkerConnections,
+	return &dispatcher{shared: shared{m}, limit: m.cfg.Accept.WithDefaults().WorkerConnections,
 		workers: map[*proc]bool{}, inflight: map[*proc]map[uint64]int{}, idle: map[*proc]func(){}}
 }
 

@@ -25,7 +25,7 @@ import (
 // that system-wide setting; it uses it if it is on, and in any case first
 // steers new connections away from the removed slot with a reuseport BPF
 // program (random % remaining slots), then lets the slot's worker accept
-// what is queued before it exits (the strategy drains on stop), and closes
+// what is queued before it exits (the strategy accepts what is queued on stop), and closes
 // the sockets only after that.
 
 // reuseportHalf holds every slot's sockets; m.sockets are slot 0's.
@@ -133,7 +133,7 @@ func (h *reuseportHalf) steer() {
 		}
 	}
 	if extra {
-		how := "steered away, then drained by its worker"
+		how := "steered away, then accepted by its worker before it exits"
 		if migrateReq() {
 			how += "; tcp_migrate_req is on, so the kernel also migrates what is left at close"
 		}

@@ -124,12 +124,9 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	spec := worker.Spec{
 		Engine: engine,
 		Slot:   slot, Generation: gen, Record: rec, Listeners: names,
-		Strategy: m.cfg.Strategy, Threads: m.cfg.Threads, DrainTimeout: m.cfg.DrainTimeout,
-		MultiAccept: m.cfg.MultiAccept, WorkerConnections: m.cfg.WorkerConnections,
+		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
-		StaticRoot: m.cfg.StaticRoot, FollowSymlinks: m.cfg.FollowSymlinks, Autoindex: m.cfg.Autoindex,
-		HeaderTimeout: m.cfg.HeaderTimeout, IdleTimeout: m.cfg.IdleTimeout,
-		MutexDelay: m.cfg.MutexDelay, ReorderEvery: m.cfg.ReorderEvery,
+		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static,
 	}
 	m.half.spec(&spec)
 	started, err := m.start(&spec, files)

@@ -78,7 +78,7 @@ func (e *httpEngine) Add(fd int) {
 func (e *httpEngine) Drain() {
 	e.draining.Store(true)
 	e.srv.SetKeepAlivesEnabled(false)
-	e.ln.drain()
+	e.ln.finish()
 }
 
 // Close ends every connection at once.
@@ -91,20 +91,20 @@ func (e *httpEngine) Close() {
 // strategy pushes accepted connections, Serve pops them.
 //
 // Stopping is done in an order that loses nothing: the strategy stops and
-// returns (no more pushes), then drain() makes Accept hand out what is left
+// returns (no more pushes), then finish() makes Accept hand out what is left
 // and only then report closed. Serve has registered a connection with the
 // server by the time it calls Accept again, so once Serve returns every
 // accepted connection is known to Server.Shutdown, which waits for it.
 type handoff struct {
-	conns   chan net.Conn
-	drained chan struct{}
-	once    sync.Once
-	addr    net.Addr
-	taken   atomic.Uint64 // connections Accept has handed to the server
+	conns    chan net.Conn
+	finished chan struct{}
+	once     sync.Once
+	addr     net.Addr
+	taken    atomic.Uint64 // connections Accept has handed to the server
 }
 
 func newHandoff(addr net.Addr) *handoff {
-	return &handoff{conns: make(chan net.Conn, 64), drained: make(chan struct{}), addr: addr}
+	return &handoff{conns: make(chan net.Conn, 64), finished: make(chan struct{}), addr: addr}
 }
 
 func (h *handoff) push(c net.Conn) { h.conns <- c }
@@ -114,7 +114,7 @@ func (h *handoff) Accept() (net.Conn, error) {
 	case c := <-h.conns:
 		h.taken.Add(1)
 		return c, nil
-	case <-h.drained:
+	case <-h.finished:
 		select {
 		case c := <-h.conns:
 			h.taken.Add(1)
@@ -141,11 +141,11 @@ func (h *handoff) serving() func() bool {
 	}
 }
 
-// drain: no more pushes will come; Accept returns the rest, then ErrClosed.
-func (h *handoff) drain() { h.once.Do(func() { close(h.drained) }) }
+// finish: no more pushes will come; Accept returns the rest, then ErrClosed.
+func (h *handoff) finish() { h.once.Do(func() { close(h.finished) }) }
 
-// Close is called by http.Server.Shutdown, after drain.
-func (h *handoff) Close() error { h.drain(); return nil }
+// Close is called by http.Server.Shutdown, after finish.
+func (h *handoff) Close() error { h.finish(); return nil }
 
 func (h *handoff) Addr() net.Addr { return h.addr }
 

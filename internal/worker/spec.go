@@ -6,6 +6,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/proto"
 )
 
@@ -17,31 +19,24 @@ import (
 // serving options from here rather than from its own arguments, so the
 // master stays the one authority on how its workers accept.
 type Spec struct {
-	Slot         int           `json:"slot"`
-	Generation   int           `json:"gen"`
-	Record       int           `json:"record"`
-	Listeners    []string      `json:"listeners"`
-	Strategy     string        `json:"strategy"`
-	Threads      int           `json:"threads"`
-	DrainTimeout time.Duration `json:"drain_timeout"`
+	Slot         int            `json:"slot"`
+	Generation   int            `json:"gen"`
+	Record       int            `json:"record"`
+	Listeners    []string       `json:"listeners"`
+	Strategy     string         `json:"strategy"`
+	Accept       accept.Options `json:"accept"`
+	LockFile     string         `json:"lock_file,omitempty"` // flock: the lock the master made
+	DrainTimeout time.Duration  `json:"drain_timeout"`
 
-	MultiAccept       bool          `json:"multi_accept,omitempty"`
-	WorkerConnections int           `json:"worker_connections,omitempty"`
-	LockFile          string        `json:"lock_file,omitempty"`
-	MutexDelay        time.Duration `json:"accept_mutex_delay,omitempty"`
-	ReorderEvery      int           `json:"exclusive_reorder,omitempty"`
-	MaxRequests       int           `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
-	MaxRequestsJitter int           `json:"max_requests_jitter,omitempty"`
-	AccessLog         string        `json:"access_log,omitempty"` // path, or "-" for standard output
+	MaxRequests       int    `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
+	MaxRequestsJitter int    `json:"max_requests_jitter,omitempty"`
+	AccessLog         string `json:"access_log,omitempty"` // path, or "-" for standard output
 
 	// Engine "native" serves StaticRoot with internal/httpd's event loop
 	// instead of the program's http.Handler.
-	Engine         string        `json:"engine,omitempty"`
-	StaticRoot     string        `json:"static_root,omitempty"`
-	FollowSymlinks bool          `json:"follow_symlinks,omitempty"`
-	Autoindex      bool          `json:"autoindex,omitempty"`
-	HeaderTimeout  time.Duration `json:"header_timeout,omitempty"`
-	IdleTimeout    time.Duration `json:"keepalive_timeout,omitempty"`
+	Engine     string        `json:"engine,omitempty"`
+	StaticRoot string        `json:"static_root,omitempty"`
+	Static     httpd.Options `json:"static,omitempty"`
 }
 
 // Env renders the spec as an environment entry.

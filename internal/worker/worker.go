@@ -108,10 +108,8 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
 	deferred := deferredAccept(listeners)
 	w.strat, err = accept.New(spec.Strategy, accept.Config{
-		Listeners: listeners, Threads: spec.Threads, Stats: st, Log: log,
-		PID: os.Getpid(), MultiAccept: spec.MultiAccept, WorkerConnections: spec.WorkerConnections,
-		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), MutexDelay: spec.MutexDelay,
-		ReorderEvery: spec.ReorderEvery, Passed: w.ctrl.passed, Nonblock: spec.Engine == "native",
+		Options: spec.Accept, Listeners: listeners, Stats: st, Log: log, PID: os.Getpid(),
+		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passed: w.ctrl.passed, Nonblock: spec.Engine == "native",
 	})
 	if err != nil {
 		return err
@@ -149,12 +147,10 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
-		Root: spec.StaticRoot, FollowSymlinks: spec.FollowSymlinks,
-		WorkerConnections: spec.WorkerConnections, Stats: w.st, Log: w.log,
-		HeaderTimeout: spec.HeaderTimeout, IdleTimeout: spec.IdleTimeout,
+		Options: spec.Static, Root: spec.StaticRoot,
+		WorkerConnections: spec.Accept.WithDefaults().WorkerConnections, Stats: w.st, Log: w.log,
 		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
 		ReadFirst:   deferred,
-		Autoindex:   spec.Autoindex,
 		OnRequest:   recycler(spec, w.ctrl),
 	}
 	if alog != nil {
@@ -169,7 +165,7 @@ func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool
 		w.log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
 	}
 	inline, isInline := w.strat.(httpd.Inline)
-	if isInline && spec.Threads <= 1 {
+	if isInline && spec.Accept.WithDefaults().Threads == 1 {
 		cfg.Inline = inline
 	}
 	eng, err := httpd.New(cfg)
