@@ -492,84 +492,6 @@ func TestTimeouts(t *testing.T) {
 	}
 }
 
-func TestParseTable(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		partial bool
-		status  int
-		target  string
-		keep    bool
-	}{
-		{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, 0, "/", true},
-		{"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false, 0, "/", false},
-		{"GET / HTTP/1.0\r\n\r\n", false, 0, "/", false},
-		{"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", false, 0, "/", true},
-		{"GET /a?b HTTP/1.1\r\nhOsT: x\r\n\r\n", false, 0, "/a?b", true},
-		{"GET / HTTP/1.1\r\nHost: x\r\n", true, 0, "", false},
-		{"GET / HTTP/1.1\r\nHost: x\r\nX: \x00\r\n\r\n", false, 400, "", false},
-		{"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
-		{" GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
-		{"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", false, 400, "", false},
-	} {
-		r, err := parse([]byte(tc.in))
-		switch {
-		case tc.partial:
-			if r != nil || err != nil {
-				t.Errorf("%q: want partial, got %v %v", tc.in, r, err)
-			}
-		case tc.status != 0:
-			if err == nil || err.status != tc.status {
-				t.Errorf("%q: want %d, got %v", tc.in, tc.status, err)
-			}
-		default:
-			if err != nil || r == nil || string(r.target) != tc.target || r.keep != tc.keep {
-				t.Errorf("%q: got %+v %v", tc.in, r, err)
-			}
-		}
-	}
-}
-
-// FuzzParse: the parser never panics, never reads past what it was given,
-// and anything it accepts has a path target.
-//
-//	go test ./internal/httpd -run '^$' -fuzz FuzzParse -fuzztime 1m
-func FuzzParse(f *testing.F) {
-	for _, s := range []string{
-		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-		"GET http://a/b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-		"HEAD /x HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nIf-None-Match: \"a\"\r\n\r\n",
-		"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-		"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := parse(data)
-		if r != nil && err != nil {
-			t.Fatal("both a request and an error")
-		}
-		if r == nil {
-			return
-		}
-		if r.size > len(data) || len(r.target) == 0 || r.target[0] != '/' {
-			t.Fatalf("accepted %q: size %d, target %q", data, r.size, r.target)
-		}
-		name, dir, ok := cleanPath(r.target)
-		if ok && (strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/")) {
-			t.Fatalf("path %q cleans to %q", r.target, name)
-		}
-		if r.chunked {
-			if next, end, _ := chunkedBody(data[r.size:], 0); next < 0 || end < 0 || end > len(data)-r.size || next > len(data)-r.size {
-				t.Fatalf("chunked body of %q: next %d end %d", data, next, end)
-			}
-		}
-		// The fast path never disagrees with the full one.
-		if plain, pok := plainPath(r.target); pok && (!ok || dir || string(plain) != name) {
-			t.Fatalf("path %q: plainPath %q, cleanPath %q dir=%v ok=%v", r.target, plain, name, dir, ok)
-		}
-	})
-}
-
 func dup(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
 
 // Autoindex lists a directory without index.html: entries sorted, names
@@ -648,40 +570,5 @@ func TestAccessLogAndOnRequest(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(counts, []uint64{1, 2, 3, 4, 5}) {
 		t.Errorf("OnRequest saw %v, want 1..5", counts)
-	}
-}
-
-// plainPath takes only paths that cleanPath would leave as they are, and
-// gives the same name for them.
-func TestPlainPath(t *testing.T) {
-	for _, tc := range []struct {
-		target, name string
-		plain        bool
-	}{
-		{"/hello.txt", "hello.txt", true},
-		{"/docs/index.html?x=1#f", "docs/index.html", true},
-		{"/a.b/c..d", "a.b/c..d", true},
-		{"/", "", false},
-		{"/docs/", "", false},
-		{"/a//b", "", false},
-		{"/./a", "", false},
-		{"/a/../b", "", false},
-		{"/a/..", "", false},
-		{"/a/.", "", false},
-		{"/.hidden", "", false},
-		{"/%2e%2e/secret", "", false},
-		{"/a\\b", "", false},
-		{"/a\x00b", "", false},
-		{"*", "", false},
-	} {
-		name, ok := plainPath([]byte(tc.target))
-		if ok != tc.plain || string(name) != tc.name {
-			t.Errorf("plainPath(%q) = %q, %v; want %q, %v", tc.target, name, ok, tc.name, tc.plain)
-		}
-		if ok {
-			if clean, dir, cok := cleanPath([]byte(tc.target)); !cok || dir || clean != string(name) {
-				t.Errorf("%q: plainPath %q, cleanPath %q dir=%v ok=%v", tc.target, name, clean, dir, cok)
-			}
-		}
 	}
 }
