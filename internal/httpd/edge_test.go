@@ -211,12 +211,7 @@ func TestProtocolDetailsOverTheWire(t *testing.T) {
 	}
 
 	// Expect: 100-continue — the interim answer comes before any body is sent.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := dial(t, addr, 5*time.Second)
 	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
 	br := bufio.NewReader(c)
 	if line, err := br.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
@@ -229,12 +224,7 @@ func TestProtocolDetailsOverTheWire(t *testing.T) {
 	}
 
 	// POST with Expect: 405 at once, no 100, and the connection closes.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	c2.SetDeadline(time.Now().Add(5 * time.Second))
+	c2 := dial(t, addr, 5*time.Second)
 	io.WriteString(c2, "POST /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c2), nil)
 	if err != nil || resp.StatusCode != 405 || !resp.Close {
@@ -259,12 +249,7 @@ func TestRefusalsCloseHonestly(t *testing.T) {
 
 	// 413 while the client is still sending its body: it must be able to
 	// read the whole answer, then see the end of the stream.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c = dial(t, addr, 10*time.Second)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
 	sent := make(chan error, 1)
 	go func() {

@@ -160,6 +160,19 @@ func exchange(t *testing.T, addr, raw string, n int) ([]*http.Response, [][]byte
 	return resps, bodies, c
 }
 
+// dial connects to addr with a deadline for everything the test does on
+// the connection, and closes it at the end of the test.
+func dial(t *testing.T, addr string, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d))
+	return c
+}
+
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
 
 func get(target string, headers ...string) string {
@@ -196,12 +209,7 @@ func TestReadFirst(t *testing.T) {
 	}
 
 	// A request head split across two writes: the first read has half.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c = dial(t, addr, 5*time.Second)
 	io.WriteString(c, "GET /hello.txt HTTP/1.1\r\n")
 	time.Sleep(50 * time.Millisecond)
 	io.WriteString(c, "Host: x\r\n\r\n")
@@ -541,7 +549,7 @@ func TestAccessLogAndOnRequest(t *testing.T) {
 	var counts []uint64
 	var mu sync.Mutex
 	addr, _ := testEngine(t, root, func(c *Config) {
-		c.AccessLog = log // written before each answer is sent
+		c.AccessLog = log // written once each answer is sent
 		c.OnRequest = func(n uint64) { mu.Lock(); counts = append(counts, n); mu.Unlock() }
 	})
 	exchange(t, addr, get("/hello.txt")+"HEAD /hello.txt HTTP/1.0\r\n\r\n", 2)
@@ -555,8 +563,17 @@ func TestAccessLogAndOnRequest(t *testing.T) {
 		`"GET /big.bin HTTP/1.1" 206 10`,
 		`"-" 400 `,
 	}
-	b, _ := os.ReadFile(log.Name())
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	// A line is written once its answer has been sent: the client may read
+	// the answer a moment before.
+	var b []byte
+	var lines []string
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		b, _ = os.ReadFile(log.Name())
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) >= len(want) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(lines) != len(want) {
 		t.Fatalf("%d lines for %d answers:\n%s", len(lines), len(want), b)
 	}
