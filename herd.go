@@ -18,10 +18,14 @@
 // How a connection gets from the kernel to one worker is the Strategy; see
 // docs/STRATEGIES.md for what each one does and costs.
 //
-// Signals to the master: TERM or INT stop at once, QUIT stops gracefully
-// (workers finish in-flight requests, bounded by DrainTimeout), HUP starts a
-// new generation of workers and retires the old one once the new one is
-// ready, TTIN and TTOU add or remove a worker.
+// Signals to the master: TERM and QUIT stop gracefully (workers stop
+// accepting and finish in-flight requests, bounded by DrainTimeout; a second
+// TERM stops at once), INT stops at once, HUP starts a new generation of
+// workers and retires the old one once the new one is ready, USR1 makes the
+// workers reopen the access log, USR2 upgrades the binary, TTIN and TTOU add
+// or remove a worker. A program that handles SIGTERM itself and calls
+// Shutdown gets the same graceful stop: both ask for it, and asking twice
+// changes nothing.
 package herd
 
 import (
@@ -226,7 +230,7 @@ func (s *Server) Start() error {
 	case <-s.done:
 		return fmt.Errorf("herd: stopped before the workers were ready: %w", s.err)
 	case <-time.After(timeout):
-		m.Signal(unix.SIGTERM)
+		m.Signal(unix.SIGINT)
 		<-s.done
 		return fmt.Errorf("herd: workers not ready within %v", timeout)
 	}
@@ -303,18 +307,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-s.done:
 		return s.err
 	case <-ctx.Done():
-		s.master.Signal(unix.SIGTERM)
+		s.master.Signal(unix.SIGINT)
 		<-s.done
 		return ctx.Err()
 	}
 }
 
-// Close stops the server at once, as SIGTERM does.
+// Close stops the server at once, as SIGINT does.
 func (s *Server) Close() error {
 	if s.master == nil {
 		return errors.New("herd: server not started")
 	}
-	s.master.Signal(unix.SIGTERM)
+	s.master.Signal(unix.SIGINT)
 	return s.Wait()
 }
 

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,5 +137,44 @@ func TestStartBusyAddress(t *testing.T) {
 func TestStartNeedsHandler(t *testing.T) {
 	if err := (&herd.Server{}).Start(); err == nil {
 		t.Fatal("Start with no Handler succeeded")
+	}
+}
+
+// A program that stops its server with Shutdown when it gets SIGTERM, as
+// Go services do, gets a graceful stop: herd hears the same TERM, and both
+// ask for the same thing. (TERM used to be herd's fast stop, racing the
+// program's Shutdown.)
+func TestShutdownOnOwnSIGTERM(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "slow")
+	srv := slowServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	defer signal.Stop(term)
+	stopped := make(chan error, 1)
+	go func() {
+		<-term
+		stopped <- srv.Shutdown(context.Background())
+	}()
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + srv.Addrs()[0] + "/slow")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	waitActive(srv)
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	if body := <-got; body != "done /slow" {
+		t.Errorf("in-flight request got %q across SIGTERM and Shutdown, want its full answer", body)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Shutdown: %v", err)
 	}
 }

@@ -77,12 +77,16 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'herd COMMAND -h' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'herd COMMAND -h' for a command's flags, 'herd help signals' for what the master does with each signal.")
 }
 
 func runHelp(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		usage(stdout)
+		return nil
+	}
+	if args[0] == "signals" {
+		printSignals(stdout)
 		return nil
 	}
 	for _, c := range commands() {

@@ -158,7 +158,7 @@ func (m *Master) failReload(why string) {
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 	for p := range m.procs {
 		if p.gen == r.gen {
-			m.stopProc(p, unix.SIGTERM)
+			m.stopProc(p, unix.SIGINT)
 		}
 	}
 	m.log.Error("reload failed; the old workers keep serving", "reason", why)
@@ -176,13 +176,14 @@ func (m *Master) stopProc(p *proc, sig unix.Signal) {
 	m.half.stopWorker(p, sig)
 }
 
-// stop makes every worker stop: gracefully (QUIT: bounded by the drain
-// timeout) or fast (TERM). Whatever is left when the bound passes is killed.
+// stop makes every worker stop: gracefully (QUIT to them: bounded by the
+// drain timeout) or fast (INT). Whatever is left when the bound passes is
+// killed. A graceful stop may turn fast; a fast one stays as it is.
 func (m *Master) stop(graceful bool, sig os.Signal) {
-	if m.stopping && graceful {
+	if m.stopping && (graceful || m.fast) {
 		return // a fast stop is never downgraded; a second QUIT changes nothing
 	}
-	m.stopping = true
+	m.stopping, m.fast = true, !graceful
 	if m.upgrade != nil {
 		m.upgradeFailed(errors.New("this master was told to stop"))
 	}
@@ -191,7 +192,7 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 		m.reload = nil
 	}
 	m.half.stopping(graceful)
-	wsig, bound := unix.SIGTERM, m.cfg.StopTimeout
+	wsig, bound := unix.SIGINT, m.cfg.StopTimeout
 	if graceful {
 		wsig, bound = unix.SIGQUIT, m.cfg.DrainTimeout+m.cfg.StopTimeout
 	}

@@ -1,13 +1,22 @@
 // Package master is the supervising process: it owns the listening sockets
 // and the scoreboard, spawns workers by executing its own binary again,
 // keeps the wanted number of them alive, and turns signals into reloads and
-// stops with the meaning nginx and gunicorn users know:
+// stops with the meaning container, systemd and gunicorn users know:
 //
-//	TERM, INT  fast stop: workers exit at once
-//	QUIT       graceful stop: workers stop accepting, finish what they have, exit
+//	TERM       graceful stop (what Kubernetes, Docker and systemd send): workers
+//	           stop accepting, finish what they have within the drain timeout,
+//	           exit; a second TERM makes it a fast stop
+//	QUIT       graceful stop, as TERM (a second one changes nothing)
+//	INT        fast stop: workers exit at once
 //	HUP        reload: a new generation of workers starts; once every one of
 //	           them has said it is ready, the old generation stops gracefully
+//	USR1       reopen logs: workers reopen their access logs (logrotate)
+//	USR2       binary upgrade (upgrade.go)
 //	TTIN/TTOU  one worker more / fewer
+//
+// Workers take TERM and QUIT as a graceful stop and INT as a fast one, and
+// the master sends them QUIT and INT: a TERM that reaches every process of
+// the service at once (systemd's KillMode=control-group) drains them too.
 //
 // The sockets outlive every worker, so a connection queued in the kernel
 // while workers change hands is accepted by whichever worker comes next.
@@ -62,6 +71,8 @@ type Master struct {
 	slots    map[int]*slotState
 	reload   *reloadState
 	stopping bool
+	fast     bool // stopping, and not gracefully
+	terms    int  // TERMs received
 	isReady  bool
 	deadline stopper
 	closed   sync.Once
@@ -256,7 +267,7 @@ func (m *Master) Snapshot() shm.Snapshot { return m.board.Snapshot() }
 // scoreboard and the pid file before returning.
 func (m *Master) Run() error {
 	signal.Notify(m.signals, unix.SIGHUP, unix.SIGQUIT, unix.SIGTERM, unix.SIGINT,
-		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2)
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
 	defer signal.Stop(m.signals)
 	defer m.close()
 	defer close(m.done)
@@ -315,10 +326,21 @@ func (m *Master) settle() {
 
 func (m *Master) handleSignal(sig os.Signal) {
 	switch sig {
-	case unix.SIGTERM, unix.SIGINT:
+	case unix.SIGTERM:
+		// The first TERM is graceful, a second one fast. A QUIT (or the
+		// library's Shutdown) before it does not count: a program that
+		// calls Shutdown on the TERM herd also hears must not turn it fast.
+		m.terms++
+		m.stop(m.terms == 1, sig)
+	case unix.SIGINT:
 		m.stop(false, sig)
 	case unix.SIGQUIT:
 		m.stop(true, sig)
+	case unix.SIGUSR1:
+		m.log.Info("USR1: workers reopen their logs", "workers", len(m.procs))
+		for p := range m.procs {
+			p.process.Signal(unix.SIGUSR1)
+		}
 	case unix.SIGHUP:
 		m.startReload()
 	case unix.SIGTTIN:

@@ -280,7 +280,7 @@ func TestSupervisorReloadNeverReady(t *testing.T) {
 		t.Errorf("generation %d after a failed reload, want 1", s.m.gen)
 	}
 	for _, p := range s.gen(2) {
-		if !p.got(unix.SIGTERM) {
+		if !p.got(unix.SIGINT) {
 			t.Errorf("new worker slot %d not stopped: %v", p.spec.Slot, p.signals())
 		}
 	}
@@ -368,20 +368,31 @@ func TestSupervisorDeathWhileDraining(t *testing.T) {
 	}
 }
 
-// A fast stop sends TERM; what has not exited when StopTimeout passes is
-// killed. A graceful stop allows DrainTimeout first.
+// A fast stop (INT, or a second TERM) sends INT to the workers; what has
+// not exited when StopTimeout passes is killed. A graceful stop (TERM,
+// QUIT) sends QUIT and allows DrainTimeout first.
 func TestSupervisorStopDeadline(t *testing.T) {
 	for _, tc := range []struct {
-		sig   unix.Signal
+		name  string
+		sigs  []unix.Signal
+		sent  unix.Signal
 		bound time.Duration
-	}{{unix.SIGTERM, 5 * time.Second}, {unix.SIGQUIT, 25 * time.Second}} {
-		t.Run(tc.sig.String(), func(t *testing.T) {
+	}{
+		{"INT", []unix.Signal{unix.SIGINT}, unix.SIGINT, 5 * time.Second},
+		{"TERM", []unix.Signal{unix.SIGTERM}, unix.SIGQUIT, 25 * time.Second},
+		{"QUIT", []unix.Signal{unix.SIGQUIT}, unix.SIGQUIT, 25 * time.Second},
+		{"QUIT then TERM", []unix.Signal{unix.SIGQUIT, unix.SIGTERM}, unix.SIGQUIT, 25 * time.Second},
+		{"TERM TERM", []unix.Signal{unix.SIGTERM, unix.SIGTERM}, unix.SIGINT, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			s := newSup(t, nil, nil)
 			s.allReady()
-			s.signal(tc.sig)
+			for _, sig := range tc.sigs {
+				s.signal(sig)
+			}
 			for _, p := range s.procs() {
-				if !p.got(tc.sig) {
-					t.Fatalf("worker not sent %v: %v", tc.sig, p.signals())
+				if !p.got(tc.sent) {
+					t.Fatalf("worker not sent %v: %v", tc.sent, p.signals())
 				}
 			}
 			s.clock.advance(tc.bound - time.Millisecond)

@@ -145,7 +145,7 @@ func (m *Master) upgradeFailed(why error) {
 	u.timer.Stop()
 	u.ready.Close()
 	m.upgrade = nil
-	u.cmd.Process.Signal(unix.SIGTERM)
+	u.cmd.Process.Signal(unix.SIGINT) // a fast stop: it serves nothing yet
 	m.restorePIDFile()
 	m.log.Error("upgrade failed; this master keeps serving", "reason", why.Error())
 }

@@ -20,10 +20,11 @@ import (
 // Lines go into a 64 KiB buffer that is flushed every second and at exit,
 // so the hot path costs a mutex and a formatted append, not a write(2).
 type accessLog struct {
-	mu  sync.Mutex
-	w   *bufio.Writer
-	out io.Closer
-	buf []byte
+	mu   sync.Mutex
+	path string
+	w    *bufio.Writer
+	out  io.Closer
+	buf  []byte
 }
 
 // openAccessLog opens path for appending ("-": standard output).
@@ -37,7 +38,7 @@ func openAccessLog(path string) (*accessLog, error) {
 			return nil, fmt.Errorf("access log: %w", err)
 		}
 	}
-	a := &accessLog{w: bufio.NewWriterSize(f, 64<<10), out: f}
+	a := &accessLog{path: path, w: bufio.NewWriterSize(f, 64<<10), out: f}
 	if path == "-" {
 		a.out = nil
 	}
@@ -56,6 +57,29 @@ func (a *accessLog) Write(line []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.w.Write(line)
+}
+
+// reopen flushes what is buffered and opens the file at the same path
+// again: after logrotate has moved the old one, lines go to a new file
+// (nginx's USR1). Standard output is left as it is.
+func (a *accessLog) reopen() error {
+	if a.path == "-" {
+		return nil
+	}
+	f, err := os.OpenFile(a.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("access log: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.w.Flush()
+	old := a.out
+	a.w.Reset(f)
+	a.out = f
+	if old != nil {
+		old.Close()
+	}
+	return nil
 }
 
 // Close flushes what is buffered.

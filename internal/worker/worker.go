@@ -1,8 +1,8 @@
 // Package worker is a worker process's life: it picks up what the master
 // passed it (listening sockets, the scoreboard, a control socket), runs the
 // accept strategy feeding the serving engine, reports readiness, and stops
-// the way the master asks — gracefully on SIGQUIT, at once on SIGTERM, and
-// at once when the master itself is gone.
+// the way it is asked — gracefully on SIGQUIT or SIGTERM, at once on SIGINT,
+// and at once when the master itself is gone.
 package worker
 
 import (
@@ -72,17 +72,61 @@ type proc struct {
 	sigs       chan os.Signal
 	masterGone chan struct{}
 	strat      accept.Strategy
+	alog       *accessLog // or nil
+}
+
+// signal waits for the next signal that stops the worker: graceful (QUIT,
+// TERM) or not (INT). USR1 reopens the access log on the way.
+func (w *proc) signal() (graceful bool) {
+	for sig := range w.sigs {
+		switch sig {
+		case unix.SIGUSR1:
+			w.reopenLog()
+		case unix.SIGINT:
+			return false
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+func (w *proc) reopenLog() {
+	if w.alog == nil {
+		return
+	}
+	if err := w.alog.reopen(); err != nil {
+		w.log.Error("USR1: cannot reopen the access log; writing to the old one", "err", err)
+		return
+	}
+	w.log.Debug("USR1: access log reopened")
+}
+
+// fastSignal is closed by the first INT, after a graceful stop began:
+// further QUITs and TERMs change nothing (systemd's TERM and the master's
+// QUIT both arrive), USR1 still reopens the log.
+func (w *proc) fastSignal() <-chan struct{} {
+	fast := make(chan struct{})
+	go func() {
+		for w.signal() { // QUIT and TERM again change nothing
+		}
+		close(fast)
+	}()
+	return fast
 }
 
 func run(spec *Spec, opts Options, log *slog.Logger) error {
 	// Signals first: a QUIT that arrives while we start must not kill us
 	// with a goroutine dump (Go's default for SIGQUIT).
+	// TERM is graceful too: systemd (KillMode=control-group) and a shell's
+	// kill of the process group send it to every process of the service at
+	// once, and a worker must drain then, not drop what it serves. INT, a
+	// terminal's Ctrl-C or the master's fast stop, ends it at once. USR1
+	// reopens the access log.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGQUIT, unix.SIGTERM)
-	// The master alone decides about reloads and worker counts; a terminal's
-	// Ctrl-C reaches the whole process group, and the master turns it into
-	// a stop for everyone.
-	signal.Ignore(unix.SIGINT, unix.SIGHUP, unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
+	signal.Notify(sigs, unix.SIGQUIT, unix.SIGTERM, unix.SIGINT, unix.SIGUSR1)
+	// The master alone decides about reloads and worker counts.
+	signal.Ignore(unix.SIGHUP, unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2)
 
 	region, err := shm.Open(os.NewFile(proto.ShmFD, "scoreboard"), true)
 	if err != nil {
@@ -99,6 +143,11 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	st.Store(shm.PID, uint64(os.Getpid()))
 
 	w := &proc{spec: spec, log: log, st: st, ctrl: newControl(proto.CtrlFD), sigs: sigs, masterGone: make(chan struct{})}
+	defer func() {
+		if w.alog != nil {
+			w.alog.Close()
+		}
+	}()
 	go w.ctrl.read(w.masterGone)
 
 	listeners := make([]accept.Listener, len(spec.Listeners))
@@ -119,7 +168,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if alog, err = openAccessLog(spec.AccessLog); err != nil {
 			return err
 		}
-		defer alog.Close()
+		w.alog = alog
 	}
 	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
 	if spec.Engine == "native" {
@@ -195,9 +244,11 @@ func (w *proc) serve(eng engine, name string, inline bool) error {
 		return fmt.Errorf("worker: tell master ready: %w", err)
 	}
 	w.log.Debug("worker ready", "strategy", w.spec.Strategy, "engine", name)
+	graceful := make(chan bool, 1)
+	go func() { graceful <- w.signal() }()
 	select {
-	case sig := <-w.sigs:
-		if sig == unix.SIGTERM {
+	case g := <-graceful:
+		if !g {
 			return nil // the connections close with the process
 		}
 	case <-w.masterGone:
@@ -224,7 +275,7 @@ func (w *proc) serve(eng engine, name string, inline bool) error {
 		w.log.Warn("drain cut short", "active", w.st.Load(shm.Active))
 		eng.Close()
 		<-done
-	case <-w.sigs: // a second signal cuts the drain short
+	case <-w.fastSignal(): // INT cuts the drain short
 		eng.Close()
 		<-done
 	case <-w.masterGone:

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Tests of herd as an operator deploys it: the signals a service manager
+// or a container runtime sends, and what the docs promise for them.
+
+// slowDownload starts a GET of /big.bin that reads a slice at a time, so
+// the transfer takes a couple of seconds, and returns what it received.
+func slowDownload(t *testing.T, addr string) <-chan []byte {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", addr)
+	must(t, err)
+	got := make(chan []byte, 1)
+	go func() {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			got <- nil
+			return
+		}
+		var body bytes.Buffer
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			body.Write(buf[:n])
+			if err != nil {
+				break
+			}
+			time.Sleep(2 * time.Millisecond) // a slow reader: a few MB/s
+		}
+		got <- body.Bytes()
+	}()
+	return got
+}
+
+// TERM is graceful, as Kubernetes, Docker and systemd expect: a download
+// under way when it arrives completes byte-exact, then the master exits 0.
+func TestTermFinishesSlowDownload(t *testing.T) {
+	root, big := docroot(t)
+	h := startHerd(t, root, "--workers", "2")
+	got := slowDownload(t, h.addr)
+	time.Sleep(300 * time.Millisecond)
+	h.signal(syscall.SIGTERM)
+	body := <-got
+	if !bytes.Equal(body, big) {
+		t.Errorf("download cut by TERM: %d of %d bytes", len(body), len(big))
+	}
+	if code := h.waitExit(10 * time.Second); code != 0 {
+		t.Errorf("exit %d after TERM", code)
+	}
+}
+
+// A second TERM, or INT, is the fast stop.
+func TestSecondTermIsFast(t *testing.T) {
+	root, big := docroot(t)
+	h := startHerd(t, root, "--workers", "1")
+	got := slowDownload(t, h.addr)
+	time.Sleep(300 * time.Millisecond)
+	h.signal(syscall.SIGTERM)
+	time.Sleep(100 * time.Millisecond)
+	h.signal(syscall.SIGTERM)
+	h.waitExit(5 * time.Second)
+	if body := <-got; len(body) >= len(big) {
+		t.Errorf("a second TERM let the download finish (%d bytes)", len(body))
+	}
+}
+
+// herd as PID 1 of a container (here a new PID namespace): TERM from
+// outside is a graceful stop too.
+func TestTermAsPID1(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/unshare"); err != nil {
+		t.Skip("unshare(1) not installed")
+	}
+	root, big := docroot(t)
+	port := freeAddr(t)
+	h := startWrapped(t, []string{"unshare", "--pid", "--fork", "--mount-proc"}, root, "--workers", "2", "--listen", port)
+	kids := children(h.pid())
+	if len(kids) != 1 {
+		t.Fatalf("unshare has children %v, want the master", kids)
+	}
+	master := kids[0]
+	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", master)); !strings.Contains(string(b), "NSpid:") ||
+		!strings.HasSuffix(strings.Fields(grepLine(string(b), "NSpid:"))[len(strings.Fields(grepLine(string(b), "NSpid:")))-1], "1") {
+		t.Fatalf("the master is not PID 1 of its namespace:\n%s", grepLine(string(b), "NSpid:"))
+	}
+	got := slowDownload(t, port)
+	time.Sleep(300 * time.Millisecond)
+	must(t, syscall.Kill(master, syscall.SIGTERM))
+	if body := <-got; !bytes.Equal(body, big) {
+		t.Errorf("download cut by TERM to PID 1: %d of %d bytes", len(body), len(big))
+	}
+	if code := h.waitExit(10 * time.Second); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}
+
+func grepLine(s, prefix string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
+}
+
+// children lists a process's child pids.
+func children(pid int) []int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// USR1 after logrotate has moved the access log: the workers write a new
+// file at the configured path.
+func TestUSR1ReopensAccessLog(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) {
+			root, _ := docroot(t)
+			dir := t.TempDir()
+			logPath := filepath.Join(dir, "access.log")
+			h := startHerd(t, root, "--workers", "1", "--access-log", logPath, "--engine", engine)
+			waitLine := func(path, want string) {
+				t.Helper()
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+					if b, _ := os.ReadFile(path); strings.Contains(string(b), want) {
+						return
+					}
+					if time.Now().After(deadline) {
+						b, _ := os.ReadFile(path)
+						t.Fatalf("%s has no %q:\n%s", path, want, b)
+					}
+				}
+			}
+			get(client(), "http://"+h.addr+"/hello.txt?before")
+			waitLine(logPath, "/hello.txt?before")
+			must(t, os.Rename(logPath, logPath+".1")) // what logrotate does
+			h.signal(syscall.SIGUSR1)
+			if !h.logged("USR1: workers reopen their logs", 5*time.Second) {
+				t.Fatal("USR1 not handled")
+			}
+			time.Sleep(200 * time.Millisecond) // the signal reaches the worker
+			get(client(), "http://"+h.addr+"/hello.txt?after")
+			waitLine(logPath, "/hello.txt?after")
+			if b, _ := os.ReadFile(logPath + ".1"); strings.Contains(string(b), "?after") {
+				t.Errorf("a line after USR1 went to the moved file:\n%s", b)
+			}
+		})
+	}
+}
+
+// README.md and docs/OPERATING.md show the signal table `herd help
+// signals` prints, row for row.
+func TestSignalTableDocumented(t *testing.T) {
+	out, _, code := runHerd(t, "help", "signals")
+	if code != 0 {
+		t.Fatalf("herd help signals: exit %d", code)
+	}
+	for _, s := range signals {
+		if !strings.Contains(out, s[0]) || !strings.Contains(out, s[1]) {
+			t.Errorf("herd help signals lacks %s", s[0])
+		}
+	}
+	for _, doc := range []string{"../../README.md", "../../docs/OPERATING.md"} {
+		b, err := os.ReadFile(doc)
+		must(t, err)
+		if !strings.Contains(string(b), signalsMarkdown()) {
+			t.Errorf("%s does not have the signal table; it should read:\n%s", doc, signalsMarkdown())
+		}
+	}
+}
