@@ -3,17 +3,21 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/master"
 )
 
 // Tests of herd as an operator deploys it: the signals a service manager
@@ -197,5 +201,85 @@ func TestSignalTableDocumented(t *testing.T) {
 		if !strings.Contains(string(b), signalsMarkdown()) {
 			t.Errorf("%s does not have the signal table; it should read:\n%s", doc, signalsMarkdown())
 		}
+	}
+}
+
+// USR2 with --admin, as the shipped unit runs herd: the new master takes
+// the admin socket over with the others (binding it again failed: "address
+// already in use"), a client loop on the site and on the admin endpoint
+// sees no failure, and /status then answers from the new master.
+func TestUpgradeKeepsAdminSocket(t *testing.T) {
+	for _, kind := range []string{"tcp", "unix"} {
+		t.Run(kind, func(t *testing.T) {
+			root, _ := docroot(t)
+			adminArg := "127.0.0.1:0"
+			if kind == "unix" {
+				adminArg = "unix:" + filepath.Join(t.TempDir(), "admin.sock")
+			}
+			h := startHerd(t, root, "--workers", "2", "--admin", adminArg)
+			m := regexp.MustCompile(`msg="admin endpoint" listen=(\S+)`).FindStringSubmatch(h.Log())
+			if m == nil {
+				t.Fatalf("no admin endpoint logged:\n%s", h.Log())
+			}
+			adminClient := client()
+			adminURL := "http://" + m[1]
+			if kind == "unix" {
+				path := m[1]
+				adminClient.Transport = &http.Transport{DisableKeepAlives: true,
+					DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+						return (&net.Dialer{}).DialContext(ctx, "unix", path)
+					}}
+				adminURL = "http://admin"
+			}
+			stop := make(chan struct{})
+			site := make(chan loadResult)
+			go func() {
+				site <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 100_000, 30*time.Second, stop)
+			}()
+			adminFailed := make(chan int)
+			go func() {
+				failed := 0
+				for i := 0; i < 100_000; i++ {
+					select {
+					case <-stop:
+						adminFailed <- failed
+						return
+					default:
+					}
+					if code, _, err := get(adminClient, adminURL+"/healthz"); err != nil || code != 200 {
+						failed++
+					}
+				}
+				adminFailed <- failed
+			}()
+			old := h.pid()
+			h.signal(syscall.SIGUSR2)
+			var newPID int
+			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				if pid, err := master.ReadPIDFile(h.pidFile); err == nil && pid != old && !alive(old) {
+					newPID = pid
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("upgrade did not complete:\n%s", h.Log())
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+			close(stop)
+			if res := <-site; res.failed != 0 {
+				t.Errorf("site across the upgrade: %d of %d failed (%s)", res.failed, res.sent, res.firstErr)
+			}
+			if n := <-adminFailed; n != 0 {
+				t.Errorf("%d admin requests failed across the upgrade", n)
+			}
+			code, body, err := get(adminClient, adminURL+"/status?format=json")
+			if err != nil || code != 200 || !strings.Contains(string(body), fmt.Sprintf(`"master_pid": %d`, newPID)) {
+				t.Errorf("/status after the upgrade: %d %v\n%s", code, err, body)
+			}
+			if strings.Contains(h.Log(), "address already in use") {
+				t.Errorf("the new master tried to bind the admin address again:\n%s", h.Log())
+			}
+			must(t, syscall.Kill(newPID, syscall.SIGINT))
+		})
 	}
 }

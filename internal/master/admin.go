@@ -5,8 +5,10 @@ package master
 import (
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
 )
 
 // adminSource is what the admin endpoint reads.
@@ -15,6 +17,40 @@ type adminSource struct{ m *Master }
 func (a adminSource) Snapshot() shm.Snapshot { return a.m.board.Snapshot() }
 
 func (a adminSource) Ready() bool { return a.m.readyNow.Load() }
+
+// openAdmin gives the master its admin endpoint's socket: the one an
+// upgrading master handed on, if it is bound to the configured address,
+// else a new one. The socket is the master's, like the listening sockets:
+// a unix socket's file is removed by whichever master is the last to hold
+// it (close), never by a Close of the listener.
+func (m *Master) openAdmin(in *inheritance) error {
+	if in != nil && in.AdminFD > 0 {
+		fd := in.AdminFD
+		if m.cfg.Admin != "" && boundTo(m.cfg.Admin, fd) && checkListening(fd) == nil {
+			f := os.NewFile(uintptr(fd), "admin")
+			l, err := net.FileListener(f) // a duplicate
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("admin: inherited socket: %w", err)
+			}
+			m.admin = l
+		} else {
+			unix.Close(fd)
+		}
+	}
+	if m.admin == nil && m.cfg.Admin != "" {
+		l, err := listenAdmin(m.cfg.Admin)
+		if err != nil {
+			return err
+		}
+		m.admin = l
+	}
+	if u, ok := m.admin.(*net.UnixListener); ok {
+		u.SetUnlinkOnClose(false)
+		m.adminPath = u.Addr().String()
+	}
+	return nil
+}
 
 // listenAdmin opens the admin endpoint's socket: a loopback TCP address or
 // a unix socket, never a public address.

@@ -23,6 +23,7 @@
 package master
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,8 +50,9 @@ type Master struct {
 
 	half half // the strategy's part in the master (strategy.go)
 
-	admin    net.Listener // --admin
-	readyNow atomic.Bool  // every slot has a ready worker of the current generation
+	admin     net.Listener // --admin
+	adminPath string       // its unix socket file, if it is one
+	readyNow  atomic.Bool  // every slot has a ready worker of the current generation
 
 	upgrade    *upgradeState // USR2: the new master we started, until it is ready
 	handedOver bool          // a new master serves our sockets now
@@ -198,10 +200,8 @@ func (m *Master) open() error {
 	if err := m.half.open(); err != nil {
 		return err
 	}
-	if cfg.Admin != "" {
-		if m.admin, err = listenAdmin(cfg.Admin); err != nil {
-			return err
-		}
+	if err := m.openAdmin(in); err != nil {
+		return err
 	}
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
@@ -295,7 +295,13 @@ func (m *Master) Run() error {
 	if m.admin != nil {
 		srv := admin.Server(admin.Handler(adminSource{m}, m.cfg.Strategy))
 		go srv.Serve(admin.LimitListener(m.admin))
-		defer srv.Close()
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if srv.Shutdown(ctx) != nil {
+				srv.Close()
+			}
+		}()
 		m.log.Info("admin endpoint", "listen", m.admin.Addr().String())
 	}
 	m.fillSlots()
@@ -426,6 +432,9 @@ func (m *Master) close() {
 		m.closeSockets()
 		if m.admin != nil {
 			m.admin.Close()
+			if m.adminPath != "" && !m.handedOver {
+				os.Remove(m.adminPath)
+			}
 		}
 		m.half.close()
 		m.region.Close()

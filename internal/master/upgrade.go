@@ -32,9 +32,10 @@ import (
 // inheritance is what a new master needs to adopt the sockets, carried in
 // proto.UpgradeEnv.
 type inheritance struct {
-	Listen  []string      `json:"listen"`          // addresses, in fd order from proto.FirstInheritedFD
-	Reuse   map[int][]int `json:"reuse,omitempty"` // reuseport: slot → fd indexes
-	ReadyFD int           `json:"ready_fd"`        // write "ready" here once serving
+	Listen  []string      `json:"listen"`             // addresses, in fd order from proto.FirstInheritedFD
+	Reuse   map[int][]int `json:"reuse,omitempty"`    // reuseport: slot → fd indexes
+	AdminFD int           `json:"admin_fd,omitempty"` // the admin endpoint's socket, if any
+	ReadyFD int           `json:"ready_fd"`           // write "ready" here once serving
 }
 
 type upgradeState struct {
@@ -80,6 +81,19 @@ func (m *Master) startUpgrade() {
 		return
 	}
 	defer closeFiles(files) // the new master has its own copies once started
+	if m.admin != nil {
+		// The admin socket is handed on too: binding it again would fail
+		// while this master holds it.
+		f, err := m.admin.(interface{ File() (*os.File, error) }).File()
+		if err != nil {
+			closeFiles(files)
+			m.log.Error("USR2: cannot upgrade", "err", fmt.Errorf("admin socket: %w", err))
+			return
+		}
+		defer f.Close() // the new master has its own copy once started
+		in.AdminFD = proto.InheritedFD(len(files))
+		files = append(files, f)
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		m.log.Error("USR2: cannot upgrade", "err", err)
@@ -130,6 +144,12 @@ func (m *Master) upgradeDone() {
 	u.ready.Close()
 	m.upgrade = nil
 	m.handedOver = true
+	if m.admin != nil {
+		// The new master answers from now on: stop accepting, but let the
+		// requests this one has accepted finish (http.Server.Close would
+		// cut them).
+		m.admin.Close()
+	}
 	m.log.Info("upgrade: the new master is ready; this one stops gracefully", "new_pid", u.cmd.Process.Pid)
 	// Under systemd the service's main process is now the new master.
 	notify(fmt.Sprintf("MAINPID=%d", u.cmd.Process.Pid))
