@@ -110,6 +110,19 @@ type Server struct {
 	// to, in the Common Log Format ("-": standard output).
 	AccessLog string
 
+	// User and Group, if set, are who the workers run as (a name or a
+	// number; Group defaults to User's groups). The master binds the
+	// sockets as whoever starts it, and workers drop to these before they
+	// serve, as nginx's "user" directive does. Unset, workers run as the
+	// master, and a master running as root logs a warning.
+	User, Group string
+
+	// SocketMode and SocketOwner ("user", "user:group" or ":group") are
+	// applied to the unix sockets the server creates; zero and "" leave
+	// them as the umask and the master's identity make them.
+	SocketMode  os.FileMode
+	SocketOwner string
+
 	// Admin, if set, is a loopback address or unix socket where the master
 	// serves /metrics (Prometheus), /status, /healthz and /readyz.
 	Admin string
@@ -257,6 +270,7 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
 		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, PIDFile: s.PIDFile, Admin: s.Admin,
 		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,
+		User: s.User, Group: s.Group, SocketMode: s.SocketMode, SocketOwner: s.SocketOwner,
 		MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
 		Accept: accept.Options{Threads: s.Threads, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
 			MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder},

@@ -133,6 +133,12 @@ func TestConfigFileAndEnvironment(t *testing.T) {
 		{"negative threads", "threads = -1\n", nil, nil, "threads must be between 1 and 1024, not -1"},
 		{"bad env", "", []string{"HERD_BACKLOG=lots"}, nil, `HERD_BACKLOG="lots": invalid value`},
 		{"public admin", "admin = \"0.0.0.0:9000\"\n", nil, nil, "must be a loopback address"},
+		{"unknown user", "user = \"nosuchuser\"\n", nil, nil, `user "nosuchuser"`},
+		{"group without user", "group = \"nogroup\"\n", nil, nil, "--group needs --user"},
+		{"root the user cannot read", "user = \"nobody\"\n", nil, nil, "user nobody cannot read it"},
+		{"access log that cannot be created", "access-log = \"/proc/no/such/dir/access.log\"\n", nil, nil, "access log /proc/no/such/dir/access.log: cannot create it"},
+		{"bad socket mode", "", nil, []string{"--socket-mode", "999"}, "--socket-mode \"999\""},
+		{"unknown socket owner", "socket-owner = \"nosuchuser:nogroup\"\n", nil, nil, `socket owner "nosuchuser:nogroup"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := write(strings.ReplaceAll(tc.name, " ", "_")+".toml", tc.file)

@@ -66,8 +66,14 @@ func startHerd(t testing.TB, args ...string) *herdProc {
 // descendant of h.cmd: signal it through h.pidFile.
 func startWrapped(t testing.TB, wrapper []string, args ...string) *herdProc {
 	t.Helper()
+	return startBinary(t, wrapper, os.Args[0], args...)
+}
+
+// startBinary is startWrapped with another copy of this test binary.
+func startBinary(t testing.TB, wrapper []string, exe string, args ...string) *herdProc {
+	t.Helper()
 	h := &herdProc{t: t, pidFile: filepath.Join(t.TempDir(), "herd.pid"), exited: make(chan struct{})}
-	argv := append(append(append([]string(nil), wrapper...), os.Args[0], "serve", "--pid", h.pidFile), args...)
+	argv := append(append(append([]string(nil), wrapper...), exe, "serve", "--pid", h.pidFile), args...)
 	h.cmd = exec.Command(argv[0], argv[1:]...)
 	h.cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

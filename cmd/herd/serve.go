@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +37,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		check     = flags.Bool("check", false, "check the configuration and exit")
 		engine    = flags.String("engine", "native", "native (herd's own epoll loop, sendfile) or nethttp (net/http)")
 		headerTO  = flags.Duration("header-timeout", 10*time.Second, "a request head must arrive whole within this (408)")
+		sockMode  = flags.String("socket-mode", "", "permissions of the unix sockets herd creates, in octal (0660)")
 		idleTO    = flags.Duration("keepalive-timeout", 75*time.Second, "how long a keep-alive connection may wait for its next request")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
@@ -47,6 +50,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
 	flags.StringVar(&srv.AccessLog, "access-log", "", "log each request to this file in Common Log Format (- for stdout)")
+	flags.StringVar(&srv.User, "user", "", "run workers as this user (name or uid); the master binds as whoever starts it")
+	flags.StringVar(&srv.Group, "group", "", "run workers with this group (default: the user's groups)")
+	flags.StringVar(&srv.SocketOwner, "socket-owner", "", "owner of the unix sockets herd creates: user, user:group or :group")
 	flags.StringVar(&srv.Admin, "admin", "", "serve /metrics, /status, /healthz, /readyz here (loopback or unix:PATH)")
 	flags.BoolVar(&srv.MultiAccept, "multi-accept", false, "epoll, exclusive, nginx: accept until EAGAIN on each wakeup")
 	flags.IntVar(&srv.WorkerConnections, "worker-connections", 1024, "connections per worker (nginx's accept_disabled, fdpass's limit)")
@@ -78,6 +84,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
 	srv.Listen = listen
+	if *sockMode != "" {
+		mode, err := strconv.ParseUint(*sockMode, 8, 32)
+		if err != nil {
+			return fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", *sockMode)
+		}
+		srv.SocketMode = os.FileMode(mode)
+	}
 
 	switch *engine {
 	case "native", "nethttp":

@@ -42,6 +42,14 @@ type Config struct {
 	Admin     string // operator endpoint address (loopback or unix socket); "" for none
 	AccessLog string // workers log requests here ("-": standard output); "" for none
 
+	// User and Group, if set, are who workers run as (a name or a number;
+	// Group defaults to User's groups); the master keeps its own identity
+	// to bind and to signal. SocketMode and SocketOwner ("user[:group]")
+	// apply to the unix sockets the master creates.
+	User, Group string
+	SocketMode  os.FileMode
+	SocketOwner string
+
 	// StaticRoot, if set, is served by the native engine (internal/httpd)
 	// instead of the program's handler, as Static says (httpd owns it).
 	StaticRoot string
@@ -69,6 +77,13 @@ const maxWorkers = 512
 // (herd serve --check): every mistake New would find before it listens.
 func Check(cfg Config) error {
 	if err := fill(&cfg); err != nil {
+		return err
+	}
+	creds, _, err := resolveIdentities(cfg)
+	if err != nil {
+		return err
+	}
+	if err := checkFiles(cfg, creds); err != nil {
 		return err
 	}
 	for _, a := range cfg.Listen {
@@ -162,4 +177,15 @@ func fill(cfg *Config) error {
 		cfg.Log = slog.Default()
 	}
 	return nil
+}
+
+// resolveIdentities looks up who workers run as and who owns the unix
+// sockets.
+func resolveIdentities(cfg Config) (*Credentials, socketOwnership, error) {
+	creds, err := lookupCredentials(cfg.User, cfg.Group)
+	if err != nil {
+		return nil, socketOwnership{}, err
+	}
+	own, err := parseSocketOwnership(cfg.SocketMode, cfg.SocketOwner)
+	return creds, own, err
 }

@@ -72,8 +72,9 @@ func parseAddr(s string) (network, addr string, err error) {
 
 // socketConfig is how Listen makes a listening socket.
 type socketConfig struct {
-	Backlog   int  // listen(2) backlog
-	ReusePort bool // TCP: join a SO_REUSEPORT group (every member sets it before bind)
+	Own       socketOwnership // unix sockets: mode and owner
+	Backlog   int             // listen(2) backlog
+	ReusePort bool            // TCP: join a SO_REUSEPORT group (every member sets it before bind)
 
 	// DeferAccept sets TCP_DEFER_ACCEPT: the kernel completes the handshake
 	// but queues the connection for accept only once the client's first
@@ -98,7 +99,14 @@ func (lc socketConfig) Listen(s string) (*Socket, error) {
 		if lc.ReusePort {
 			return nil, fmt.Errorf("listen %s: the reuseport strategy needs TCP addresses", s)
 		}
-		return listenUnix(addr, lc.Backlog)
+		s, err := listenUnix(addr, lc.Backlog)
+		if err == nil {
+			if err = lc.Own.apply(addr); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("listen unix:%s: %w", addr, err)
+			}
+		}
+		return s, err
 	}
 	return lc.listenTCP(addr)
 }

@@ -52,7 +52,10 @@ type Master struct {
 
 	admin     net.Listener // --admin
 	adminPath string       // its unix socket file, if it is one
-	readyNow  atomic.Bool  // every slot has a ready worker of the current generation
+
+	creds    *Credentials    // who workers run as; nil: as the master
+	sockOwn  socketOwnership // --socket-mode, --socket-owner
+	readyNow atomic.Bool     // every slot has a ready worker of the current generation
 
 	upgrade    *upgradeState // USR2: the new master we started, until it is ready
 	handedOver bool          // a new master serves our sockets now
@@ -145,6 +148,16 @@ func New(cfg Config) (*Master, error) {
 		clock:   realClock{},
 	}
 	m.start = m.execStart
+	var err error
+	if m.creds, m.sockOwn, err = resolveIdentities(cfg); err != nil {
+		return nil, err
+	}
+	if err := checkFiles(cfg, m.creds); err != nil {
+		return nil, err
+	}
+	if err := prepareAccessLog(cfg.AccessLog, m.creds); err != nil {
+		return nil, err
+	}
 	if max := somaxconn(); max > 0 && cfg.Backlog > max {
 		m.log.Warn("backlog exceeds net.core.somaxconn; the kernel caps it", "backlog", cfg.Backlog, "somaxconn", max)
 	}
@@ -219,7 +232,7 @@ func (m *Master) open() error {
 // (off by default) the kernel moves them to another socket of the group
 // instead, and the option is kept.
 func (m *Master) listenConfig(reusePort bool) socketConfig {
-	lc := socketConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept}
+	lc := socketConfig{Backlog: m.cfg.Backlog, ReusePort: reusePort, DeferAccept: m.cfg.DeferAccept, Own: m.sockOwn}
 	if reusePort && !migrateReq() {
 		lc.DeferAccept = 0
 	}
@@ -273,6 +286,11 @@ func (m *Master) Run() error {
 	defer close(m.done)
 
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
+	if m.creds == nil && os.Geteuid() == 0 {
+		m.log.Warn("workers run as root: any file they can open is served; --user drops their privileges, as nginx's user directive")
+	} else if m.creds != nil {
+		m.log.Info("workers run as", "user", m.creds.Name, "uid", m.creds.UID, "gid", m.creds.GID)
+	}
 	m.log.Info("herd master started", "pid", os.Getpid(), "listen", strings.Join(m.Addrs(), ","),
 		"workers", m.workers, "strategy", m.cfg.Strategy)
 	if err := m.half.run(); err != nil {

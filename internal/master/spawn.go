@@ -164,6 +164,7 @@ func (m *Master) execStart(spec *worker.Spec, files []*os.File) (process, error)
 	cmd.Env = append(cmd.Env, spec.Env())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
+	cmd.SysProcAttr = m.creds.sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

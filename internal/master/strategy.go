@@ -110,6 +110,10 @@ func (h *flockHalf) open() error {
 		return fmt.Errorf("flock: lock file: %w", err)
 	}
 	h.path = f.Name()
+	if err := h.m.creds.chown(h.path); err != nil { // workers open it as themselves
+		f.Close()
+		return fmt.Errorf("flock: lock file: %w", err)
+	}
 	return f.Close()
 }
 
