@@ -207,9 +207,6 @@ func Strategies() []string { return accept.Names() }
 // In a worker process Start does not return: it serves until the master
 // tells it to stop and then exits the process.
 func (s *Server) Start() error {
-	if s.Handler == nil && s.Static == nil {
-		return errors.New("herd: Server.Handler is nil")
-	}
 	log := s.Logger
 	if log == nil {
 		log = slog.Default()
@@ -218,6 +215,14 @@ func (s *Server) Start() error {
 	if err != nil {
 		log.Error(err.Error())
 		os.Exit(2)
+	}
+	if s.Handler == nil && s.Static == nil {
+		err := errors.New("herd: Server.Handler is nil")
+		if spec != nil { // the master reports it, once, and gives up
+			worker.Fail(err, log)
+			os.Exit(2)
+		}
+		return err
 	}
 	if spec != nil {
 		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, Log: log}))

@@ -3,10 +3,12 @@ package herd_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +29,8 @@ func TestMain(m *testing.M) {
 			slowServer().Start()
 		case "admin":
 			adminServer().Start()
+		case "nohandler":
+			(&herd.Server{Listen: []string{"127.0.0.1:0"}}).Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}
@@ -178,3 +182,43 @@ func TestShutdownOnOwnSIGTERM(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// Workers that cannot start make Start fail with their own error, reported
+// once, after a few tries — not a master retrying for ever, and not
+// "<nil>". (Here the workers build a Server without a Handler, the trap of
+// a worker that does not build what its master built.)
+func TestStartReportsWorkersOwnError(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "nohandler")
+	var log strings.Builder
+	var mu sync.Mutex
+	srv := slowServer()
+	srv.Logger = slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return log.Write(p)
+	}), nil))
+	start := time.Now()
+	err := srv.Start()
+	if err == nil {
+		srv.Close()
+		t.Fatal("Start succeeded with workers that cannot serve")
+	}
+	if !strings.Contains(err.Error(), "Server.Handler is nil") || strings.Contains(err.Error(), "<nil>") {
+		t.Errorf("Start: %v; want the workers' own error", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("gave up after %v", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(log.String(), "a worker failed to start"); n != 1 {
+		t.Errorf("the failure was reported %d times, want once:\n%s", n, log.String())
+	}
+	if n := strings.Count(log.String(), "\n"); n > 10 {
+		t.Errorf("%d log lines for a failed start:\n%s", n, log.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -372,3 +372,44 @@ func TestSystemdUnitIsHardened(t *testing.T) {
 		t.Errorf("no rating:\n%s", out)
 	}
 }
+
+// Workers that cannot start — here they cannot even be executed by their
+// user — are reported once, with the reason, and herd serve exits 1 within
+// seconds instead of retrying for ever.
+func TestStartupFailureReportedOnce(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run workers as another user")
+	}
+	private := filepath.Join(t.TempDir(), "private")
+	must(t, os.Mkdir(private, 0o700)) // nobody cannot reach what is in it
+	exe := filepath.Join(private, "herd.test")
+	self, err := os.ReadFile(os.Args[0])
+	must(t, err)
+	must(t, os.WriteFile(exe, self, 0o755))
+	root, _ := docroot(t)
+	for d := root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) // the root is readable; only the binary is out of reach
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "serve", root, "--user", "nobody", "--listen", "127.0.0.1:0", "--workers", "2")
+	cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err = cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("exit %d (%v), want 1", code, err)
+	}
+	out := stderr.String()
+	if time.Since(start) > 10*time.Second {
+		t.Errorf("gave up after %v", time.Since(start))
+	}
+	if n := strings.Count(out, "a worker failed to start"); n != 1 || !strings.Contains(out, "permission denied") ||
+		!strings.Contains(out, "workers cannot start") || strings.Contains(out, "<nil>") {
+		t.Errorf("reported %d times; stderr:\n%s", n, out)
+	}
+	if n := strings.Count(out, "\n"); n > 10 {
+		t.Errorf("%d lines for a failed start:\n%s", n, out)
+	}
+}

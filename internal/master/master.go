@@ -70,17 +70,19 @@ type Master struct {
 	clock clock     // the supervisor's time: realClock, or a test's
 
 	// Owned by the loop goroutine.
-	procs    map[*proc]struct{}
-	gen      int
-	workers  int
-	slots    map[int]*slotState
-	reload   *reloadState
-	stopping bool
-	fast     bool // stopping, and not gracefully
-	terms    int  // TERMs received
-	isReady  bool
-	deadline stopper
-	closed   sync.Once
+	procs         map[*proc]struct{}
+	gen           int
+	workers       int
+	slots         map[int]*slotState
+	reload        *reloadState
+	stopping      bool
+	fast          bool  // stopping, and not gracefully
+	terms         int   // TERMs received
+	failed        error // workers could not start: Run returns it
+	startReported bool  // a start-up failure was logged
+	isReady       bool
+	deadline      stopper
+	closed        sync.Once
 }
 
 // proc is a worker the master started.
@@ -91,7 +93,15 @@ type proc struct {
 	started        time.Time
 	ready          bool
 	stopping       bool
-	retiring       bool // asked to be replaced (max requests): stops once its successor is ready
+	retiring       bool          // asked to be replaced (max requests): stops once its successor is ready
+	failure        atomic.Value  // string: why it could not serve, as it told the master (proto.Failed)
+	ctrlDone       chan struct{} // closed when its control socket has been read to the end
+}
+
+// why is what the worker said made it fail, or "".
+func (p *proc) why() string {
+	s, _ := p.failure.Load().(string)
+	return s
 }
 
 func (p *proc) pid() int { return p.process.Pid() }
@@ -333,7 +343,7 @@ func (m *Master) Run() error {
 		m.settle()
 	}
 	m.log.Info("herd master stopped")
-	return nil
+	return m.failed
 }
 
 // finished: stopping, and every worker is gone.

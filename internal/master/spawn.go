@@ -44,8 +44,15 @@ func (m *Master) fillSlots() {
 		ss.timer = nil
 		p, err := m.spawn(slot, m.gen)
 		if err != nil {
-			m.log.Error("cannot start worker", "slot", slot, "err", err)
+			if m.isReady {
+				m.log.Error("cannot start worker", "slot", slot, "err", err)
+			}
 			m.backoff(slot)
+			m.checkStartup(slot, err.Error())
+			if ss.notAfter.Before(now) && ss.timer == nil {
+				// No exit event will come to try again: a tick will.
+				ss.timer = m.clock.AfterFunc(10*time.Millisecond, func() { m.post(event{kind: evTick}) })
+			}
 			continue
 		}
 		if m.reload != nil && p.gen == m.reload.gen {
@@ -75,7 +82,7 @@ func (m *Master) backoff(slot int) {
 	d := 100 * time.Millisecond << min(ss.failures-2, 7)
 	d = min(d, 10*time.Second)
 	ss.notAfter = m.clock.Now().Add(d)
-	if ss.failures >= 3 {
+	if ss.failures >= 3 && m.isReady {
 		m.log.Warn("worker crash loop", "slot", slot, "exits_in_a_row", ss.failures, "next_start_in", d)
 	}
 }
@@ -135,11 +142,19 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		m.board.Release(rec)
 		return nil, err
 	}
-	p := &proc{slot: slot, gen: gen, rec: rec, process: started, ctrl: ctrl, started: m.clock.Now()}
+	p := &proc{slot: slot, gen: gen, rec: rec, process: started, ctrl: ctrl, started: m.clock.Now(), ctrlDone: make(chan struct{})}
 	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
 	m.procs[p] = struct{}{}
 	go m.readControl(p)
-	go func() { m.post(event{kind: evExited, p: p, err: started.Wait()}) }()
+	go func() {
+		err := started.Wait()
+		// What it said before it exited (why it failed) is read first.
+		select {
+		case <-p.ctrlDone:
+		case <-time.After(100 * time.Millisecond): // a child of the worker holds the socket
+		}
+		m.post(event{kind: evExited, p: p, err: err})
+	}()
 	return p, nil
 }
 
@@ -216,6 +231,7 @@ func closeFiles(files []*os.File) {
 // accepts connections, and Recycle become events for the loop; Ack
 // (fdpass) goes straight to the dispatcher.
 func (m *Master) readControl(p *proc) {
+	defer close(p.ctrlDone)
 	buf := make([]byte, proto.MaxMsg)
 	for {
 		n, err := p.ctrl.Read(buf)
@@ -232,6 +248,8 @@ func (m *Master) readControl(p *proc) {
 			m.post(event{kind: evRecycle, p: p})
 		case msg.Kind == proto.Ack:
 			m.half.ack(p, msg.Seq)
+		case msg.Kind == proto.Failed:
+			p.failure.Store(msg.Text)
 		}
 	}
 }
@@ -251,9 +269,15 @@ func (m *Master) reap(p *proc, err error) {
 	p.ctrl.Close()
 	m.board.Release(p.rec)
 	attrs := []any{"slot", p.slot, "gen", p.gen, "pid", p.pid(), "status", exitStatus(err)}
-	if p.stopping || m.stopping {
+	if why := p.why(); why != "" {
+		attrs = append(attrs, "err", why)
+	}
+	switch {
+	case p.stopping || m.stopping:
 		m.log.Info("worker exited", attrs...)
-	} else {
+	case !m.isReady:
+		m.log.Debug("worker died", attrs...) // start-up failures are reported once (checkStartup)
+	default:
 		m.log.Warn("worker died", attrs...)
 	}
 	if r := m.reload; r != nil {
@@ -270,6 +294,39 @@ func (m *Master) reap(p *proc, err error) {
 		m.backoff(p.slot)
 	} else {
 		m.slot(p.slot).failures = 0
+	}
+	if !p.ready {
+		why := p.why()
+		if why == "" {
+			why = exitStatus(err)
+		}
+		m.checkStartup(p.slot, why)
+	}
+}
+
+// startupTries is how many times in a row a slot's worker may fail before
+// the master, which has never been ready, gives up.
+const startupTries = 3
+
+// checkStartup handles a worker that failed before it was ready. Once the
+// master has been ready, that is a crash loop like any other (backoff,
+// warnings). Before, nothing was ever served: the first failure is
+// reported once, with the worker's own error, and after startupTries in a
+// row on one slot the master stops and Run returns that error, so that
+// `herd serve` exits non-zero with one line instead of retrying for ever.
+func (m *Master) checkStartup(slot int, why string) {
+	if m.isReady || m.stopping {
+		return
+	}
+	ss := m.slot(slot)
+	if !m.startReported {
+		m.startReported = true
+		m.log.Error("a worker failed to start", "slot", slot, "err", why)
+	}
+	if ss.failures >= startupTries {
+		m.failed = fmt.Errorf("workers cannot start: %s", why)
+		m.log.Error("giving up: workers cannot start", "tries", ss.failures, "err", why)
+		m.stop(false, unix.SIGINT)
 	}
 }
 

@@ -294,10 +294,21 @@ func TestSupervisorReloadNeverReady(t *testing.T) {
 	}
 }
 
-// A slot whose workers die before they are ready backs off: the second
-// start is at once, then 100ms, 200ms, 400ms... and the loop is reported.
+// Once the master has been ready, a slot whose workers die young backs
+// off: the second start is at once, then 100ms, 200ms, 400ms... and the
+// loop is reported.
 func TestSupervisorCrashLoopBacksOff(t *testing.T) {
-	s := newSup(t, func(c *Config) { c.Workers = 1 }, func(p *fakeProc) { go p.die(errors.New("exit status 1")) })
+	first := true
+	s := newSup(t, func(c *Config) { c.Workers = 1 }, func(p *fakeProc) {
+		if first {
+			first = false
+			go p.ready()
+			return
+		}
+		go p.die(errors.New("exit status 1"))
+	})
+	s.until("ready", func() bool { return s.m.isReady })
+	s.procs()[0].die(errors.New("exit status 1"))
 	starts := func() int { return len(s.procs()) }
 	s.until("second start", func() bool { return starts() >= 2 })
 	s.until("third start waits", func() bool { return s.m.slot(0).failures == 2 })
@@ -318,6 +329,36 @@ func TestSupervisorCrashLoopBacksOff(t *testing.T) {
 	}
 	if !strings.Contains(s.logText(), "worker crash loop") {
 		t.Errorf("crash loop not reported:\n%s", s.logText())
+	}
+	if s.m.failed != nil || s.m.stopping {
+		t.Errorf("a master that has been ready gave up: %v", s.m.failed)
+	}
+}
+
+// Before the master has ever been ready, workers that keep failing make it
+// give up after three tries on a slot, with the worker's own reason,
+// reported once.
+func TestSupervisorGivesUpAtStartup(t *testing.T) {
+	s := newSup(t, nil, func(p *fakeProc) {
+		go func() {
+			p.ctrl.Write(proto.Msg{Kind: proto.Failed, Text: "root /srv/www: permission denied"}.Encode())
+			p.die(errors.New("exit status 1"))
+		}()
+	})
+	for i := 0; i < 50 && s.m.failed == nil; i++ {
+		s.clock.advance(100 * time.Millisecond) // through the backoff
+		s.quiet()
+	}
+	s.clock.advance(time.Second)
+	s.until("stopped", s.m.finished)
+	if !strings.Contains(s.m.failed.Error(), "root /srv/www: permission denied") {
+		t.Errorf("Run would return %v; want the worker's reason", s.m.failed)
+	}
+	if n := strings.Count(s.logText(), "a worker failed to start"); n != 1 {
+		t.Errorf("reported %d times:\n%s", n, s.logText())
+	}
+	if strings.Contains(s.logText(), "worker crash loop") {
+		t.Errorf("a start-up failure reported as a crash loop:\n%s", s.logText())
 	}
 }
 

@@ -51,25 +51,37 @@ const (
 	Recycle                 // worker → master: --max-requests reached; start my successor
 	Ack                     // worker → master (fdpass): the descriptor Seq was taken
 	FD                      // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
+	Failed                  // worker → master: I cannot serve, because of Text; I exit now
 )
 
-var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd"}
+var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed"}
 
 // Msg is one control message: one SOCK_SEQPACKET datagram of text, "ready",
-// "recycle", "ack SEQ" or "fd SEQ".
+// "recycle", "ack SEQ", "fd SEQ" or "failed TEXT".
 type Msg struct {
 	Kind Kind
 	Seq  uint64 // Ack and FD
+	Text string // Failed: the worker's error, at most MaxText bytes
 }
 
-// MaxMsg is the largest encoded message.
-const MaxMsg = 32
+// MaxMsg is the largest encoded message; MaxText bounds a Failed text.
+const (
+	MaxMsg  = 512
+	MaxText = MaxMsg - len("failed ")
+)
 
 // Encode renders m as its datagram.
 func (m Msg) Encode() []byte {
 	b := []byte(names[m.Kind])
-	if m.Kind == Ack || m.Kind == FD {
+	switch m.Kind {
+	case Ack, FD:
 		b = strconv.AppendUint(append(b, ' '), m.Seq, 10)
+	case Failed:
+		text := m.Text
+		if len(text) > MaxText {
+			text = text[:MaxText]
+		}
+		b = append(append(b, ' '), text...)
 	}
 	return b
 }
@@ -83,6 +95,9 @@ func Decode(b []byte) (Msg, error) {
 	for k, name := range names {
 		if word != name {
 			continue
+		}
+		if k == Failed {
+			return Msg{Kind: k, Text: arg}, nil
 		}
 		if k != Ack && k != FD {
 			if hasArg {

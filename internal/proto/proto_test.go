@@ -1,9 +1,13 @@
 package proto
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestMessages(t *testing.T) {
-	for _, m := range []Msg{{Kind: Ready}, {Kind: Recycle}, {Kind: Ack, Seq: 7}, {Kind: FD, Seq: 1 << 63}} {
+	for _, m := range []Msg{{Kind: Ready}, {Kind: Recycle}, {Kind: Ack, Seq: 7}, {Kind: FD, Seq: 1 << 63},
+		{Kind: Failed, Text: "root /srv/www: permission denied"}} {
 		b := m.Encode()
 		if len(b) > MaxMsg {
 			t.Errorf("%+v encodes to %d bytes, over MaxMsg", m, len(b))
@@ -19,5 +23,8 @@ func TestMessages(t *testing.T) {
 	}
 	if got := string(Msg{Kind: Ack, Seq: 42}.Encode()); got != "ack 42" {
 		t.Errorf("wire form %q", got)
+	}
+	if long := (Msg{Kind: Failed, Text: strings.Repeat("x", 2*MaxMsg)}).Encode(); len(long) != MaxMsg {
+		t.Errorf("a long failure encodes to %d bytes, want MaxMsg", len(long))
 	}
 }

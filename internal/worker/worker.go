@@ -44,10 +44,20 @@ func Run(spec *Spec, opts Options) int {
 	}
 	log = log.With("worker", spec.Slot, "gen", spec.Generation, "pid", os.Getpid())
 	if err := run(spec, opts, log); err != nil {
-		log.Error("worker failed", "err", err)
+		Fail(err, log)
 		return 1
 	}
 	return 0
+}
+
+// Fail tells the master why this worker cannot serve, before it exits.
+// The master reports it (once, if workers cannot start at all); the worker
+// logs it itself only if the master cannot hear it.
+func Fail(err error, log *slog.Logger) {
+	msg := proto.Msg{Kind: proto.Failed, Text: err.Error()}.Encode()
+	if _, werr := unix.Write(proto.CtrlFD, msg); werr != nil {
+		log.Error("worker failed", "err", err)
+	}
 }
 
 // An engine serves the connections a worker's strategy accepts: herd's
