@@ -159,6 +159,16 @@ type Server struct {
 	// serves: timeouts, limits, ErrorLog.
 	ConfigureServer func(*http.Server)
 
+	// Reconfigure, if set, is called in the master on HUP (and Reload) for
+	// the options of the new generation: worker count, strategy and its
+	// options, Static, AccessLog, User and Group, timeouts and limits.
+	// Options that need new sockets (Listen, Backlog, DeferAccept, Admin,
+	// SocketMode, SocketOwner, and a switch to or from a strategy with a
+	// master half) keep their running values, and the log says USR2 is
+	// needed. An error keeps the running generation. herd serve sets it to
+	// read its flags, environment and configuration file again.
+	Reconfigure func() (*Server, error)
+
 	// Logger receives the master's and workers' events; default slog.Default().
 	Logger *slog.Logger
 
@@ -284,6 +294,15 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 		cfg.StaticRoot = st.Root
 		cfg.Static = httpd.Options{FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex,
 			HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout}
+	}
+	if s.Reconfigure != nil {
+		cfg.Reload = func() (master.Config, error) {
+			next, err := s.Reconfigure()
+			if err != nil {
+				return master.Config{}, err
+			}
+			return next.masterConfig(log), nil
+		}
 	}
 	return cfg
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/master"
+	"github.com/herd-run/herd/internal/shm"
 )
 
 // Tests of herd as an operator deploys it: the signals a service manager
@@ -373,19 +374,17 @@ func TestSystemdUnitIsHardened(t *testing.T) {
 	}
 }
 
-// Workers that cannot start — here they cannot even be executed by their
-// user — are reported once, with the reason, and herd serve exits 1 within
+// Workers that cannot start — here their user may not execute the binary —
+// are reported once, with the reason, and herd serve exits 1 within
 // seconds instead of retrying for ever.
 func TestStartupFailureReportedOnce(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to run workers as another user")
 	}
-	private := filepath.Join(t.TempDir(), "private")
-	must(t, os.Mkdir(private, 0o700)) // nobody cannot reach what is in it
-	exe := filepath.Join(private, "herd.test")
+	exe := filepath.Join(t.TempDir(), "herd.test")
 	self, err := os.ReadFile(os.Args[0])
 	must(t, err)
-	must(t, os.WriteFile(exe, self, 0o755))
+	must(t, os.WriteFile(exe, self, 0o700)) // root alone may execute it
 	root, _ := docroot(t)
 	for d := root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755) // the root is readable; only the binary is out of reach
@@ -411,5 +410,63 @@ func TestStartupFailureReportedOnce(t *testing.T) {
 	}
 	if n := strings.Count(out, "\n"); n > 10 {
 		t.Errorf("%d lines for a failed start:\n%s", n, out)
+	}
+}
+
+// HUP reads the configuration again: a new worker count applies to the new
+// generation; an invalid file is reported and the running workers serve
+// on; a new listen address needs new sockets and says USR2; a binary
+// replaced on disk is reported, and new workers still run the master's.
+func TestHUPReadsConfiguration(t *testing.T) {
+	root, _ := docroot(t)
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "herd.test")
+	self, err := os.ReadFile(os.Args[0])
+	must(t, err)
+	must(t, os.WriteFile(exe, self, 0o755))
+	cfg := filepath.Join(dir, "herd.toml")
+	write := func(body string) { must(t, os.WriteFile(cfg, []byte(body), 0o644)) }
+	write("workers = 2\nlisten = [\"127.0.0.1:0\"]\n")
+	h := startBinary(t, nil, exe, root, "--config", cfg)
+	ready := func(gen, n int) {
+		t.Helper()
+		h.waitStatus(fmt.Sprintf("generation %d with %d workers", gen, n), 15*time.Second, func(s shm.Snapshot) bool {
+			return s.Generation == gen && len(readyPIDs(s, gen)) == n && len(s.Live) == n
+		})
+	}
+	ready(1, 2)
+
+	write("workers = 3\nlisten = [\"127.0.0.1:0\"]\n")
+	h.signal(syscall.SIGHUP)
+	ready(2, 3)
+
+	write("workers = \"many\"\n")
+	h.signal(syscall.SIGHUP)
+	if !h.logged("HUP: the configuration is invalid; the running workers keep serving", 5*time.Second) {
+		t.Fatalf("an invalid file was not reported:\n%s", h.Log())
+	}
+	if s := h.status(); s.Generation != 2 || len(readyPIDs(s, 2)) != 3 {
+		t.Errorf("after an invalid file: generation %d, %d ready", s.Generation, len(readyPIDs(s, 2)))
+	}
+	if code, _, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 {
+		t.Errorf("serving after an invalid file: %d %v", code, err)
+	}
+
+	write("workers = 3\nlisten = [\"127.0.0.1:0\", \"" + freeAddr(t) + "\"]\n")
+	// Replace the binary on disk, as a deploy does (a new file renamed in).
+	must(t, os.WriteFile(exe+".new", append(self, 0), 0o755))
+	must(t, os.Rename(exe+".new", exe))
+	h.signal(syscall.SIGHUP)
+	ready(3, 3)
+	for _, want := range []string{"these settings need new sockets", "settings=listen", "the binary on disk is not the one running"} {
+		if !strings.Contains(h.Log(), want) {
+			t.Errorf("log lacks %q:\n%s", want, h.Log())
+		}
+	}
+	var masterExe, workerExe syscall.Stat_t
+	must(t, syscall.Stat(fmt.Sprintf("/proc/%d/exe", h.pid()), &masterExe))
+	must(t, syscall.Stat(fmt.Sprintf("/proc/%d/exe", readyPIDs(h.status(), 3)[0]), &workerExe))
+	if masterExe.Ino != workerExe.Ino {
+		t.Errorf("a new worker runs the replaced binary (inode %d), not its master's (%d)", workerExe.Ino, masterExe.Ino)
 	}
 }

@@ -26,15 +26,40 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
+	srv, check, builtin, err := buildServer(args, stderr)
+	if err != nil {
+		return err
+	}
+	if check {
+		if err := srv.Check(); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "herd: configuration ok")
+		return nil
+	}
+	// HUP reads the command line, the environment and the file again.
+	srv.Reconfigure = func() (*herd.Server, error) {
+		next, _, _, err := buildServer(args, io.Discard)
+		return next, err
+	}
+	if !herd.IsWorker() && builtin {
+		srv.Logger.Info("no ROOT given: serving the built-in page")
+	}
+	return srv.ListenAndServe()
+}
+
+// buildServer makes herd serve's command line, HERD_* variables and
+// --config file into a Server: at start, and again on HUP.
+func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, builtin bool, err error) {
+	srv = new(herd.Server)
 	flags := newFlagSet("serve", "[ROOT]", stderr)
 	var (
 		listen    listFlag
-		srv       herd.Server
 		static    httpd.Options
 		logLevel  = flags.String("log-level", "info", "log level: debug, info, warn or error")
 		logFormat = flags.String("log-format", "text", "log format: text or json")
 		config    = flags.String("config", "", "read flags from this TOML file (keys are flag names); HERD_<FLAG> environment variables too")
-		check     = flags.Bool("check", false, "check the configuration and exit")
+		checkOnly = flags.Bool("check", false, "check the configuration and exit")
 		engine    = flags.String("engine", "native", "native (herd's own epoll loop, sendfile) or nethttp (net/http)")
 		headerTO  = flags.Duration("header-timeout", 10*time.Second, "a request head must arrive whole within this (408)")
 		sockMode  = flags.String("socket-mode", "", "permissions of the unix sockets herd creates, in octal (0660)")
@@ -65,14 +90,14 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	flags.BoolVar(&static.Autoindex, "autoindex", false, "list directories that have no index.html")
 	pos, err := parse(flags, args, 1)
 	if err != nil {
-		return err
+		return nil, false, false, err
 	}
 	if err := applyDefaults(flags, *config); err != nil {
-		return err
+		return nil, false, false, err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+		return nil, false, false, fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
 	hopts := &slog.HandlerOptions{Level: level}
 	switch *logFormat {
@@ -81,13 +106,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	case "json":
 		srv.Logger = slog.New(slog.NewJSONHandler(stderr, hopts))
 	default:
-		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
+		return nil, false, false, fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
 	srv.Listen = listen
 	if *sockMode != "" {
 		mode, err := strconv.ParseUint(*sockMode, 8, 32)
 		if err != nil {
-			return fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", *sockMode)
+			return nil, false, false, fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", *sockMode)
 		}
 		srv.SocketMode = os.FileMode(mode)
 	}
@@ -95,7 +120,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	switch *engine {
 	case "native", "nethttp":
 	default:
-		return fmt.Errorf("--engine %q: want native or nethttp", *engine)
+		return nil, false, false, fmt.Errorf("--engine %q: want native or nethttp", *engine)
 	}
 	if len(pos) == 0 {
 		*engine = "nethttp" // the built-in page is embedded in the binary: net/http serves it
@@ -103,7 +128,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if len(pos) == 1 {
 		srv.Handler, err = httpd.Static(pos[0], static) // checks the root either way
 		if err != nil {
-			return err
+			return nil, false, false, err
 		}
 		if *engine == "native" {
 			srv.Static = &herd.StaticFiles{Root: pos[0], FollowSymlinks: static.FollowSymlinks, Autoindex: static.Autoindex,
@@ -117,15 +142,5 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		s.ReadHeaderTimeout = *headerTO
 		s.IdleTimeout = *idleTO // nginx's keepalive_timeout is 75s too
 	}
-	if *check {
-		if err := srv.Check(); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, "herd: configuration ok")
-		return nil
-	}
-	if !herd.IsWorker() && len(pos) == 0 {
-		srv.Logger.Info("no ROOT given: serving the built-in page")
-	}
-	return srv.ListenAndServe()
+	return srv, *checkOnly, len(pos) == 0, nil
 }

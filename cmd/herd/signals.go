@@ -14,7 +14,7 @@ var signals = [][2]string{
 	{"TERM", "graceful stop: workers stop accepting, finish what they have within --drain-timeout, and exit (what Kubernetes, Docker and systemd send); a second TERM is a fast stop"},
 	{"QUIT", "graceful stop, as TERM"},
 	{"INT", "fast stop: workers exit at once (Ctrl-C)"},
-	{"HUP", "reload: a new generation of workers starts; the old one drains once every new worker is ready"},
+	{"HUP", "reload: the configuration is read again and a new generation of workers starts; the old one drains once every new worker is ready"},
 	{"USR1", "reopen logs: workers reopen --access-log (after logrotate has moved it)"},
 	{"USR2", "binary upgrade: a new master from the binary on disk takes over every socket; the old one drains and exits"},
 	{"TTIN, TTOU", "one worker more, one fewer"},

@@ -66,6 +66,16 @@ type Config struct {
 	Args []string
 	Env  []string
 
+	// Reload, if set, is called on HUP for the configuration of the new
+	// generation (herd serve reads its flags, environment and file again).
+	// An error keeps the running generation as it is.
+	Reload func() (Config, error)
+
+	// self: Path is this process's own executable, so workers run it as
+	// /proc/self/exe — the very binary the master runs, even once the file
+	// on disk has been replaced — and only USR2 brings new code.
+	self bool
+
 	Log *slog.Logger
 }
 
@@ -168,7 +178,7 @@ func fill(cfg *Config) error {
 		if err != nil {
 			return fmt.Errorf("find own executable: %w", err)
 		}
-		cfg.Path = exe
+		cfg.Path, cfg.self = exe, true
 		if cfg.Args == nil {
 			cfg.Args = os.Args[1:]
 		}

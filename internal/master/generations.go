@@ -35,6 +35,9 @@ func (m *Master) retireReplaced(q *proc) {
 // one slow request does not count as stuck; a whole process that does not
 // run does.
 func (m *Master) checkHeartbeats() {
+	if m.cfg.WorkerTimeout <= 0 {
+		return // never
+	}
 	now := m.clock.Now().UnixNano()
 	limit := m.cfg.WorkerTimeout.Nanoseconds()
 	for p := range m.procs {
@@ -106,7 +109,11 @@ func (m *Master) startReload() {
 		m.log.Warn("HUP: a reload is already under way; ignored")
 		return
 	}
-	r := &reloadState{gen: m.gen + 1, prevGen: m.gen, waiting: map[*proc]struct{}{}}
+	prev := m.settings()
+	if !m.reconfigure() {
+		return
+	}
+	r := &reloadState{gen: m.gen + 1, prevGen: m.gen, prev: prev, waiting: map[*proc]struct{}{}}
 	r.timer = m.clock.AfterFunc(m.cfg.ReadyTimeout, func() { m.post(event{kind: evReloadTimer}) })
 	m.reload = r
 	m.gen = r.gen
@@ -155,6 +162,8 @@ func (m *Master) failReload(why string) {
 	r.timer.Stop()
 	m.reload = nil
 	m.gen = r.prevGen
+	m.restore(r.prev)
+	m.half.resized()
 	m.board.SetMaster(os.Getpid(), m.gen, m.workers)
 	for p := range m.procs {
 		if p.gen == r.gen {

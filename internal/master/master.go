@@ -114,6 +114,7 @@ type slotState struct {
 
 type reloadState struct {
 	gen, prevGen int
+	prev         settings // what a failed reload puts back
 	waiting      map[*proc]struct{}
 	timer        stopper
 }
@@ -306,8 +307,9 @@ func (m *Master) Run() error {
 	if err := m.half.run(); err != nil {
 		return err
 	}
-	if m.cfg.WorkerTimeout > 0 {
-		tick := time.NewTicker(min(m.cfg.WorkerTimeout/2, time.Second))
+	{
+		// Always: a reload may turn --worker-timeout on.
+		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		go func() {
 			for {

@@ -174,6 +174,11 @@ type startFunc func(spec *worker.Spec, files []*os.File) (process, error)
 // with the spec in its environment.
 func (m *Master) execStart(spec *worker.Spec, files []*os.File) (process, error) {
 	cmd := exec.Command(m.cfg.Path, m.cfg.Args...)
+	if m.cfg.self {
+		// The master's own binary, whatever is on disk now (and even if
+		// the file is gone); ps shows the path it was started as.
+		cmd = &exec.Cmd{Path: "/proc/self/exe", Args: append([]string{m.cfg.Path}, m.cfg.Args...)}
+	}
 	// Workers never talk to systemd: only the master is the service.
 	cmd.Env = append(withoutKey(withoutKey(os.Environ(), proto.WorkerEnv), "NOTIFY_SOCKET"), m.cfg.Env...)
 	cmd.Env = append(cmd.Env, spec.Env())
