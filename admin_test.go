@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -117,8 +118,10 @@ func TestAdminEndpoint(t *testing.T) {
 	}
 }
 
-// /readyz is 503 while a reload waits for its new workers, 200 before and after.
-func TestReadinessFlipsDuringReload(t *testing.T) {
+// /readyz stays 200 while a reload waits for its new workers — the old
+// generation still serves, and a load balancer must not pull the server —
+// and goes 503 when the server stops.
+func TestReadinessHoldsDuringReload(t *testing.T) {
 	t.Setenv("HERD_TEST_SERVER", "admin")
 	srv := adminServer()
 	if err := srv.Start(); err != nil {
@@ -128,19 +131,19 @@ func TestReadinessFlipsDuringReload(t *testing.T) {
 	base := "http://" + srv.AdminAddr()
 	t.Setenv("HERD_TEST_SLOW_START", "1") // the next generation takes a second to start
 	srv.Reload()
-	sawNotReady := false
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		code, _ := get(t, base+"/readyz")
-		if code == 503 {
-			sawNotReady = true
+	polls := 0
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if code, _ := get(t, base+"/readyz"); code != 200 {
+			t.Fatalf("/readyz %d during a reload", code)
 		}
-		if code == 200 && sawNotReady {
-			return
+		polls++
+		if st := srv.Stats(); st.Generation == 2 && len(st.Live) == 2 && st.Reloads == 1 {
+			break
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("readiness did not go 503 then 200 across the reload (saw 503: %v)", sawNotReady)
+	if polls < 10 {
+		t.Errorf("only %d polls during the reload: the slow generation was not slow", polls)
+	}
 }
 
 func init() {
@@ -201,5 +204,69 @@ func TestAdminIdleClientsAreBounded(t *testing.T) {
 	wg.Wait()
 	if n := closed.Load(); n < 32 {
 		t.Errorf("%d idle admin connections closed within 8s; the header timeout is 5s", n)
+	}
+}
+
+// /metrics follows Prometheus's conventions: counters end in _total, no
+// label names a pid or a generation (values that change on every reload),
+// and answers are counted by status class and in a duration histogram,
+// gathered from every worker through the scoreboard.
+func TestMetricsConventions(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "admin")
+	srv := adminServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 20 {
+		resp, err := c.Get("http://" + srv.Addrs()[0] + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range families {
+		if f.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
+			t.Errorf("counter %s does not end in _total", name)
+		}
+		if !strings.HasPrefix(name, "herd_") {
+			continue
+		}
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == "pid" || l.GetName() == "generation" {
+					t.Errorf("%s has a %s label", name, l.GetName())
+				}
+			}
+		}
+	}
+	var ok2xx float64
+	for _, m := range families["herd_responses_total"].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == "class" && l.GetValue() == "2xx" {
+				ok2xx = m.Counter.GetValue()
+			}
+		}
+	}
+	if ok2xx != 20 {
+		t.Errorf("herd_responses_total{class=\"2xx\"} = %v after 20 answers", ok2xx)
+	}
+	h := families["herd_request_duration_seconds"].GetMetric()
+	if len(h) != 1 || h[0].Histogram.GetSampleCount() != 20 || len(h[0].Histogram.GetBucket()) == 0 {
+		t.Fatalf("herd_request_duration_seconds: %v", h)
+	}
+	if b := h[0].Histogram.GetBucket(); b[len(b)-1].GetCumulativeCount() != 20 {
+		t.Errorf("the histogram's last bucket has %d of 20 answers", b[len(b)-1].GetCumulativeCount())
 	}
 }

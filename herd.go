@@ -402,7 +402,19 @@ type WorkerStats struct {
 	Active     uint64 `json:"active"` // connections open now
 	Requests   uint64 `json:"requests"`
 	BytesOut   uint64 `json:"bytes_out"`
+	// Statuses counts answers by status class, 1xx to 5xx. DurationSum
+	// (nanoseconds) and DurationBuckets describe how long answers took, from
+	// request to last byte: DurationBuckets[i] counts those within
+	// DurationBounds[i] seconds and above the bound before (the rest took
+	// longer than the last bound).
+	Statuses        [5]uint64              `json:"statuses"`
+	DurationSum     uint64                 `json:"duration_sum_ns"`
+	DurationBuckets [shm.NumBuckets]uint64 `json:"duration_buckets"`
 }
+
+// DurationBounds are the upper bounds, in seconds, of WorkerStats's
+// duration buckets (and of the admin endpoint's histogram).
+var DurationBounds = shm.DurationBuckets
 
 // Stats reads the scoreboard.
 func (s *Server) Stats() Stats {

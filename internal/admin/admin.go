@@ -102,35 +102,43 @@ type collector struct {
 	strategy string
 }
 
+// The metrics follow Prometheus's conventions: base units last (seconds,
+// bytes), counters end in _total, and no label takes a value that changes
+// with every reload or recycle — workers are labelled by slot, which stays,
+// never by pid or generation. A slot's counters restart from zero when its
+// worker is replaced (rate() takes that as a counter reset); the herd_*
+// totals include workers that have exited and never go back.
 var (
-	workerLabels = []string{"slot", "generation", "pid"}
-	perWorker    = map[string]*prometheus.Desc{
-		"accepts":  prometheus.NewDesc("herd_worker_accepts_total", "Connections accepted by the worker.", workerLabels, nil),
-		"wakeups":  prometheus.NewDesc("herd_worker_wakeups_total", "Returns from the call that waits for a connection.", workerLabels, nil),
-		"spurious": prometheus.NewDesc("herd_worker_spurious_wakeups_total", "Wakeups that found nothing to accept.", workerLabels, nil),
-		"requests": prometheus.NewDesc("herd_worker_requests_total", "HTTP requests answered by the worker.", workerLabels, nil),
-		"bytes":    prometheus.NewDesc("herd_worker_bytes_out_total", "Bytes written to clients by the worker.", workerLabels, nil),
-		"active":   prometheus.NewDesc("herd_worker_connections_active", "Connections the worker holds now.", workerLabels, nil),
+	slotLabel = []string{"slot"}
+	perSlot   = map[string]*prometheus.Desc{
+		"accepts":  prometheus.NewDesc("herd_worker_accepts_total", "Connections accepted by the slot's worker.", slotLabel, nil),
+		"wakeups":  prometheus.NewDesc("herd_worker_wakeups_total", "Returns from the call the slot's worker waits for connections in.", slotLabel, nil),
+		"spurious": prometheus.NewDesc("herd_worker_spurious_wakeups_total", "Wakeups of the slot's worker that found nothing to accept.", slotLabel, nil),
+		"requests": prometheus.NewDesc("herd_worker_requests_total", "HTTP requests answered by the slot's worker.", slotLabel, nil),
+		"bytes":    prometheus.NewDesc("herd_worker_sent_bytes_total", "Bytes written to clients by the slot's worker.", slotLabel, nil),
+		"active":   prometheus.NewDesc("herd_worker_connections", "Connections the slot's worker holds now.", slotLabel, nil),
 	}
 	totals = map[string]*prometheus.Desc{
-		"accepts":  prometheus.NewDesc("herd_accepts_total", "Connections accepted, by all workers past and present.", nil, nil),
-		"wakeups":  prometheus.NewDesc("herd_wakeups_total", "Wakeups, by all workers past and present.", nil, nil),
-		"spurious": prometheus.NewDesc("herd_spurious_wakeups_total", "Spurious wakeups, by all workers past and present.", nil, nil),
-		"timeouts": prometheus.NewDesc("herd_accept_timeouts_total", "Returns of the accept wait because a bound expired.", nil, nil),
-		"requests": prometheus.NewDesc("herd_requests_total", "HTTP requests answered, by all workers past and present.", nil, nil),
-		"bytes":    prometheus.NewDesc("herd_bytes_out_total", "Bytes written to clients, by all workers past and present.", nil, nil),
-		"active":   prometheus.NewDesc("herd_connections_active", "Connections held by workers now.", nil, nil),
-		"restarts": prometheus.NewDesc("herd_worker_restarts_total", "Workers started again after an unplanned exit.", nil, nil),
-		"reloads":  prometheus.NewDesc("herd_reloads_total", "Completed reloads (HUP).", nil, nil),
-		"gen":      prometheus.NewDesc("herd_generation", "The current worker generation.", nil, nil),
-		"workers":  prometheus.NewDesc("herd_workers_wanted", "Worker slots wanted.", nil, nil),
-		"live":     prometheus.NewDesc("herd_workers", "Worker processes by state.", []string{"state"}, nil),
-		"info":     prometheus.NewDesc("herd_info", "The accept strategy in use.", []string{"strategy"}, nil),
+		"accepts":   prometheus.NewDesc("herd_accepts_total", "Connections accepted, by all workers past and present.", nil, nil),
+		"wakeups":   prometheus.NewDesc("herd_wakeups_total", "Wakeups, by all workers past and present.", nil, nil),
+		"spurious":  prometheus.NewDesc("herd_spurious_wakeups_total", "Spurious wakeups, by all workers past and present.", nil, nil),
+		"timeouts":  prometheus.NewDesc("herd_accept_timeouts_total", "Returns of the accept wait because a bound expired.", nil, nil),
+		"requests":  prometheus.NewDesc("herd_requests_total", "HTTP requests answered, by all workers past and present.", nil, nil),
+		"bytes":     prometheus.NewDesc("herd_sent_bytes_total", "Bytes written to clients, by all workers past and present.", nil, nil),
+		"responses": prometheus.NewDesc("herd_responses_total", "Answers by status class, by all workers past and present.", []string{"class"}, nil),
+		"duration":  prometheus.NewDesc("herd_request_duration_seconds", "Time from a request read to its answer's last byte sent.", nil, nil),
+		"active":    prometheus.NewDesc("herd_connections", "Connections held by workers now.", nil, nil),
+		"restarts":  prometheus.NewDesc("herd_worker_restarts_total", "Workers started again after an unplanned exit.", nil, nil),
+		"reloads":   prometheus.NewDesc("herd_reloads_total", "Completed reloads (HUP).", nil, nil),
+		"gen":       prometheus.NewDesc("herd_generation", "The current worker generation.", nil, nil),
+		"workers":   prometheus.NewDesc("herd_workers_wanted", "Worker slots wanted.", nil, nil),
+		"live":      prometheus.NewDesc("herd_workers", "Worker processes by state.", []string{"state"}, nil),
+		"info":      prometheus.NewDesc("herd_info", "The accept strategy in use.", []string{"strategy"}, nil),
 	}
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range perWorker {
+	for _, d := range perSlot {
 		ch <- d
 	}
 	for _, d := range totals {
@@ -147,15 +155,29 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	states := map[string]int{"starting": 0, "ready": 0, "stopping": 0}
+	slots := map[int]*shm.WorkerStat{} // the live workers of a slot, added up
 	for _, w := range s.Live {
-		l := []string{strconv.Itoa(w.Slot), strconv.Itoa(w.Generation), strconv.Itoa(w.PID)}
-		counter(perWorker["accepts"], w.Accepts, l...)
-		counter(perWorker["wakeups"], w.Wakeups, l...)
-		counter(perWorker["spurious"], w.Spurious, l...)
-		counter(perWorker["requests"], w.Requests, l...)
-		counter(perWorker["bytes"], w.BytesOut, l...)
-		gauge(perWorker["active"], float64(w.Active), l...)
 		states[w.State]++
+		t := slots[w.Slot]
+		if t == nil {
+			t = &shm.WorkerStat{}
+			slots[w.Slot] = t
+		}
+		t.Accepts += w.Accepts
+		t.Wakeups += w.Wakeups
+		t.Spurious += w.Spurious
+		t.Requests += w.Requests
+		t.BytesOut += w.BytesOut
+		t.Active += w.Active
+	}
+	for slot, w := range slots {
+		l := strconv.Itoa(slot)
+		counter(perSlot["accepts"], w.Accepts, l)
+		counter(perSlot["wakeups"], w.Wakeups, l)
+		counter(perSlot["spurious"], w.Spurious, l)
+		counter(perSlot["requests"], w.Requests, l)
+		counter(perSlot["bytes"], w.BytesOut, l)
+		gauge(perSlot["active"], float64(w.Active), l)
 	}
 	t := s.Total
 	counter(totals["accepts"], t.Accepts)
@@ -164,6 +186,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(totals["timeouts"], t.Timeouts)
 	counter(totals["requests"], t.Requests)
 	counter(totals["bytes"], t.BytesOut)
+	for i, n := range t.Statuses {
+		counter(totals["responses"], n, strconv.Itoa(i+1)+"xx")
+	}
+	buckets := make(map[float64]uint64, len(shm.DurationBuckets))
+	var cum, count uint64
+	for i, le := range shm.DurationBuckets {
+		cum += t.DurationBuckets[i]
+		buckets[le] = cum
+	}
+	for _, n := range t.Statuses {
+		count += n
+	}
+	count = max(count, cum) // +Inf: every answer counted
+	ch <- prometheus.MustNewConstHistogram(totals["duration"], count, float64(t.DurationSum)/1e9, buckets)
 	gauge(totals["active"], float64(t.Active))
 	counter(totals["restarts"], s.Restarts)
 	counter(totals["reloads"], s.Reloads)

@@ -47,10 +47,12 @@ type conn struct {
 	since       time.Time
 	lingerStart time.Time
 	requests    int
-	status      int    // of the answer being sent, for the access log
-	logging     bool   // logLine holds the start of this answer's access log line
-	logLine     []byte // "peer - - [time] "request" ", completed when the answer ends
-	peer        string // the client's address, once the access log asked
+	status      int       // of the answer being sent, for the access log
+	answering   bool      // an answer was counted and not yet finished (finishAnswer)
+	started     time.Time // when its request was read, on the loop's clock
+	logging     bool      // logLine holds the start of this answer's access log line
+	logLine     []byte    // "peer - - [time] "request" ", completed when the answer ends
+	peer        string    // the client's address, once the access log asked
 }
 
 // consumed reports whether everything the client sent has been read and
@@ -277,7 +279,7 @@ func (e *Engine) flush(c *conn) bool {
 		c.out, c.outOff = c.out[:0], 0
 		return true
 	}
-	e.logAnswer(c)
+	e.finishAnswer(c)
 	if c.file != nil {
 		e.files.release(c.file)
 		c.file = nil
@@ -348,7 +350,7 @@ func (e *Engine) closeConn(c *conn) {
 	if _, ok := e.conns[c.fd]; !ok {
 		return
 	}
-	e.logAnswer(c) // an answer cut short is logged with what was sent
+	e.finishAnswer(c) // an answer cut short is counted and logged with what was sent
 	delete(e.conns, c.fd)
 	if c.file != nil {
 		e.files.release(c.file)

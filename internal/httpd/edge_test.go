@@ -507,3 +507,29 @@ func TestClimbingAboveTheRoot(t *testing.T) {
 		}
 	}
 }
+
+// Every answer is counted in the scoreboard by status class and duration,
+// once, when it has been sent (the master's /metrics adds the workers up).
+func TestAnswersCountedByClassAndDuration(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, st := testEngine(t, root, nil)
+	exchange(t, addr, get("/hello.txt")+get("/missing")+get("/docs"), 3)
+	exchange(t, addr, "GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	want := map[shm.Field]uint64{shm.Status2xx: 1, shm.Status3xx: 1, shm.Status4xx: 2}
+	deadline := time.Now().Add(3 * time.Second)
+	for st.Load(shm.Status4xx) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for f, n := range want {
+		if got := st.Load(f); got != n {
+			t.Errorf("field %d: %d answers, want %d", f, got, n)
+		}
+	}
+	var inBuckets uint64
+	for i := range shm.NumBuckets {
+		inBuckets += st.Load(shm.DurationBucket0 + shm.Field(i))
+	}
+	if inBuckets != 4 || st.Load(shm.Requests) != 4 {
+		t.Errorf("%d answers in the duration buckets, %d requests; want 4 and 4", inBuckets, st.Load(shm.Requests))
+	}
+}

@@ -37,6 +37,7 @@ func (e *Engine) respond(c *conn, req *request) {
 // bytes actually sent.
 func (e *Engine) account(c *conn, req *request) {
 	n := e.cfg.Stats.Add(shm.Requests, 1)
+	c.answering, c.started = true, e.now
 	if e.cfg.AccessLog != nil {
 		e.startLog(c, req)
 	}
@@ -67,10 +68,17 @@ func (e *Engine) startLog(c *conn, req *request) {
 	c.logLine, c.logging = b, true
 }
 
-// logAnswer finishes and writes c's access log line: status, and the body
-// bytes that reached the socket — all of them, or as many as were sent
-// before the connection was lost.
-func (e *Engine) logAnswer(c *conn) {
+// finishAnswer ends c's answer, sent or cut short: its status and duration
+// go to the scoreboard (the master's /metrics), and its access log line is
+// written with the body bytes that reached the socket — all of them, or as
+// many as were sent before the connection was lost. Durations are on the
+// loop's clock, refreshed each time it wakes.
+func (e *Engine) finishAnswer(c *conn) {
+	if !c.answering {
+		return
+	}
+	c.answering = false
+	e.cfg.Stats.Observe(c.status, e.now.Sub(c.started))
 	if !c.logging {
 		return
 	}

@@ -54,15 +54,17 @@ func (m *Master) checkHeartbeats() {
 	}
 }
 
-// allSlotsReady: every slot has a ready, running worker of the current
-// generation — false during a reload until the new generation is up.
+// allSlotsReady: every slot has a ready worker that is not stopping, of
+// whichever generation — /readyz. During a reload the old generation
+// serves until the new one is up, so the server stays ready throughout (a
+// load balancer must not pull it for a reload); a stopping master is not.
 func (m *Master) allSlotsReady() bool {
 	if m.stopping {
 		return false
 	}
 	ready := map[int]bool{}
 	for p := range m.procs {
-		if p.ready && !p.stopping && p.gen == m.gen {
+		if p.ready && !p.stopping {
 			ready[p.slot] = true
 		}
 	}

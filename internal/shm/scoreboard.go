@@ -4,14 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
 // The scoreboard is a header followed by fixed-size records, one per worker
 // process (not per slot: during a reload the old and the new worker of a
-// slot are both alive and both counted). Each record is two cache lines and
+// slot are both alive and both counted). Each record is six cache lines and
 // starts on a cache-line boundary, so workers bumping their own counters do
-// not contend for a line with each other.
+// not contend for a line with each other. Answers are counted by status
+// class and by duration (a histogram), so the master's /metrics has them
+// for all workers without a message per request.
 //
 // Every field is a uint64 updated with atomics. Workers write their own
 // record; the master writes the header and the identity fields of a record
@@ -20,11 +23,19 @@ import (
 // CVE-2019-0211) — so nothing read back is used as an index or a pid to
 // signal without a bounds check against the master's own bookkeeping.
 const (
-	RecordSize = 128
-	headerSize = 128
+	RecordSize = 384
+	headerSize = 512
 	magic      = 0x68657264_73636231 // "herdscb1"
-	layout     = 1
+	layout     = 2
 )
+
+// DurationBuckets are the upper bounds, in seconds, of the request duration
+// histogram (Prometheus's own defaults for HTTP, with finer ones below 5ms,
+// where static files are answered). The last bucket, +Inf, is Requests.
+var DurationBuckets = [NumBuckets]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// NumBuckets is the number of finite duration buckets.
+const NumBuckets = 16
 
 // Field names one uint64 of a worker record.
 type Field int
@@ -48,8 +59,30 @@ const (
 	Active   // connections open now
 	Requests // HTTP requests answered
 	BytesOut // bytes written to clients
-	numFields
+	Status1xx
+	Status2xx
+	Status3xx
+	Status4xx
+	Status5xx
+	DurationSum     // nanoseconds, all answers
+	DurationBucket0 // the first of NumBuckets counts of answers within DurationBuckets[i] (not cumulative)
+	numFields       = DurationBucket0 + NumBuckets
 )
+
+// Observe counts an answer of status that took d, from request to last byte.
+func (r *Record) Observe(status int, d time.Duration) {
+	if c := status / 100; c >= 1 && c <= 5 {
+		r.v[Status1xx+Field(c-1)].Add(1)
+	}
+	r.v[DurationSum].Add(uint64(max(d, 0)))
+	secs := d.Seconds()
+	for i, le := range DurationBuckets {
+		if secs <= le {
+			r.v[DurationBucket0+Field(i)].Add(1)
+			return
+		}
+	}
+}
 
 // Header fields. The Retired* fields hold the counters of records that were
 // released, so totals survive reloads and restarts.
@@ -70,6 +103,7 @@ const (
 	hRetiredBytes
 	hMutex        // the accept mutex's futex word (low 32 bits): holder's pid
 	hMutexWaiters // processes sleeping on it
+	hRetired      // the retired totals of every field, at hRetired+field
 )
 
 // Worker states stored in the State field.
@@ -197,6 +231,9 @@ func (s *Scoreboard) Release(i int) {
 	} {
 		s.h(h).Add(r.Load(f))
 	}
+	for f := Status1xx; f < numFields; f++ {
+		s.h(hRetired + int(f)).Add(r.Load(f))
+	}
 	r.f(Active).Store(0)
 	r.f(PID).Store(0)
 	r.f(State).Store(StateFree)
@@ -238,6 +275,11 @@ type WorkerStat struct {
 	Active     uint64 `json:"active"`
 	Requests   uint64 `json:"requests"`
 	BytesOut   uint64 `json:"bytes_out"`
+	// Answers by status class (1xx to 5xx), and their durations: the sum
+	// and the count per DurationBuckets bucket (not cumulative).
+	Statuses        [5]uint64          `json:"statuses"`
+	DurationSum     uint64             `json:"duration_sum_ns"`
+	DurationBuckets [NumBuckets]uint64 `json:"duration_buckets"`
 }
 
 // Snapshot is a copy of the whole scoreboard at one moment.
@@ -279,6 +321,13 @@ func (s *Scoreboard) Snapshot() Snapshot {
 	t.Timeouts = s.h(hRetiredTimeouts).Load()
 	t.Requests = s.h(hRetiredRequests).Load()
 	t.BytesOut = s.h(hRetiredBytes).Load()
+	for i := range t.Statuses {
+		t.Statuses[i] = s.h(hRetired + int(Status1xx) + i).Load()
+	}
+	t.DurationSum = s.h(hRetired + int(DurationSum)).Load()
+	for i := range t.DurationBuckets {
+		t.DurationBuckets[i] = s.h(hRetired + int(DurationBucket0) + i).Load()
+	}
 	for i := 0; i < s.n; i++ {
 		r := s.Record(i)
 		st := r.Load(State)
@@ -286,21 +335,31 @@ func (s *Scoreboard) Snapshot() Snapshot {
 			continue
 		}
 		w := WorkerStat{
-			Record:     i,
-			PID:        clamp(r.Load(PID)),
-			Slot:       clamp(r.Load(Slot)),
-			Generation: clamp(r.Load(Generation)),
-			State:      StateName(st),
-			Started:    int64(r.Load(Started)),
-			Heartbeat:  int64(r.Load(Heartbeat)),
-			Accepts:    r.Load(Accepts),
-			Wakeups:    r.Load(Wakeups),
-			Spurious:   r.Load(Spurious),
-			Timeouts:   r.Load(Timeouts),
-			Active:     r.Load(Active),
-			Requests:   r.Load(Requests),
-			BytesOut:   r.Load(BytesOut),
+			Record:      i,
+			PID:         clamp(r.Load(PID)),
+			Slot:        clamp(r.Load(Slot)),
+			Generation:  clamp(r.Load(Generation)),
+			State:       StateName(st),
+			Started:     int64(r.Load(Started)),
+			Heartbeat:   int64(r.Load(Heartbeat)),
+			Accepts:     r.Load(Accepts),
+			Wakeups:     r.Load(Wakeups),
+			Spurious:    r.Load(Spurious),
+			Timeouts:    r.Load(Timeouts),
+			Active:      r.Load(Active),
+			Requests:    r.Load(Requests),
+			BytesOut:    r.Load(BytesOut),
+			DurationSum: r.Load(DurationSum),
 		}
+		for i := range w.Statuses {
+			w.Statuses[i] = r.Load(Status1xx + Field(i))
+			t.Statuses[i] += w.Statuses[i]
+		}
+		for i := range w.DurationBuckets {
+			w.DurationBuckets[i] = r.Load(DurationBucket0 + Field(i))
+			t.DurationBuckets[i] += w.DurationBuckets[i]
+		}
+		t.DurationSum += w.DurationSum
 		snap.Live = append(snap.Live, w)
 		t.Accepts += w.Accepts
 		t.Wakeups += w.Wakeups

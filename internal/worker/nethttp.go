@@ -199,14 +199,55 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// countRequests bumps Requests once a handler has answered, and tells
-// after (if set) the new count.
+// countRequests counts every answer once its handler has returned — in
+// Requests, by status class and duration — and tells after (if set) the
+// new count.
 func countRequests(h http.Handler, st *shm.Record, after func(n uint64)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r)
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
 		n := st.Add(shm.Requests, 1)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		st.Observe(sw.status, time.Since(start))
 		if after != nil {
 			after(n)
 		}
 	})
 }
+
+// statusWriter notes the status a handler answers with. Like the access
+// log's recorder it keeps ReadFrom (sendfile) and Unwrap
+// (http.ResponseController) reachable.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(struct{ io.Writer }{w.ResponseWriter}, src)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
