@@ -103,6 +103,12 @@ type Server struct {
 	// start and on reload; default 30s.
 	ReadyTimeout time.Duration
 
+	// ShutdownDelay makes a graceful stop a lame duck first: the admin
+	// endpoint's /readyz answers 503 at once, and the workers go on
+	// serving this long — while a load balancer or Kubernetes takes the
+	// server out of rotation — before they drain. Default 0: drain at once.
+	ShutdownDelay time.Duration
+
 	// PIDFile, if set, receives the master's pid.
 	PIDFile string
 
@@ -283,7 +289,7 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	}
 	cfg := master.Config{
 		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
-		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, PIDFile: s.PIDFile, Admin: s.Admin,
+		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, ShutdownDelay: s.ShutdownDelay, PIDFile: s.PIDFile, Admin: s.Admin,
 		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,
 		User: s.User, Group: s.Group, SocketMode: s.SocketMode, SocketOwner: s.SocketOwner,
 		MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,

@@ -470,3 +470,125 @@ func TestHUPReadsConfiguration(t *testing.T) {
 		t.Errorf("a new worker runs the replaced binary (inode %d), not its master's (%d)", workerExe.Ino, masterExe.Ino)
 	}
 }
+
+// Behind a load balancer, across two instances: HAProxy (Debian's) in front
+// of two herd instances on two loopback addresses, health-checking /readyz
+// on their admin endpoints and retrying a connection that fails, as an
+// operator configures it. A client loop through HAProxy sees no failure
+// while one instance is stopped with TERM and started again and the other
+// is upgraded with USR2.
+func TestBehindHAProxy(t *testing.T) {
+	haproxy, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy not installed (.ci/run installs Debian's)")
+	}
+	root, _ := docroot(t)
+	site := func(ip string) string {
+		l, err := net.Listen("tcp", ip+":0")
+		must(t, err)
+		defer l.Close()
+		return l.Addr().String()
+	}
+	siteA, adminA := site("127.0.0.1"), site("127.0.0.1")
+	siteB, adminB := site("127.0.0.2"), site("127.0.0.2")
+	front := site("127.0.0.1")
+	argsA := []string{root, "--workers", "2", "--listen", siteA, "--admin", adminA}
+	a := startHerd(t, argsA...)
+	b := startHerd(t, root, "--workers", "2", "--listen", siteB, "--admin", adminB)
+
+	host := func(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`defaults
+	mode http
+	timeout connect 2s
+	timeout client 10s
+	timeout server 10s
+	retries 3
+	option redispatch 1
+	retry-on all-retryable-errors
+frontend site
+	bind %s
+	default_backend herd
+backend herd
+	balance roundrobin
+	option httpchk GET /readyz
+	default-server inter 100ms fall 1 rise 2
+	server a %s check addr %s port %s
+	server b %s check addr %s port %s
+`, front, siteA, host(adminA), port(adminA), siteB, host(adminB), port(adminB))), 0o644))
+	hp := exec.Command(haproxy, "-f", cfg, "-db")
+	var hpLog bytes.Buffer
+	hp.Stdout, hp.Stderr = &hpLog, &hpLog
+	must(t, hp.Start())
+	t.Cleanup(func() { hp.Process.Kill(); hp.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, _, err := get(client(), "http://"+front+"/hello.txt"); err == nil && code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("haproxy does not serve:\n%s", hpLog.String())
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // both servers up in haproxy's eyes
+
+	stop := make(chan struct{})
+	done := make(chan loadResult)
+	go func() {
+		done <- load("http://"+front+"/hello.txt", []byte("hello, herd\n"), 4, 1_000_000, 60*time.Second, stop)
+	}()
+
+	time.Sleep(300 * time.Millisecond)
+	a.signal(syscall.SIGTERM) // what an orchestrator sends
+	if code := a.waitExit(15 * time.Second); code != 0 {
+		t.Errorf("instance a: exit %d after TERM", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	startHerd(t, argsA...) // and starts it again, on the same address
+	time.Sleep(500 * time.Millisecond)
+
+	old := b.pid()
+	b.signal(syscall.SIGUSR2)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if pid, err := master.ReadPIDFile(b.pidFile); err == nil && pid != old && !alive(old) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance b's upgrade did not complete:\n%s", b.Log())
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	res := <-done
+	if res.failed != 0 || res.sent < 100 {
+		t.Errorf("through haproxy: %d requests, %d failed (first: %s)\nhaproxy:\n%s", res.sent, res.failed, res.firstErr, hpLog.String())
+	}
+	t.Logf("%d requests through haproxy across a TERM, a restart and an upgrade", res.sent)
+}
+
+// --shutdown-delay: TERM turns readiness off at once (herd probe, the
+// exec probe for Kubernetes, fails) while the site keeps answering new
+// connections; after the delay the workers drain and the master exits.
+func TestShutdownDelayAndProbe(t *testing.T) {
+	root, _ := docroot(t)
+	admin := freeAddr(t)
+	h := startHerd(t, root, "--workers", "2", "--admin", admin, "--shutdown-delay", "1s")
+	if out, errOut, code := runHerd(t, "probe", "--admin", admin); code != 0 || !strings.Contains(out, "ready") {
+		t.Fatalf("probe while ready: exit %d %q %q", code, out, errOut)
+	}
+	start := time.Now()
+	h.signal(syscall.SIGTERM)
+	time.Sleep(100 * time.Millisecond)
+	if _, errOut, code := runHerd(t, "probe", "--admin", admin); code != 1 || !strings.Contains(errOut, "503") {
+		t.Errorf("probe after TERM: exit %d %q; want 1 and 503", code, errOut)
+	}
+	if code, _, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 {
+		t.Errorf("a new connection during the delay: %d %v", code, err)
+	}
+	if code := h.waitExit(10 * time.Second); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("stopped after %v, before the delay", d)
+	}
+}

@@ -29,6 +29,7 @@ func commands() []command {
 		{"status", "print a running master's scoreboard", runStatus},
 		{"bench", "run the lab: strategies under load, as a table, JSON and charts", runBench},
 		{"doctor", "report what this kernel offers the strategies, and recommend one", runDoctor},
+		{"probe", "ask a running master's admin endpoint (/readyz): exit 0 on 200, for health probes", runProbe},
 		{"version", "print herd's version", runVersion},
 		{"help", "explain a command", runHelp},
 	}

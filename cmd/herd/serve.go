@@ -73,6 +73,7 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	flags.DurationVar(&srv.DeferAccept, "defer-accept", time.Second, "TCP_DEFER_ACCEPT: queue a connection once its request arrives, or after this long (-1s: off)")
 	flags.DurationVar(&srv.DrainTimeout, "drain-timeout", 30*time.Second, "how long stopping workers may finish requests")
 	flags.DurationVar(&srv.ReadyTimeout, "ready-timeout", 30*time.Second, "how long new workers may take to be ready")
+	flags.DurationVar(&srv.ShutdownDelay, "shutdown-delay", 0, "on a graceful stop, answer /readyz 503 and serve on this long before draining (load balancers, Kubernetes)")
 	flags.StringVar(&srv.PIDFile, "pid", "", "write the master's pid to this file")
 	flags.StringVar(&srv.AccessLog, "access-log", "", "log each request to this file in Common Log Format (- for stdout)")
 	flags.StringVar(&srv.User, "user", "", "run workers as this user (name or uid); the master binds as whoever starts it")

@@ -34,7 +34,11 @@ type Config struct {
 	DrainTimeout time.Duration // how long a stopping worker may finish requests; default 30s
 	ReadyTimeout time.Duration // how long a new worker may take to report ready; default 30s
 	StopTimeout  time.Duration // after a fast stop, how long before SIGKILL; default 5s
-	PIDFile      string
+	// ShutdownDelay: a graceful stop first turns readiness off and serves
+	// on this long (a lame duck), for load balancers to stop sending; 0:
+	// drain at once.
+	ShutdownDelay time.Duration
+	PIDFile       string
 
 	// Accept is how workers accept (internal/accept owns it).
 	Accept accept.Options
@@ -170,7 +174,7 @@ func fill(cfg *Config) error {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 5 * time.Second
 	}
-	if cfg.DrainTimeout < 0 || cfg.ReadyTimeout < 0 || cfg.StopTimeout < 0 {
+	if cfg.DrainTimeout < 0 || cfg.ReadyTimeout < 0 || cfg.StopTimeout < 0 || cfg.ShutdownDelay < 0 {
 		return errors.New("timeouts must not be negative")
 	}
 	if cfg.Path == "" {

@@ -194,6 +194,26 @@ func (m *Master) stop(graceful bool, sig os.Signal) {
 	if m.stopping && (graceful || m.fast) {
 		return // a fast stop is never downgraded; a second QUIT changes nothing
 	}
+	if graceful && m.cfg.ShutdownDelay > 0 && !m.handedOver {
+		// Lame duck: /readyz says 503 at once (stopping), and the workers
+		// serve on for ShutdownDelay, while load balancers and Kubernetes
+		// endpoints take the server out of rotation; then they drain.
+		m.stopping = true
+		m.log.Info("stopping: readiness is off; serving on before draining", "signal", sig.String(), "for", m.cfg.ShutdownDelay)
+		notify(daemon.SdNotifyStopping)
+		m.lameDuck = m.clock.AfterFunc(m.cfg.ShutdownDelay, func() { m.post(event{kind: evLameDuckOver, sig: sig}) })
+		return
+	}
+	m.stopWorkers(graceful, sig)
+}
+
+// stopWorkers tells every worker to stop, gracefully or not, and sets the
+// deadline after which what is left is killed.
+func (m *Master) stopWorkers(graceful bool, sig os.Signal) {
+	if m.lameDuck != nil {
+		m.lameDuck.Stop()
+		m.lameDuck = nil
+	}
 	m.stopping, m.fast = true, !graceful
 	if m.upgrade != nil {
 		m.upgradeFailed(errors.New("this master was told to stop"))

@@ -76,10 +76,11 @@ type Master struct {
 	slots         map[int]*slotState
 	reload        *reloadState
 	stopping      bool
-	fast          bool  // stopping, and not gracefully
-	terms         int   // TERMs received
-	failed        error // workers could not start: Run returns it
-	startReported bool  // a start-up failure was logged
+	fast          bool    // stopping, and not gracefully
+	lameDuck      stopper // stopping, still serving for ShutdownDelay
+	terms         int     // TERMs received
+	failed        error   // workers could not start: Run returns it
+	startReported bool    // a start-up failure was logged
 	isReady       bool
 	deadline      stopper
 	closed        sync.Once
@@ -123,6 +124,7 @@ type event struct {
 	kind eventKind
 	p    *proc
 	err  error
+	sig  os.Signal
 }
 
 type eventKind int
@@ -130,9 +132,10 @@ type eventKind int
 const (
 	evExited eventKind = iota
 	evReady
-	evTick        // a backoff or timeout expired: re-examine state
-	evReloadTimer // the reload's readiness deadline passed
-	evDeadline    // the stop deadline passed: kill what is left
+	evTick         // a backoff or timeout expired: re-examine state
+	evReloadTimer  // the reload's readiness deadline passed
+	evDeadline     // the stop deadline passed: kill what is left
+	evLameDuckOver // ShutdownDelay passed: drain now
 	evUpgradeReady
 	evUpgradeFailed
 	evRecycle   // a worker reached --max-requests
@@ -426,6 +429,10 @@ func (m *Master) handleEvent(ev event) {
 	case evReloadTimer:
 		if m.reload != nil {
 			m.failReload(fmt.Sprintf("new workers not ready within %v", m.cfg.ReadyTimeout))
+		}
+	case evLameDuckOver:
+		if m.lameDuck != nil {
+			m.stopWorkers(true, ev.sig)
 		}
 	case evDeadline:
 		for p := range m.procs {

@@ -511,3 +511,38 @@ func (m *Master) procFor(f *fakeProc) *proc {
 	}
 	return nil
 }
+
+// With a shutdown delay, a graceful stop is first a lame duck: readiness
+// goes at once, the workers serve on, and only after the delay are they
+// told to drain. A second TERM does not wait.
+func TestSupervisorLameDuck(t *testing.T) {
+	for _, second := range []bool{false, true} {
+		s := newSup(t, func(c *Config) { c.ShutdownDelay = 5 * time.Second }, nil)
+		s.allReady()
+		s.signal(unix.SIGTERM)
+		if s.m.allSlotsReady() || s.m.readyNow.Load() {
+			t.Error("still ready after TERM")
+		}
+		for _, p := range s.procs() {
+			if len(p.signals()) != 0 {
+				t.Fatalf("a worker was signalled during the delay: %v", p.signals())
+			}
+		}
+		if second {
+			s.signal(unix.SIGTERM)
+			for _, p := range s.procs() {
+				if !p.got(unix.SIGINT) {
+					t.Errorf("second TERM: worker sent %v, want INT at once", p.signals())
+				}
+			}
+			continue
+		}
+		s.clock.advance(5*time.Second - time.Millisecond)
+		s.quiet()
+		if p := s.procs()[0]; len(p.signals()) != 0 {
+			t.Fatalf("drained before the delay: %v", p.signals())
+		}
+		s.clock.advance(time.Millisecond)
+		s.until("drain after the delay", func() bool { return s.procs()[0].got(unix.SIGQUIT) })
+	}
+}
