@@ -18,6 +18,18 @@ import (
 	"github.com/prometheus/common/model"
 )
 
+// startAdmin starts the admin test server, closed at the end of the test.
+func startAdmin(t *testing.T) *herd.Server {
+	t.Helper()
+	t.Setenv("HERD_TEST_SERVER", "admin")
+	srv := adminServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
 func adminServer() *herd.Server {
 	s := slowServer()
 	s.Admin = "127.0.0.1:0"
@@ -62,12 +74,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestAdminEndpoint(t *testing.T) {
-	t.Setenv("HERD_TEST_SERVER", "admin")
-	srv := adminServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := startAdmin(t)
 	base := "http://" + srv.AdminAddr()
 	before := scrape(t, base)
 	oneShot := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
@@ -118,16 +125,10 @@ func TestAdminEndpoint(t *testing.T) {
 	}
 }
 
-// /readyz stays 200 while a reload waits for its new workers — the old
-// generation still serves, and a load balancer must not pull the server —
-// and goes 503 when the server stops.
+// /readyz stays 200 while a reload waits for its new workers: the old
+// generation still serves, and a load balancer must not pull the server.
 func TestReadinessHoldsDuringReload(t *testing.T) {
-	t.Setenv("HERD_TEST_SERVER", "admin")
-	srv := adminServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := startAdmin(t)
 	base := "http://" + srv.AdminAddr()
 	t.Setenv("HERD_TEST_SLOW_START", "1") // the next generation takes a second to start
 	srv.Reload()
@@ -157,12 +158,7 @@ func init() {
 // sends nothing pins no more than its cap of the master's descriptors, and
 // each one it holds is closed after the header timeout.
 func TestAdminIdleClientsAreBounded(t *testing.T) {
-	t.Setenv("HERD_TEST_SERVER", "admin")
-	srv := adminServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := startAdmin(t)
 	fds := func() int { // the master is this process
 		ents, _ := os.ReadDir("/proc/self/fd")
 		return len(ents)
@@ -212,12 +208,7 @@ func TestAdminIdleClientsAreBounded(t *testing.T) {
 // and answers are counted by status class and in a duration histogram,
 // gathered from every worker through the scoreboard.
 func TestMetricsConventions(t *testing.T) {
-	t.Setenv("HERD_TEST_SERVER", "admin")
-	srv := adminServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := startAdmin(t)
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	for range 20 {
 		resp, err := c.Get("http://" + srv.Addrs()[0] + "/x")

@@ -296,10 +296,7 @@ func TestUserDropsPrivileges(t *testing.T) {
 	}
 	// The binary and the root where nobody can reach them: go test's
 	// build directory and t.TempDir are 0700.
-	exe := filepath.Join(t.TempDir(), "herd.test")
-	self, err := os.ReadFile(os.Args[0])
-	must(t, err)
-	must(t, os.WriteFile(exe, self, 0o755))
+	exe := copyTestBinary(t, 0o755)
 	root, _ := docroot(t)
 	for _, p := range []string{exe, root} {
 		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
@@ -381,10 +378,7 @@ func TestStartupFailureReportedOnce(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to run workers as another user")
 	}
-	exe := filepath.Join(t.TempDir(), "herd.test")
-	self, err := os.ReadFile(os.Args[0])
-	must(t, err)
-	must(t, os.WriteFile(exe, self, 0o700)) // root alone may execute it
+	exe := copyTestBinary(t, 0o700) // root alone may execute it
 	root, _ := docroot(t)
 	for d := root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755) // the root is readable; only the binary is out of reach
@@ -396,7 +390,7 @@ func TestStartupFailureReportedOnce(t *testing.T) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
-	err = cmd.Run()
+	err := cmd.Run()
 	if code := cmd.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("exit %d (%v), want 1", code, err)
 	}
@@ -419,12 +413,10 @@ func TestStartupFailureReportedOnce(t *testing.T) {
 // replaced on disk is reported, and new workers still run the master's.
 func TestHUPReadsConfiguration(t *testing.T) {
 	root, _ := docroot(t)
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "herd.test")
-	self, err := os.ReadFile(os.Args[0])
+	exe := copyTestBinary(t, 0o755)
+	self, err := os.ReadFile(exe)
 	must(t, err)
-	must(t, os.WriteFile(exe, self, 0o755))
-	cfg := filepath.Join(dir, "herd.toml")
+	cfg := filepath.Join(filepath.Dir(exe), "herd.toml")
 	write := func(body string) { must(t, os.WriteFile(cfg, []byte(body), 0o644)) }
 	write("workers = 2\nlisten = [\"127.0.0.1:0\"]\n")
 	h := startBinary(t, nil, exe, root, "--config", cfg)
@@ -591,4 +583,15 @@ func TestShutdownDelayAndProbe(t *testing.T) {
 	if d := time.Since(start); d < time.Second {
 		t.Errorf("stopped after %v, before the delay", d)
 	}
+}
+
+// copyTestBinary copies this test binary (which is herd under
+// HERD_TEST_MAIN) into a directory of its own, with mode.
+func copyTestBinary(t *testing.T, mode os.FileMode) string {
+	t.Helper()
+	exe := filepath.Join(t.TempDir(), "herd.test")
+	self, err := os.ReadFile(os.Args[0])
+	must(t, err)
+	must(t, os.WriteFile(exe, self, mode))
+	return exe
 }
