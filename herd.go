@@ -30,6 +30,7 @@ package herd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,16 @@ type Server struct {
 	// slash for a unix socket. Port 0 picks a free port; Addrs tells which.
 	// Default: the sockets systemd passes (socket activation), or ":8080".
 	Listen []string
+
+	// TLSListen lists the addresses served over TLS (HTTPS), beside the
+	// plain ones in Listen: ":443" next to ":80". Connections on them are
+	// served by crypto/tls and net/http in the workers, with HTTP/2 by
+	// ALPN, and session tickets that resume on any worker. The certificate
+	// comes from TLSCertFile and TLSKeyFile (PEM, re-read by every new
+	// generation: HUP reloads it), from TLSConfig, or both.
+	TLSListen               []string
+	TLSCertFile, TLSKeyFile string
+	TLSConfig               *tls.Config
 
 	// Workers is the number of worker processes; default the number of CPUs.
 	Workers int
@@ -241,7 +252,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	if spec != nil {
-		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, Log: log}))
+		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Log: log}))
 	}
 
 	m, err := master.New(s.masterConfig(log))
@@ -284,10 +295,13 @@ func (s *Server) Check() error {
 
 func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	listen := s.Listen
-	if len(listen) == 0 && os.Getenv("LISTEN_FDS") == "" {
+	if len(listen) == 0 && len(s.TLSListen) == 0 && os.Getenv("LISTEN_FDS") == "" {
 		listen = []string{":8080"} // unless systemd passes sockets
 	}
+	tlsProgram := s.TLSConfig != nil && (len(s.TLSConfig.Certificates) > 0 || s.TLSConfig.GetCertificate != nil ||
+		s.TLSConfig.GetConfigForClient != nil)
 	cfg := master.Config{
+		TLSListen: s.TLSListen, TLSCert: s.TLSCertFile, TLSKey: s.TLSKeyFile, TLSProgram: tlsProgram,
 		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
 		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, ShutdownDelay: s.ShutdownDelay, PIDFile: s.PIDFile, Admin: s.Admin,
 		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,

@@ -2,11 +2,20 @@ package herd_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +40,8 @@ func TestMain(m *testing.M) {
 			adminServer().Start()
 		case "nohandler":
 			(&herd.Server{Listen: []string{"127.0.0.1:0"}}).Start()
+		case "tls":
+			tlsServer().Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}
@@ -222,3 +233,67 @@ func TestStartReportsWorkersOwnError(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// tlsServer serves HTTPS only, with the program's own tls.Config (its
+// certificate from the files the test made, named in HERD_TEST_CERT).
+func tlsServer() *herd.Server {
+	files := strings.Split(os.Getenv("HERD_TEST_CERT"), ",")
+	cert, err := tls.LoadX509KeyPair(files[0], files[1])
+	if err != nil {
+		panic(err)
+	}
+	s := slowServer()
+	s.Listen, s.TLSListen = nil, []string{"127.0.0.1:0"}
+	s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	return s
+}
+
+// The library honours TLSConfig: the TLS listener serves HTTPS, with
+// HTTP/2 by ALPN; a TLSConfig with no TLS listener to serve it on is an
+// error, never plain HTTP.
+func TestLibraryTLS(t *testing.T) {
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	os.WriteFile(certFile, certPEM, 0o644)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	t.Setenv("HERD_TEST_SERVER", "tls")
+	t.Setenv("HERD_TEST_CERT", certFile+","+keyFile)
+	srv := tlsServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	resp, err := (&http.Client{Transport: tr}).Get("https://" + srv.Addrs()[0] + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(body) != "done /x" {
+		t.Errorf("%s %q, want HTTP/2 and the handler's answer", resp.Proto, body)
+	}
+
+	plain := slowServer()
+	plain.TLSConfig = tlsServer().TLSConfig
+	if err := plain.Check(); err == nil || !strings.Contains(err.Error(), "no TLS listener") {
+		t.Errorf("TLSConfig without TLSListen: %v", err)
+	}
+}
+
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}

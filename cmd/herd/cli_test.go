@@ -95,7 +95,7 @@ func TestDoctor(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("doctor: exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"EPOLLEXCLUSIVE", "SO_REUSEPORT", "reuseport BPF", "tcp_migrate_req", "RLIMIT_NOFILE",
+	for _, want := range []string{"EPOLLEXCLUSIVE", "SO_REUSEPORT", "reuseport BPF", "kTLS (TCP_ULP tls)", "tcp_migrate_req", "RLIMIT_NOFILE",
 		"lower than --backlog 1000000", "recommended here, and the default: --strategy " + accept.Default()} {
 		if !strings.Contains(out, want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, out)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -36,6 +37,8 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	row("SO_REUSEPORT", yes(reuse == nil), why(reuse, "Linux 3.9+: strategy reuseport"))
 	cbpf := probeReuseport(true)
 	row("reuseport BPF", yes(cbpf == nil), why(cbpf, "Linux 4.5+: reuseport can retire a slot without resets"))
+	ktls := probeKTLS()
+	row("kTLS (TCP_ULP tls)", yes(ktls == nil), why(ktls, "the kernel's TLS record layer; herd's TLS listeners use Go's crypto/tls either way"))
 	migrate := readSysctl("net/ipv4/tcp_migrate_req")
 	row("tcp_migrate_req", migrate, "1: the kernel moves a closed reuseport socket's queue (Linux 5.14+); herd steers and drains either way")
 
@@ -114,4 +117,27 @@ func probeReuseport(withBPF bool) error {
 		return nil
 	}
 	return master.AttachSteering(fd, 1)
+}
+
+// probeKTLS asks the kernel for its TLS upper-layer protocol on a connected
+// loopback socket, as a kTLS server would (setsockopt TCP_ULP "tls"): it
+// needs the tls module (CONFIG_TLS).
+func probeKTLS() error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	rc.Control(func(fd uintptr) { serr = unix.SetsockoptString(int(fd), unix.SOL_TCP, unix.TCP_ULP, "tls") })
+	return serr
 }

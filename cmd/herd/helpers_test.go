@@ -258,11 +258,15 @@ type loadResult struct {
 }
 
 func load(url string, want []byte, workers, max int, deadline time.Duration, stop <-chan struct{}) loadResult {
+	return loadWith(client(), url, want, workers, max, deadline, stop)
+}
+
+// loadWith is load with a client of the caller's (HTTPS).
+func loadWith(c *http.Client, url string, want []byte, workers, max int, deadline time.Duration, stop <-chan struct{}) loadResult {
 	var mu sync.Mutex
 	var res loadResult
 	var wg sync.WaitGroup
 	end := time.Now().Add(deadline)
-	c := client()
 	for range workers {
 		wg.Add(1)
 		go func() {

@@ -55,6 +55,7 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	flags := newFlagSet("serve", "[ROOT]", stderr)
 	var (
 		listen    listFlag
+		tlsListen listFlag
 		static    httpd.Options
 		logLevel  = flags.String("log-level", "info", "log level: debug, info, warn or error")
 		logFormat = flags.String("log-format", "text", "log format: text or json")
@@ -66,6 +67,9 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 		idleTO    = flags.Duration("keepalive-timeout", 75*time.Second, "how long a keep-alive connection may wait for its next request")
 	)
 	flags.Var(&listen, "listen", "address to listen on: host:port, unix:PATH (repeatable; default :8080)")
+	flags.Var(&tlsListen, "tls-listen", "address to serve HTTPS on, beside --listen (repeatable): host:port")
+	flags.StringVar(&srv.TLSCertFile, "tls-cert", "", "TLS certificate chain (PEM), re-read on HUP")
+	flags.StringVar(&srv.TLSKeyFile, "tls-key", "", "TLS private key (PEM) of --tls-cert")
 	flags.IntVar(&srv.Workers, "workers", 0, "worker processes (0: one per CPU this process may use, its cgroup quota included)")
 	flags.StringVar(&srv.Strategy, "strategy", "", "accept strategy: "+strings.Join(herd.Strategies(), ", ")+" (default: exclusive, or accept before Linux 4.5)")
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")
@@ -109,7 +113,7 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	default:
 		return nil, false, false, fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
-	srv.Listen = listen
+	srv.Listen, srv.TLSListen = listen, tlsListen
 	if *sockMode != "" {
 		mode, err := strconv.ParseUint(*sockMode, 8, 32)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
@@ -26,7 +27,11 @@ import (
 // accept strategies and of the native engine travel to the workers as they
 // are, in their owners' structs, and their owners apply it.
 type Config struct {
-	Listen       []string      // addresses; see parseAddr
+	Listen       []string // addresses; see parseAddr
+	TLSListen    []string // addresses served over TLS (certificate in TLSCert and TLSKey, or the program's own)
+	TLSCert      string   // PEM files of the certificate chain and its key, checked to match
+	TLSKey       string
+	TLSProgram   bool          // the program's own tls.Config has certificates (library)
 	Backlog      int           // listen(2) backlog; default 511, as nginx
 	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
 	Workers      int           // default: the CPUs this process may use
@@ -100,7 +105,7 @@ func Check(cfg Config) error {
 	if err := checkFiles(cfg, creds); err != nil {
 		return err
 	}
-	for _, a := range cfg.Listen {
+	for _, a := range cfg.addresses() {
 		network, _, err := parseAddr(a)
 		if err != nil {
 			return err
@@ -124,7 +129,7 @@ func Check(cfg Config) error {
 }
 
 func fill(cfg *Config) error {
-	if len(cfg.Listen) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(proto.UpgradeEnv) == "" {
+	if len(cfg.addresses()) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(proto.UpgradeEnv) == "" {
 		return errors.New("no listen address (and no sockets from systemd)")
 	}
 	if cfg.Workers == 0 {
@@ -203,3 +208,8 @@ func resolveIdentities(cfg Config) (*Credentials, socketOwnership, error) {
 	own, err := parseSocketOwnership(cfg.SocketMode, cfg.SocketOwner)
 	return creds, own, err
 }
+
+// addresses are every address to listen on: Listen, then TLSListen. The
+// sockets, a worker's listeners and an upgrade's inheritance keep this
+// order, so a worker knows its TLS listeners by position (Spec.TLSFrom).
+func (c *Config) addresses() []string { return append(slices.Clone(c.Listen), c.TLSListen...) }

@@ -53,6 +53,7 @@ type Master struct {
 	admin     net.Listener // --admin
 	adminPath string       // its unix socket file, if it is one
 
+	tickets  ticketKeys      // TLS session ticket keys, newest first (tickets.go)
 	creds    *Credentials    // who workers run as; nil: as the master
 	sockOwn  socketOwnership // --socket-mode, --socket-owner
 	readyNow atomic.Bool     // every slot has a ready worker of the current generation
@@ -136,6 +137,7 @@ const (
 	evReloadTimer  // the reload's readiness deadline passed
 	evDeadline     // the stop deadline passed: kill what is left
 	evLameDuckOver // ShutdownDelay passed: drain now
+	evRotateTickets
 	evUpgradeReady
 	evUpgradeFailed
 	evRecycle   // a worker reached --max-requests
@@ -161,6 +163,7 @@ func New(cfg Config) (*Master, error) {
 		workers: cfg.Workers,
 		clock:   realClock{},
 	}
+	m.tickets = m.tickets.rotate()
 	m.start = m.execStart
 	var err error
 	if m.creds, m.sockOwn, err = resolveIdentities(cfg); err != nil {
@@ -199,7 +202,7 @@ func (m *Master) open() error {
 	if err != nil {
 		return err
 	}
-	if in == nil && len(cfg.Listen) == 0 {
+	if in == nil && len(cfg.addresses()) == 0 {
 		// No address given: systemd socket activation.
 		if cfg.Strategy == "reuseport" {
 			return errors.New("reuseport makes its own sockets; it cannot use systemd's")
@@ -310,6 +313,18 @@ func (m *Master) Run() error {
 	if err := m.half.run(); err != nil {
 		return err
 	}
+	rotation := time.NewTicker(ticketRotation)
+	defer rotation.Stop()
+	go func() {
+		for {
+			select {
+			case <-rotation.C:
+				m.post(event{kind: evRotateTickets})
+			case <-m.done:
+				return
+			}
+		}
+	}()
 	{
 		// Always: a reload may turn --worker-timeout on.
 		tick := time.NewTicker(time.Second)
@@ -430,6 +445,8 @@ func (m *Master) handleEvent(ev event) {
 		if m.reload != nil {
 			m.failReload(fmt.Sprintf("new workers not ready within %v", m.cfg.ReadyTimeout))
 		}
+	case evRotateTickets:
+		m.rotateTickets()
 	case evLameDuckOver:
 		if m.lameDuck != nil {
 			m.stopWorkers(true, ev.sig)

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -193,6 +194,9 @@ func checkFiles(cfg Config, c *Credentials) error {
 	if c != nil {
 		who = "user " + c.Name
 	}
+	if err := checkTLS(cfg); err != nil {
+		return err
+	}
 	if cfg.StaticRoot != "" {
 		if err := accessibleBy(c, cfg.StaticRoot, unix.R_OK|unix.X_OK); err != nil {
 			return fmt.Errorf("root %s: %s cannot read it: %w", cfg.StaticRoot, who, err)
@@ -226,4 +230,31 @@ func prepareAccessLog(path string, c *Credentials) error {
 	}
 	f.Close()
 	return c.chown(path)
+}
+
+// checkTLS refuses a TLS configuration that cannot be served: TLS listeners
+// without a certificate, a certificate without TLS listeners (never served
+// as plain HTTP without a word), a key that does not match its certificate,
+// and fdpass, whose workers cannot tell which listener a passed connection
+// came from.
+func checkTLS(cfg Config) error {
+	files := cfg.TLSCert != "" || cfg.TLSKey != ""
+	switch {
+	case len(cfg.TLSListen) == 0 && (files || cfg.TLSProgram):
+		return errors.New("tls: a certificate is given but no TLS listener (--tls-listen)")
+	case len(cfg.TLSListen) == 0:
+		return nil
+	case !files && !cfg.TLSProgram:
+		return errors.New("tls: --tls-listen needs --tls-cert and --tls-key")
+	case files && (cfg.TLSCert == "" || cfg.TLSKey == ""):
+		return errors.New("tls: --tls-cert and --tls-key go together")
+	case cfg.Strategy == "fdpass":
+		return errors.New("tls: the fdpass strategy cannot serve TLS listeners (its workers cannot tell which listener a connection came from)")
+	}
+	if files {
+		if _, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return fmt.Errorf("tls: %s and %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+		}
+	}
+	return nil
 }

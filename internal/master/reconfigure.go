@@ -70,13 +70,14 @@ func (m *Master) reconfigure() bool {
 		}
 	}
 	keep("listen", len(next.Listen) == 0 || slices.Equal(next.Listen, cur.Listen))
+	keep("tls-listen", slices.Equal(next.TLSListen, cur.TLSListen))
 	keep("backlog", next.Backlog == cur.Backlog)
 	keep("defer-accept", next.DeferAccept == cur.DeferAccept)
 	keep("admin", next.Admin == cur.Admin)
 	keep("socket-mode", next.SocketMode == cur.SocketMode)
 	keep("socket-owner", next.SocketOwner == cur.SocketOwner)
 	keep("pid", next.PIDFile == cur.PIDFile)
-	next.Listen, next.Backlog, next.DeferAccept, next.Admin = cur.Listen, cur.Backlog, cur.DeferAccept, cur.Admin
+	next.Listen, next.TLSListen, next.Backlog, next.DeferAccept, next.Admin = cur.Listen, cur.TLSListen, cur.Backlog, cur.DeferAccept, cur.Admin
 	next.SocketMode, next.SocketOwner, next.PIDFile = cur.SocketMode, cur.SocketOwner, cur.PIDFile
 	if next.Strategy != cur.Strategy {
 		if ownsSockets(next.Strategy) || ownsSockets(cur.Strategy) {

@@ -56,7 +56,7 @@ func (h *reuseportHalf) workerSockets(slot int) ([]*Socket, error) {
 		return s, nil
 	}
 	var socks []*Socket
-	for i, a := range h.m.cfg.Listen {
+	for i, a := range h.m.cfg.addresses() {
 		if len(h.m.sockets) > i {
 			a = h.m.sockets[i].Addr // the port chosen for slot 0, if it was 0
 		}
@@ -120,7 +120,7 @@ func (h *reuseportHalf) steer() {
 	for slot := range h.socks {
 		extra = extra || slot >= m.workers
 	}
-	for i := range m.cfg.Listen {
+	for i := range m.cfg.addresses() {
 		first := h.socks[0][i]
 		var err error
 		if extra {

@@ -130,7 +130,8 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	}
 	spec := worker.Spec{
 		Engine: engine,
-		Slot:   slot, Generation: gen, Record: rec, Listeners: names,
+		Slot:   slot, Generation: gen, Record: rec, Listeners: names, TLSFrom: len(names) - len(m.cfg.TLSListen),
+		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey,
 		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static,
@@ -145,6 +146,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	p := &proc{slot: slot, gen: gen, rec: rec, process: started, ctrl: ctrl, started: m.clock.Now(), ctrlDone: make(chan struct{})}
 	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
 	m.procs[p] = struct{}{}
+	m.sendTickets(p)
 	go m.readControl(p)
 	go func() {
 		err := started.Wait()

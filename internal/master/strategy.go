@@ -72,7 +72,7 @@ func newHalf(m *Master, name string) half {
 type shared struct{ m *Master }
 
 func (h shared) listen() error {
-	for _, a := range h.m.cfg.Listen {
+	for _, a := range h.m.cfg.addresses() {
 		s, err := h.m.listenConfig(false).Listen(a)
 		if err != nil {
 			return err

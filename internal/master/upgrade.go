@@ -228,12 +228,13 @@ func (m *Master) adopt(in *inheritance) error {
 	if (in.Reuse != nil) != (m.cfg.Strategy == "reuseport") {
 		return errors.New("upgrade: between reuseport and another strategy the sockets differ; restart instead")
 	}
-	if len(m.cfg.Listen) == 0 {
+	if len(m.cfg.addresses()) == 0 {
 		m.cfg.Listen = in.Listen
 	}
-	match := make([]int, len(m.cfg.Listen)) // configured j → inherited k, or -1
+	addrs := m.cfg.addresses()
+	match := make([]int, len(addrs)) // configured j → inherited k, or -1
 	used := make([]bool, len(in.Listen))
-	for j, a := range m.cfg.Listen {
+	for j, a := range addrs {
 		match[j] = -1
 		for k := range in.Listen {
 			if !used[k] && boundTo(a, fds(k)[0]) {
@@ -252,7 +253,7 @@ func (m *Master) adopt(in *inheritance) error {
 	if in.Reuse != nil {
 		reuse := map[int][]*Socket{}
 		for _, slot := range slices.Sorted(maps.Keys(in.Reuse)) {
-			for j, a := range m.cfg.Listen {
+			for j, a := range addrs {
 				if k := match[j]; k >= 0 {
 					reuse[slot] = append(reuse[slot], sock(proto.InheritedFD(in.Reuse[slot][k]), in.Listen[k]))
 					continue
@@ -270,7 +271,7 @@ func (m *Master) adopt(in *inheritance) error {
 		m.sockets = reuse[0]
 		m.half.adopted(reuse)
 	} else {
-		for j, a := range m.cfg.Listen {
+		for j, a := range addrs {
 			if k := match[j]; k >= 0 {
 				m.sockets = append(m.sockets, sock(proto.InheritedFD(k), in.Listen[k]))
 				continue

@@ -47,14 +47,15 @@ func InheritedFD(i int) int { return FirstInheritedFD + i }
 type Kind int
 
 const (
-	Ready   Kind = iota + 1 // worker → master: accepting; the reload or start may go on
-	Recycle                 // worker → master: --max-requests reached; start my successor
-	Ack                     // worker → master (fdpass): the descriptor Seq was taken
-	FD                      // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
-	Failed                  // worker → master: I cannot serve, because of Text; I exit now
+	Ready      Kind = iota + 1 // worker → master: accepting; the reload or start may go on
+	Recycle                    // worker → master: --max-requests reached; start my successor
+	Ack                        // worker → master (fdpass): the descriptor Seq was taken
+	FD                         // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
+	Failed                     // worker → master: I cannot serve, because of Text; I exit now
+	TicketKeys                 // master → worker: TLS session ticket keys, Text in base64, newest first
 )
 
-var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed"}
+var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed", TicketKeys: "tickets"}
 
 // Msg is one control message: one SOCK_SEQPACKET datagram of text, "ready",
 // "recycle", "ack SEQ", "fd SEQ" or "failed TEXT".
@@ -76,7 +77,7 @@ func (m Msg) Encode() []byte {
 	switch m.Kind {
 	case Ack, FD:
 		b = strconv.AppendUint(append(b, ' '), m.Seq, 10)
-	case Failed:
+	case Failed, TicketKeys:
 		text := m.Text
 		if len(text) > MaxText {
 			text = text[:MaxText]
@@ -96,7 +97,7 @@ func Decode(b []byte) (Msg, error) {
 		if word != name {
 			continue
 		}
-		if k == Failed {
+		if k == Failed || k == TicketKeys {
 			return Msg{Kind: k, Text: arg}, nil
 		}
 		if k != Ack && k != FD {

@@ -20,10 +20,11 @@ type control struct {
 	fd      int
 	passed  chan accept.Passed
 	passing atomic.Bool
+	tickets chan [][32]byte // TLS session ticket keys from the master, the latest
 }
 
 func newControl(fd int) *control {
-	c := &control{fd: fd, passed: make(chan accept.Passed, 256)}
+	c := &control{fd: fd, passed: make(chan accept.Passed, 256), tickets: make(chan [][32]byte, 1)}
 	c.passing.Store(true)
 	return c
 }
@@ -61,6 +62,15 @@ func (c *control) read(gone chan<- struct{}) {
 		}
 		fds := parseRights(oob[:oobn])
 		msg, err := proto.Decode(buf[:n])
+		if err == nil && msg.Kind == proto.TicketKeys {
+			if keys, err := decodeTicketKeys(msg.Text); err == nil {
+				select { // keep only the latest
+				case <-c.tickets:
+				default:
+				}
+				c.tickets <- keys
+			}
+		}
 		if err != nil || msg.Kind != proto.FD || len(fds) != 1 || !c.passing.Load() {
 			for _, fd := range fds {
 				unix.Close(fd)

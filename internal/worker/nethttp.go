@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -25,6 +26,7 @@ type httpEngine struct {
 	draining atomic.Bool
 	closed   chan struct{}
 	once     sync.Once
+	tls      *tls.Config // if set, connections are TLS (serveTLS)
 }
 
 func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
@@ -39,7 +41,11 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 // Run serves until drained — every connection the worker accepted is
 // closed — or closed.
 func (e *httpEngine) Run() error {
-	err := e.srv.Serve(e.ln)
+	var ln net.Listener = e.ln
+	if e.tls != nil {
+		ln = tls.NewListener(e.ln, e.tls)
+	}
+	err := e.srv.Serve(ln)
 	if !e.draining.Load() {
 		return err
 	}

@@ -23,6 +23,9 @@ type Spec struct {
 	Generation   int            `json:"gen"`
 	Record       int            `json:"record"`
 	Listeners    []string       `json:"listeners"`
+	TLSFrom      int            `json:"tls_from"`           // listeners from this index on are TLS
+	TLSCert      string         `json:"tls_cert,omitempty"` // the certificate and key files, or none (the program's tls.Config)
+	TLSKey       string         `json:"tls_key,omitempty"`
 	Strategy     string         `json:"strategy"`
 	Accept       accept.Options `json:"accept"`
 	LockFile     string         `json:"lock_file,omitempty"` // flock: the lock the master made

@@ -6,6 +6,7 @@
 package worker
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -32,6 +33,9 @@ type Options struct {
 	// Configure, if set, adjusts the http.Server before it serves
 	// (timeouts, ErrorLog, ...). Handler and ConnState belong to herd.
 	Configure func(*http.Server)
+	// TLSConfig is the program's own, for TLS listeners (cloned; the
+	// certificate files of the spec are added to it).
+	TLSConfig *tls.Config
 	Log       *slog.Logger
 }
 
@@ -81,7 +85,6 @@ type proc struct {
 	ctrl       *control
 	sigs       chan os.Signal
 	masterGone chan struct{}
-	strat      accept.Strategy
 	alog       *accessLog // or nil
 }
 
@@ -164,15 +167,8 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	for i, a := range spec.Listeners {
 		listeners[i] = accept.Listener{FD: proto.FirstListenerFD + i, Addr: a}
 	}
-	addr := listenerAddr(listeners[0].FD) // before a strategy may close the fd
-	deferred := deferredAccept(listeners)
-	w.strat, err = accept.New(spec.Strategy, accept.Config{
-		Options: spec.Accept, Listeners: listeners, Stats: st, Log: log, PID: os.Getpid(),
-		LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passed: w.ctrl.passed, Nonblock: spec.Engine == "native",
-	})
-	if err != nil {
-		return err
-	}
+	split := min(max(spec.TLSFrom, 0), len(listeners))
+	plain, secure := listeners[:split], listeners[split:]
 	var alog *accessLog
 	if spec.AccessLog != "" {
 		if alog, err = openAccessLog(spec.AccessLog); err != nil {
@@ -180,30 +176,71 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		}
 		w.alog = alog
 	}
+	newStrategy := func(ls []accept.Listener, nonblock bool) (accept.Strategy, error) {
+		return accept.New(spec.Strategy, accept.Config{
+			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
+			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passed: w.ctrl.passed, Nonblock: nonblock,
+		})
+	}
+	handler := func() http.Handler {
+		var h http.Handler = opts.Handler
+		if alog != nil {
+			h = alog.wrap(h)
+		}
+		return countRequests(h, st, recycler(spec, w.ctrl))
+	}
 	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
-	if spec.Engine == "native" {
-		eng, inline, err := w.nativeEngine(deferred, alog)
+	var lanes []lane
+	if len(plain) > 0 {
+		strat, err := newStrategy(plain, spec.Engine == "native")
 		if err != nil {
 			return err
 		}
-		// The engine's loop beats from here on (httpd's tick): a loop
-		// stuck in a call stops the heartbeat, and the master replaces it.
-		return w.serve(eng, "native engine", inline)
+		if spec.Engine == "native" {
+			// The engine's loop beats from here on (httpd's tick): a loop
+			// stuck in a call stops the heartbeat, and the master replaces it.
+			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog)
+			if err != nil {
+				return err
+			}
+			lanes = append(lanes, lane{name: "native engine", eng: eng, strat: strat, inline: inline})
+		} else {
+			eng := newHTTPEngine(listenerAddr(plain[0].FD), handler(), opts.Configure, st, log)
+			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving()})
+		}
 	}
-	var handler http.Handler = opts.Handler
-	if alog != nil {
-		handler = alog.wrap(handler)
+	if len(secure) > 0 {
+		strat, err := newStrategy(secure, false)
+		if err != nil {
+			return err
+		}
+		eng := newHTTPEngine(listenerAddr(secure[0].FD), handler(), opts.Configure, st, log)
+		if err := w.serveTLS(eng, opts.TLSConfig); err != nil {
+			return err
+		}
+		lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving()})
 	}
-	eng := newHTTPEngine(addr, countRequests(handler, st, recycler(spec, w.ctrl)), opts.Configure, st, log)
-	stopBeat := heartbeat(st, eng.ln.serving())
-	defer stopBeat()
-	return w.serve(eng, "http server", false)
+	if lanes[0].beat != nil { // no native loop to beat
+		stopBeat := heartbeat(st, lanes[0].beat)
+		defer stopBeat()
+	}
+	return w.serve(lanes)
+}
+
+// A lane is one engine and the strategy that feeds it: a worker has one
+// for its plain listeners and one for its TLS listeners.
+type lane struct {
+	name   string
+	eng    engine
+	strat  accept.Strategy
+	inline bool        // the strategy runs inside the engine's loop
+	beat   func() bool // the heartbeat's test, for an engine that does not beat itself
 }
 
 // nativeEngine makes the native engine. With one accepting thread, an
 // epoll-based strategy runs inside the engine's own loop (inline): the
 // listener is in the loop's epoll set.
-func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
+func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
@@ -223,7 +260,7 @@ func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool
 		runtime.GOMAXPROCS(2)
 		w.log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
 	}
-	inline, isInline := w.strat.(httpd.Inline)
+	inline, isInline := strat.(httpd.Inline)
 	if isInline && spec.Accept.WithDefaults().Threads == 1 {
 		cfg.Inline = inline
 	}
@@ -231,29 +268,46 @@ func (w *proc) nativeEngine(deferred bool, alog *accessLog) (*httpd.Engine, bool
 	return eng, cfg.Inline != nil, err
 }
 
-// serve runs the engine fed by the strategy (or accepting inline), reports
-// the worker ready, and stops the way it is told: a graceful stop (QUIT)
-// stops accepting — what is queued stays for the other workers — then
-// lets the engine finish what it has, bounded by the drain timeout; a
-// fast stop (TERM) or the master's death end the worker at once; a failed
-// strategy or engine ends it with an error.
-func (w *proc) serve(eng engine, name string, inline bool) error {
-	served := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		served <- eng.Run()
-		close(done)
-	}()
-	accepting := make(chan error, 1)
-	if !inline {
-		go func() { accepting <- w.strat.Serve(eng.Add) }()
+// serve runs each lane's engine fed by its strategy (or accepting inline),
+// reports the worker ready, and stops the way it is told: a graceful stop
+// (QUIT, TERM) stops accepting — what is queued stays for the other
+// workers — then lets the engines finish what they have, bounded by the
+// drain timeout; a fast stop (INT) or the master's death end the worker at
+// once; a failed strategy or engine ends it with an error.
+func (w *proc) serve(lanes []lane) error {
+	type failure struct {
+		what string
+		err  error
+	}
+	failed := make(chan failure, 2*len(lanes))
+	done := make([]chan struct{}, len(lanes))
+	accepting := make([]chan error, len(lanes))
+	for i, l := range lanes {
+		done[i] = make(chan struct{})
+		go func() {
+			err := l.eng.Run()
+			if err != nil {
+				failed <- failure{l.name, err}
+			}
+			close(done[i])
+		}()
+		accepting[i] = make(chan error, 1)
+		if !l.inline {
+			go func() {
+				err := l.strat.Serve(l.eng.Add)
+				accepting[i] <- err
+				if err != nil {
+					failed <- failure{"accept strategy " + w.spec.Strategy, err}
+				}
+			}()
+		}
 	}
 
 	w.st.Store(shm.State, shm.StateReady)
 	if err := w.ctrl.send(proto.Msg{Kind: proto.Ready}); err != nil {
 		return fmt.Errorf("worker: tell master ready: %w", err)
 	}
-	w.log.Debug("worker ready", "strategy", w.spec.Strategy, "engine", name)
+	w.log.Debug("worker ready", "strategy", w.spec.Strategy, "lanes", len(lanes))
 	graceful := make(chan bool, 1)
 	go func() { graceful <- w.signal() }()
 	select {
@@ -264,30 +318,43 @@ func (w *proc) serve(eng engine, name string, inline bool) error {
 	case <-w.masterGone:
 		w.log.Warn("master is gone; exiting")
 		return nil
-	case err := <-accepting:
-		return fmt.Errorf("accept strategy %s: %w", w.spec.Strategy, err)
-	case err := <-served:
-		return fmt.Errorf("%s: %w", name, err)
+	case f := <-failed:
+		return fmt.Errorf("%s: %w", f.what, f.err)
 	}
 
 	w.st.Store(shm.State, shm.StateStopping)
-	if !inline {
-		w.strat.Stop()
-		if err := <-accepting; err != nil {
-			w.log.Warn("accept strategy stopped with error", "err", err)
+	for i, l := range lanes {
+		if !l.inline {
+			l.strat.Stop()
+			if err := <-accepting[i]; err != nil {
+				w.log.Warn("accept strategy stopped with error", "err", err)
+			}
 		}
 	}
 	w.ctrl.stopPassing()
-	eng.Drain() // an inline strategy's listeners leave the loop first
+	for _, l := range lanes {
+		l.eng.Drain() // an inline strategy's listeners leave the loop first
+	}
+	all := make(chan struct{})
+	go func() {
+		for _, d := range done {
+			<-d
+		}
+		close(all)
+	}()
+	closeAll := func() {
+		for _, l := range lanes {
+			l.eng.Close()
+		}
+		<-all
+	}
 	select {
-	case <-done:
+	case <-all:
 	case <-time.After(w.spec.DrainTimeout):
 		w.log.Warn("drain cut short", "active", w.st.Load(shm.Active))
-		eng.Close()
-		<-done
+		closeAll()
 	case <-w.fastSignal(): // INT cuts the drain short
-		eng.Close()
-		<-done
+		closeAll()
 	case <-w.masterGone:
 	}
 	return nil

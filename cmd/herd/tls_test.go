@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd/internal/shm"
+)
+
+// writeCert makes a self-signed ECDSA P-256 certificate for 127.0.0.1 with
+// the given serial, as PEM files in dir.
+func writeCert(t *testing.T, dir string, serial int64) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "herd test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	must(t, os.WriteFile(certFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	must(t, os.WriteFile(keyFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	must(t, os.Rename(certFile+".tmp", certFile)) // as a deploy replaces them
+	must(t, os.Rename(keyFile+".tmp", keyFile))
+	return certFile, keyFile
+}
+
+// startTLS starts herd with a plain and a TLS listener and returns it and
+// the TLS address.
+func startTLS(t *testing.T, root, cert, key string, args ...string) (*herdProc, string) {
+	t.Helper()
+	tlsAddr := freeAddr(t)
+	h := startHerd(t, append([]string{root, "--listen", "127.0.0.1:0", "--tls-listen", tlsAddr,
+		"--tls-cert", cert, "--tls-key", key}, args...)...)
+	return h, tlsAddr
+}
+
+func tlsClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+}
+
+// HTTPS beside plain HTTP: curl --http2 gets HTTP/2 and the file
+// byte-exact; the plain listener serves on with the native engine.
+func TestTLSServesHTTP2(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	root, big := docroot(t)
+	cert, key := writeCert(t, t.TempDir(), 1)
+	h, tlsAddr := startTLS(t, root, cert, key, "--workers", "2")
+	out := filepath.Join(t.TempDir(), "big.bin")
+	meta, err := exec.Command("curl", "-sk", "--http2", "-o", out, "-w", "%{http_version} %{http_code}",
+		"https://"+tlsAddr+"/big.bin").Output()
+	must(t, err)
+	got, _ := os.ReadFile(out)
+	if string(meta) != "2 200" || !bytes.Equal(got, big) {
+		t.Errorf("curl --http2: %q, %d of %d bytes", meta, len(got), len(big))
+	}
+	if code, body, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+		t.Errorf("plain listener: %d %q %v", code, body, err)
+	}
+}
+
+// openssl s_client: TLS 1.3, ALPN h2, and a session that resumes after a
+// reload has replaced every worker — the ticket keys are the master's.
+func TestTLSResumesOnAnyWorker(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	root, _ := docroot(t)
+	cert, key := writeCert(t, t.TempDir(), 1)
+	h, tlsAddr := startTLS(t, root, cert, key, "--workers", "2")
+	sess := filepath.Join(t.TempDir(), "session.pem")
+	client := func(args ...string) string {
+		cmd := exec.Command("openssl", append([]string{"s_client", "-connect", tlsAddr, "-servername", "localhost"}, args...)...)
+		cmd.Stdin = strings.NewReader("")
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	first := client("-alpn", "h2,http/1.1", "-sess_out", sess)
+	if !strings.Contains(first, "TLSv1.3") || !strings.Contains(first, "ALPN protocol: h2") {
+		t.Fatalf("first handshake:\n%s", first)
+	}
+	h.signal(syscall.SIGHUP)
+	h.waitStatus("a new generation", 15*time.Second, func(s shm.Snapshot) bool {
+		return s.Generation == 2 && len(readyPIDs(s, 2)) == 2 && len(s.Live) == 2
+	})
+	for i := range 4 {
+		if out := client("-sess_in", sess); !strings.Contains(out, "Reused, TLSv1.3") {
+			t.Errorf("resumption %d on the new workers:\n%s", i+1, out)
+		}
+	}
+}
+
+// A new certificate on HUP: new connections present it, a client loop
+// across the reload sees no failure; a broken certificate is refused and
+// the running one serves on.
+func TestTLSCertificateReload(t *testing.T) {
+	root, _ := docroot(t)
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, 1)
+	h, tlsAddr := startTLS(t, root, cert, key, "--workers", "2")
+	serial := func() int64 {
+		c, err := tls.Dial("tcp", tlsAddr, &tls.Config{InsecureSkipVerify: true})
+		must(t, err)
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	if s := serial(); s != 1 {
+		t.Fatalf("serial %d", s)
+	}
+	stop := make(chan struct{})
+	done := make(chan loadResult)
+	go func() {
+		done <- loadWith(tlsClient(), "https://"+tlsAddr+"/hello.txt", []byte("hello, herd\n"), 2, 100_000, 30*time.Second, stop)
+	}()
+	writeCert(t, dir, 2)
+	h.signal(syscall.SIGHUP)
+	h.waitStatus("a new generation", 15*time.Second, func(s shm.Snapshot) bool {
+		return s.Generation == 2 && len(readyPIDs(s, 2)) == 2 && len(s.Live) == 2
+	})
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	if res := <-done; res.failed != 0 || res.sent < 10 {
+		t.Errorf("across the certificate reload: %d sent, %d failed (%s)", res.sent, res.failed, res.firstErr)
+	}
+	if s := serial(); s != 2 {
+		t.Errorf("after HUP a new connection presents serial %d, want 2", s)
+	}
+	must(t, os.WriteFile(key, []byte("not a key"), 0o600))
+	h.signal(syscall.SIGHUP)
+	if !h.logged("HUP: the configuration is invalid", 5*time.Second) {
+		t.Errorf("a broken key was not reported:\n%s", h.Log())
+	}
+	if s := serial(); s != 2 {
+		t.Errorf("after a broken key, serial %d", s)
+	}
+}
+
+// --check refuses a key that does not match its certificate, a
+// certificate without a TLS listener and a TLS listener without one, in
+// one line each.
+func TestTLSCheck(t *testing.T) {
+	root, _ := docroot(t)
+	cert, _ := writeCert(t, t.TempDir(), 1)
+	_, otherKey := writeCert(t, t.TempDir(), 2)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", otherKey}, "private key does not match public key"},
+		{[]string{"--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", otherKey}, "no TLS listener"},
+		{[]string{"--tls-listen", "127.0.0.1:0"}, "--tls-listen needs --tls-cert and --tls-key"},
+		{[]string{"--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", otherKey, "--strategy", "fdpass"}, "fdpass"},
+	} {
+		_, errOut, code := runHerd(t, append([]string{"serve", root, "--check"}, tc.args...)...)
+		if code != 1 || !strings.Contains(errOut, tc.want) || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+			t.Errorf("%v: exit %d %q; want one line with %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}

@@ -1,0 +1,66 @@
+package worker
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// serveTLS makes eng serve TLS with Go's crypto/tls: the certificate from
+// the spec's files and the program's own tls.Config (if any), TLS 1.2 and
+// 1.3 with Go's defaults (which Mozilla's "intermediate" profile agrees
+// with), HTTP/2 negotiated by ALPN with HTTP/1.1 after it, and the session
+// ticket keys the master sends, so that a session resumes on whichever
+// worker the next connection reaches.
+func (w *proc) serveTLS(eng *httpEngine, base *tls.Config) error {
+	cfg := &tls.Config{}
+	if base != nil {
+		cfg = base.Clone()
+	}
+	if w.spec.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(w.spec.TLSCert, w.spec.TLSKey)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		cfg.Certificates = append(cfg.Certificates, cert)
+	}
+	if len(cfg.Certificates) == 0 && cfg.GetCertificate == nil && cfg.GetConfigForClient == nil {
+		return errors.New("tls: no certificate")
+	}
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	if len(cfg.NextProtos) == 0 {
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+	}
+	// The master sends its keys as soon as it has started the worker; wait
+	// for them, briefly, so the first sessions already resume anywhere.
+	select {
+	case keys := <-w.ctrl.tickets:
+		cfg.SetSessionTicketKeys(keys)
+	case <-time.After(2 * time.Second):
+		w.log.Warn("tls: no session ticket keys from the master; sessions resume only on this worker")
+	}
+	go func() {
+		for keys := range w.ctrl.tickets { // rotations
+			cfg.SetSessionTicketKeys(keys)
+		}
+	}()
+	eng.tls = cfg
+	return nil
+}
+
+// decodeTicketKeys reads a proto.TicketKeys text: 32-byte keys, newest first.
+func decodeTicketKeys(text string) ([][32]byte, error) {
+	b, err := base64.StdEncoding.DecodeString(text)
+	if err != nil || len(b) == 0 || len(b)%32 != 0 {
+		return nil, errors.New("worker: bad ticket keys")
+	}
+	keys := make([][32]byte, len(b)/32)
+	for i := range keys {
+		copy(keys[i][:], b[32*i:])
+	}
+	return keys, nil
+}
