@@ -533,3 +533,29 @@ func TestAnswersCountedByClassAndDuration(t *testing.T) {
 		t.Errorf("%d answers in the duration buckets, %d requests; want 4 and 4", inBuckets, st.Load(shm.Requests))
 	}
 }
+
+// Both engines keep small files in memory, and look at them again after a
+// second: a file changed on disk is served changed within about a second.
+func TestChangedFileServedAnew(t *testing.T) {
+	root, _ := siteRoot(t)
+	engines := bothEngines(t, root)
+	for _, e := range engines {
+		if _, bodies, _ := exchange(t, e.addr, get("/hello.txt"), 1); string(bodies[0]) != "Hello, world\n" {
+			t.Fatalf("%s: %q", e.name, bodies[0])
+		}
+	}
+	os.WriteFile(filepath.Join(root, "hello.txt"), []byte("Hello again, a longer line\n"), 0o644)
+	deadline := time.Now().Add(3 * time.Second)
+	for _, e := range engines {
+		for {
+			_, bodies, _ := exchange(t, e.addr, get("/hello.txt"), 1)
+			if string(bodies[0]) == "Hello again, a longer line\n" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still serves %q", e.name, bodies[0])
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

@@ -4,6 +4,7 @@
 package httpd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -112,6 +113,8 @@ type rootFS struct {
 
 	mu      sync.Mutex
 	root    atomic.Pointer[os.Root]
+	smallMu sync.Mutex
+	small   map[string]*smallEntry
 	id      os.FileInfo
 	checked atomic.Int64 // unix nanoseconds of the last look at path
 }
@@ -150,6 +153,10 @@ func (f *rootFS) Open(name string) (http.File, error) {
 	if name == "" {
 		name = "."
 	}
+	now := time.Now()
+	if c := f.cached(name, now); c != nil {
+		return &memFile{Reader: bytes.NewReader(c.data), info: c.info}, nil
+	}
 	var file *os.File
 	var err error
 	if f.follow {
@@ -163,12 +170,62 @@ func (f *rootFS) Open(name string) (http.File, error) {
 	if err != nil {
 		return nil, openError(err)
 	}
-	if fi, err := file.Stat(); err != nil || !(fi.Mode().IsRegular() || fi.IsDir()) {
+	fi, err := file.Stat()
+	if err != nil || !(fi.Mode().IsRegular() || fi.IsDir()) {
 		file.Close()
 		return nil, fs.ErrNotExist // a FIFO, device or socket: 404, as nginx
 	}
+	if fi.Mode().IsRegular() && fi.Size() <= smallFile {
+		data := make([]byte, fi.Size())
+		if n, err := file.ReadAt(data, 0); int64(n) == fi.Size() && (err == nil || err == io.EOF) {
+			file.Close()
+			f.remember(name, &smallEntry{data: data, info: fi, at: now})
+			return &memFile{Reader: bytes.NewReader(data), info: fi}, nil
+		}
+	}
 	return file, nil
 }
+
+// The small-file cache of the nethttp handler, as the native engine's open
+// file cache: a file of up to smallFile bytes is kept in memory and served
+// without open, fstat, read and close, for a second before it is looked at
+// again (nginx's open_file_cache_valid).
+type smallEntry struct {
+	data []byte
+	info fs.FileInfo
+	at   time.Time
+}
+
+const maxSmallEntries = 4096
+
+func (f *rootFS) cached(name string, now time.Time) *smallEntry {
+	f.smallMu.Lock()
+	defer f.smallMu.Unlock()
+	e := f.small[name]
+	if e == nil || now.Sub(e.at) >= time.Second {
+		return nil
+	}
+	return e
+}
+
+func (f *rootFS) remember(name string, e *smallEntry) {
+	f.smallMu.Lock()
+	defer f.smallMu.Unlock()
+	if f.small == nil || len(f.small) >= maxSmallEntries {
+		f.small = map[string]*smallEntry{}
+	}
+	f.small[name] = e
+}
+
+// memFile is a cached small file as net/http's FileServer reads it.
+type memFile struct {
+	*bytes.Reader
+	info fs.FileInfo
+}
+
+func (m *memFile) Close() error                       { return nil }
+func (m *memFile) Readdir(int) ([]fs.FileInfo, error) { return nil, fs.ErrInvalid }
+func (m *memFile) Stat() (fs.FileInfo, error)         { return m.info, nil }
 
 // openError maps a failed open to what net/http answers: 404 for what is
 // not there, 500 while the process is out of descriptors (never cached:
