@@ -29,22 +29,14 @@
 package herd
 
 import (
-	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"time"
 
-	"github.com/herd-run/herd/internal/accept"
-	"github.com/herd-run/herd/internal/httpd"
-	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
-	"github.com/herd-run/herd/internal/worker"
-	"golang.org/x/sys/unix"
 )
 
 // Server is a prefork HTTP server. The zero value of every option but
@@ -189,9 +181,7 @@ type Server struct {
 	// Logger receives the master's and workers' events; default slog.Default().
 	Logger *slog.Logger
 
-	master *master.Master
-	done   chan struct{}
-	err    error
+	run *running // once started (herd_linux.go, herd_other.go)
 }
 
 // StaticFiles configures the native engine.
@@ -222,169 +212,6 @@ func ListenAndServe(addr string, handler http.Handler) error {
 func IsWorker() bool {
 	_, ok := os.LookupEnv(proto.WorkerEnv)
 	return ok
-}
-
-// Strategies lists the accept strategies this build has.
-func Strategies() []string { return accept.Names() }
-
-// Start makes the listening sockets and the workers, and returns once every
-// worker has reported ready. It returns an error if a socket cannot be made
-// (an address in use, say) or the workers are not ready within ReadyTimeout.
-//
-// In a worker process Start does not return: it serves until the master
-// tells it to stop and then exits the process.
-func (s *Server) Start() error {
-	log := s.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	spec, err := worker.FromEnv()
-	if err != nil {
-		log.Error(err.Error())
-		os.Exit(2)
-	}
-	if s.Handler == nil && s.Static == nil {
-		err := errors.New("herd: Server.Handler is nil")
-		if spec != nil { // the master reports it, once, and gives up
-			worker.Fail(err, log)
-			os.Exit(2)
-		}
-		return err
-	}
-	if spec != nil {
-		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Log: log}))
-	}
-
-	m, err := master.New(s.masterConfig(log))
-	if err != nil {
-		return fmt.Errorf("herd: %w", err)
-	}
-	s.master = m
-	s.done = make(chan struct{})
-	go func() {
-		s.err = m.Run()
-		close(s.done)
-	}()
-	timeout := s.ReadyTimeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	select {
-	case <-m.Ready():
-		return nil
-	case <-s.done:
-		return fmt.Errorf("herd: stopped before the workers were ready: %w", s.err)
-	case <-time.After(timeout):
-		m.Signal(unix.SIGINT)
-		<-s.done
-		return fmt.Errorf("herd: workers not ready within %v", timeout)
-	}
-}
-
-// Check validates the options without starting anything, as
-// `herd serve --check` does.
-func (s *Server) Check() error {
-	if s.Handler == nil && s.Static == nil {
-		return errors.New("herd: Server.Handler is nil")
-	}
-	if err := master.Check(s.masterConfig(slog.Default())); err != nil {
-		return fmt.Errorf("herd: %w", err)
-	}
-	return nil
-}
-
-func (s *Server) masterConfig(log *slog.Logger) master.Config {
-	listen := s.Listen
-	if len(listen) == 0 && len(s.TLSListen) == 0 && os.Getenv("LISTEN_FDS") == "" {
-		listen = []string{":8080"} // unless systemd passes sockets
-	}
-	tlsProgram := s.TLSConfig != nil && (len(s.TLSConfig.Certificates) > 0 || s.TLSConfig.GetCertificate != nil ||
-		s.TLSConfig.GetConfigForClient != nil)
-	cfg := master.Config{
-		TLSListen: s.TLSListen, TLSCert: s.TLSCertFile, TLSKey: s.TLSKeyFile, TLSProgram: tlsProgram,
-		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
-		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, ShutdownDelay: s.ShutdownDelay, PIDFile: s.PIDFile, Admin: s.Admin,
-		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,
-		User: s.User, Group: s.Group, SocketMode: s.SocketMode, SocketOwner: s.SocketOwner,
-		MaxRequests: s.MaxRequests, MaxRequestsJitter: s.MaxRequestsJitter,
-		Accept: accept.Options{Threads: s.Threads, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
-			MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder},
-	}
-	if st := s.Static; st != nil {
-		cfg.StaticRoot = st.Root
-		cfg.Static = httpd.Options{FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex,
-			HeaderTimeout: st.HeaderTimeout, IdleTimeout: st.IdleTimeout}
-	}
-	if s.Reconfigure != nil {
-		cfg.Reload = func() (master.Config, error) {
-			next, err := s.Reconfigure()
-			if err != nil {
-				return master.Config{}, err
-			}
-			return next.masterConfig(log), nil
-		}
-	}
-	return cfg
-}
-
-// Addrs returns the addresses the server listens on, with chosen ports
-// filled in. It is empty before Start.
-func (s *Server) Addrs() []string {
-	if s.master == nil {
-		return nil
-	}
-	return s.master.Addrs()
-}
-
-// AdminAddr is the address of the admin endpoint, or "" if there is none.
-func (s *Server) AdminAddr() string {
-	if s.master == nil {
-		return ""
-	}
-	return s.master.AdminAddr()
-}
-
-// Wait blocks until the server has stopped — by a signal, Shutdown or Close.
-func (s *Server) Wait() error {
-	if s.done == nil {
-		return errors.New("herd: server not started")
-	}
-	<-s.done
-	return s.err
-}
-
-// Shutdown stops the server gracefully, as SIGQUIT does: workers stop
-// accepting and finish their requests. If ctx ends first, the workers are
-// stopped at once and ctx's error is returned.
-func (s *Server) Shutdown(ctx context.Context) error {
-	if s.master == nil {
-		return errors.New("herd: server not started")
-	}
-	s.master.Signal(unix.SIGQUIT)
-	select {
-	case <-s.done:
-		return s.err
-	case <-ctx.Done():
-		s.master.Signal(unix.SIGINT)
-		<-s.done
-		return ctx.Err()
-	}
-}
-
-// Close stops the server at once, as SIGINT does.
-func (s *Server) Close() error {
-	if s.master == nil {
-		return errors.New("herd: server not started")
-	}
-	s.master.Signal(unix.SIGINT)
-	return s.Wait()
-}
-
-// Reload replaces every worker with a new one, as SIGHUP does.
-func (s *Server) Reload() {
-	if s.master != nil {
-		s.master.Signal(unix.SIGHUP)
-	}
 }
 
 // Stats is a copy of the scoreboard at one moment: the master's state, one
@@ -435,21 +262,3 @@ type WorkerStats struct {
 // DurationBounds are the upper bounds, in seconds, of WorkerStats's
 // duration buckets (and of the admin endpoint's histogram).
 var DurationBounds = shm.DurationBuckets
-
-// Stats reads the scoreboard.
-func (s *Server) Stats() Stats {
-	if s.master == nil {
-		return Stats{}
-	}
-	return statsOf(s.master.Snapshot())
-}
-
-func statsOf(snap shm.Snapshot) Stats {
-	st := Stats{MasterPID: snap.MasterPID, Generation: snap.Generation, Workers: snap.Workers,
-		Reloads: snap.Reloads, Restarts: snap.Restarts, MutexHolder: snap.MutexHolder,
-		Total: WorkerStats(snap.Total)}
-	for _, w := range snap.Live {
-		st.Live = append(st.Live, WorkerStats(w))
-	}
-	return st
-}

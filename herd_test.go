@@ -1,3 +1,5 @@
+//go:build linux && !herd_oneprocess
+
 package herd_test
 
 import (

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command herd is a prefork server runtime: `herd serve DIR` serves static
 // files from a master and N worker processes, `herd status` shows which
 // worker accepted what.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package accept holds herd's accept strategies: the ways a connection
 // travels from the kernel's accept queue of a shared listening socket to
 // exactly one worker process. Each strategy lives in one file named after

@@ -1,3 +1,5 @@
+//go:build linux
+
 package accept
 
 // Strategy "reuseport": one SO_REUSEPORT socket per worker slot (seeds 002

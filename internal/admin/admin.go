@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package admin is the master's operator endpoint (--admin ADDR):
 //
 //	/metrics  Prometheus text format: the scoreboard as metrics, and the

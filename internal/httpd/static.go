@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package httpd serves static files for `herd serve`, two ways: Static, an
 // http.Handler for the nethttp engine (and for any program that embeds
 // herd), and Engine, herd's own epoll event loop per worker, the default.

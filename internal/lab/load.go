@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package lab is herd's laboratory: a closed-loop HTTP load generator, a
 // runner that starts a server per cell of a matrix of strategies, worker
 // counts, modes and concurrencies and reads what each worker did, and the

@@ -1,3 +1,5 @@
+//go:build linux
+
 package master
 
 // The operator endpoint's socket, and what the endpoint reads.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package master
 
 // The master's configuration: its options, their defaults, and the checks

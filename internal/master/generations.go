@@ -1,3 +1,5 @@
+//go:build linux
+
 package master
 
 // Generations and stops: a reload starts a new generation and retires the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package master is the supervising process: it owns the listening sockets
 // and the scoreboard, spawns workers by executing its own binary again,
 // keeps the wanted number of them alive, and turns signals into reloads and

@@ -1,3 +1,5 @@
+//go:build linux
+
 package master
 
 // Workers' lives as the master sees them: starting one for every empty

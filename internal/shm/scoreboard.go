@@ -1,3 +1,5 @@
+//go:build linux
+
 package shm
 
 import (
@@ -28,14 +30,6 @@ const (
 	magic      = 0x68657264_73636231 // "herdscb1"
 	layout     = 2
 )
-
-// DurationBuckets are the upper bounds, in seconds, of the request duration
-// histogram (Prometheus's own defaults for HTTP, with finer ones below 5ms,
-// where static files are answered). The last bucket, +Inf, is Requests.
-var DurationBuckets = [NumBuckets]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-
-// NumBuckets is the number of finite duration buckets.
-const NumBuckets = 16
 
 // Field names one uint64 of a worker record.
 type Field int

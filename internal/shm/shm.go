@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package shm is the memory the master and its workers share: a memfd
 // mapped MAP_SHARED in every process, holding the scoreboard (and, later,
 // the accept mutexes).

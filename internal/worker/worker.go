@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package worker is a worker process's life: it picks up what the master
 // passed it (listening sockets, the scoreboard, a control socket), runs the
 // accept strategy feeding the serving engine, reports readiness, and stops
