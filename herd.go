@@ -178,6 +178,14 @@ type Server struct {
 	// read its flags, environment and configuration file again.
 	Reconfigure func() (*Server, error)
 
+	// OnWorkerStart, if set, runs in each worker before it reports ready:
+	// open a database pool once per worker, warm a cache. An error fails
+	// that worker, and so the start (Start returns it) or the reload (the
+	// running generation serves on). OnWorkerStop runs in each worker once
+	// it has finished its connections, before it exits.
+	OnWorkerStart func(WorkerInfo) error
+	OnWorkerStop  func(WorkerInfo)
+
 	// Logger receives the master's and workers' events; default slog.Default().
 	Logger *slog.Logger
 
@@ -262,3 +270,10 @@ type WorkerStats struct {
 // DurationBounds are the upper bounds, in seconds, of WorkerStats's
 // duration buckets (and of the admin endpoint's histogram).
 var DurationBounds = shm.DurationBuckets
+
+// WorkerInfo is a worker's identity (CurrentWorker).
+type WorkerInfo struct {
+	Slot       int // 0 to Workers-1; the worker that replaces another takes its slot
+	Generation int // 1, then one more for every reload
+	Workers    int // the number of slots when it was started
+}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
+	"testing"
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
@@ -53,7 +55,19 @@ func (s *Server) Start() error {
 		return err
 	}
 	if spec != nil {
-		os.Exit(worker.Run(spec, worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Log: log}))
+		if err := insideTest(); err != nil {
+			worker.Fail(err, log)
+			os.Exit(2)
+		}
+		current = WorkerInfo{Slot: spec.Slot, Generation: spec.Generation, Workers: spec.Workers}
+		opts := worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Log: log}
+		if f := s.OnWorkerStart; f != nil {
+			opts.Start = func() error { return f(current) }
+		}
+		if f := s.OnWorkerStop; f != nil {
+			opts.Stop = func() { f(current) }
+		}
+		os.Exit(worker.Run(spec, opts))
 	}
 
 	m, err := master.New(s.masterConfig(log))
@@ -203,4 +217,37 @@ func statsOf(snap shm.Snapshot) Stats {
 		st.Live = append(st.Live, WorkerStats(w))
 	}
 	return st
+}
+
+// current is this process's identity, once it is a worker.
+var current WorkerInfo
+
+// CurrentWorker tells a worker which one it is: its slot, its generation
+// and how many slots there are (for a per-worker port, a shard of a
+// cache, a log name). ok is false in the master and in a program that is
+// not herd's.
+func CurrentWorker() (w WorkerInfo, ok bool) { return current, current.Workers > 0 }
+
+// insideTest reports the trap of a test binary without a TestMain: its
+// workers, which are the test binary run again, would run the tests from
+// the first, and the first test's Start would serve that test's Server —
+// the wrong handler. A worker must reach Start from TestMain, before
+// m.Run, never from inside a test.
+func insideTest() error {
+	if !testing.Testing() {
+		return nil
+	}
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		if f.Function == "testing.tRunner" {
+			return errors.New("herd: a worker of this test binary reached Server.Start inside a test, not from TestMain, " +
+				"so it would serve another test's Server: in TestMain, when herd.IsWorker(), build the Server the test starts " +
+				"and call its Start (see herd.IsWorker)")
+		}
+		if !more {
+			return nil
+		}
+	}
 }

@@ -169,3 +169,6 @@ func (s *Server) Reload() {}
 
 // Stats is empty: there is no scoreboard off Linux.
 func (s *Server) Stats() Stats { return Stats{} }
+
+// CurrentWorker reports no worker: off Linux there is only this process.
+func CurrentWorker() (WorkerInfo, bool) { return WorkerInfo{}, false }

@@ -10,14 +10,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +48,8 @@ func TestMain(m *testing.M) {
 			(&herd.Server{Listen: []string{"127.0.0.1:0"}}).Start()
 		case "tls":
 			tlsServer().Start()
+		case "hooks":
+			hooksServer().Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}
@@ -298,4 +304,99 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 	}
 	kder, _ := x509.MarshalECPrivateKey(key)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// hooksServer notes each worker's start and stop in files under
+// HERD_TEST_DIR, answers with its identity, and fails to start in the
+// generation HERD_TEST_FAIL_GEN names.
+func hooksServer() *herd.Server {
+	dir := os.Getenv("HERD_TEST_DIR")
+	note := func(what string, w herd.WorkerInfo) {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d-%d-%d", what, w.Slot, w.Generation, w.Workers)), nil, 0o644)
+	}
+	s := slowServer()
+	s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		me, ok := herd.CurrentWorker()
+		fmt.Fprintf(w, "%d %d %d %v", me.Slot, me.Generation, me.Workers, ok)
+	})
+	s.OnWorkerStart = func(w herd.WorkerInfo) error {
+		if os.Getenv("HERD_TEST_FAIL_GEN") == strconv.Itoa(w.Generation) {
+			return errors.New("no database")
+		}
+		note("start", w)
+		return nil
+	}
+	s.OnWorkerStop = func(w herd.WorkerInfo) { note("stop", w) }
+	return s
+}
+
+// Workers know who they are, run OnWorkerStart before they are ready and
+// OnWorkerStop after they finish, across a reload; an OnWorkerStart that
+// fails fails the reload, and the running generation serves on.
+func TestWorkerHooksAndIdentity(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HERD_TEST_SERVER", "hooks")
+	t.Setenv("HERD_TEST_DIR", dir)
+	srv := hooksServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	has := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
+	for _, f := range []string{"start-0-1-2", "start-1-1-2"} {
+		if !has(f) {
+			t.Errorf("no %s: OnWorkerStart did not run before the workers were ready", f)
+		}
+	}
+	if _, ok := herd.CurrentWorker(); ok {
+		t.Error("the master thinks it is a worker")
+	}
+	answer := func() string {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get("http://" + srv.Addrs()[0] + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if a := answer(); a != "0 1 2 true" && a != "1 1 2 true" {
+		t.Errorf("a worker answers %q, want its slot, generation 1, 2 slots", a)
+	}
+	srv.Reload()
+	for deadline := time.Now().Add(10 * time.Second); !(has("stop-0-1-2") && has("stop-1-1-2")); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("OnWorkerStop did not run in the old generation")
+		}
+	}
+	if !has("start-0-2-2") || !has("start-1-2-2") {
+		t.Error("the new generation's OnWorkerStart did not run")
+	}
+	t.Setenv("HERD_TEST_FAIL_GEN", "3")
+	srv.Reload()
+	time.Sleep(time.Second)
+	if st := srv.Stats(); st.Generation != 2 || len(st.Live) != 2 {
+		t.Errorf("after a reload whose OnWorkerStart failed: generation %d, %d live", st.Generation, len(st.Live))
+	}
+	if a := answer(); !strings.HasSuffix(a, " 2 2 true") {
+		t.Errorf("after the failed reload a worker answers %q", a)
+	}
+}
+
+// The two-tests trap: a test binary with no TestMain starts a Server in a
+// test; its workers run the tests again from the first and reached that
+// first test's Start, serving the wrong handler. Now such a worker says so
+// and the Start in the test fails with the reason.
+func TestTestBinaryTrap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a test binary")
+	}
+	out, err := exec.Command("go", "test", "-count=1", "./testdata/trap").CombinedOutput()
+	if err == nil {
+		t.Fatalf("the trap package passed:\n%s", out)
+	}
+	if !strings.Contains(string(out), "not from TestMain") || strings.Contains(string(out), "wrong handler served") {
+		t.Errorf("output:\n%s", out)
+	}
 }

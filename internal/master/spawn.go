@@ -132,7 +132,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	}
 	spec := worker.Spec{
 		Engine: engine,
-		Slot:   slot, Generation: gen, Record: rec, Listeners: names, TLSFrom: len(names) - len(m.cfg.TLSListen),
+		Slot:   slot, Workers: m.workers, Generation: gen, Record: rec, Listeners: names, TLSFrom: len(names) - len(m.cfg.TLSListen),
 		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey,
 		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,

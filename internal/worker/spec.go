@@ -22,6 +22,7 @@ import (
 // master stays the one authority on how its workers accept.
 type Spec struct {
 	Slot         int            `json:"slot"`
+	Workers      int            `json:"workers"`
 	Generation   int            `json:"gen"`
 	Record       int            `json:"record"`
 	Listeners    []string       `json:"listeners"`

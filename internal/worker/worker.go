@@ -38,7 +38,11 @@ type Options struct {
 	// TLSConfig is the program's own, for TLS listeners (cloned; the
 	// certificate files of the spec are added to it).
 	TLSConfig *tls.Config
-	Log       *slog.Logger
+	// Start, if set, runs before the worker reports ready (an error fails
+	// the worker); Stop after it has finished serving.
+	Start func() error
+	Stop  func()
+	Log   *slog.Logger
 }
 
 // Run is the whole life of a worker process and returns its exit code.
@@ -225,6 +229,14 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if lanes[0].beat != nil { // no native loop to beat
 		stopBeat := heartbeat(st, lanes[0].beat)
 		defer stopBeat()
+	}
+	if opts.Start != nil {
+		if err := opts.Start(); err != nil {
+			return fmt.Errorf("OnWorkerStart: %w", err)
+		}
+	}
+	if opts.Stop != nil {
+		defer opts.Stop()
 	}
 	return w.serve(lanes)
 }
