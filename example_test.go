@@ -8,6 +8,10 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/herd-run/herd"
 )
@@ -43,4 +47,63 @@ func Example() {
 	// Output:
 	// hello from a worker
 	// 1 request counted
+}
+
+// Per-worker setup and identity: OnWorkerStart runs in each worker before
+// it takes connections (an error fails the start, or the reload, and the
+// running workers serve on), and CurrentWorker tells a handler which worker
+// it runs in.
+func ExampleServer_OnWorkerStart() {
+	srv := &herd.Server{
+		Listen: []string{":8080"},
+		OnWorkerStart: func(w herd.WorkerInfo) error {
+			log.Printf("worker %d of %d, generation %d: opening its database pool", w.Slot, w.Workers, w.Generation)
+			return nil // an error here: this worker does not start
+		},
+		OnWorkerStop: func(w herd.WorkerInfo) { log.Printf("worker %d: closing its pool", w.Slot) },
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			me, _ := herd.CurrentWorker()
+			fmt.Fprintf(w, "served by worker %d\n", me.Slot)
+		}),
+	}
+	log.Fatal(srv.ListenAndServe())
+}
+
+// Testing with herd: the workers are the test binary run again, so the
+// Server a test starts must be built in TestMain when herd.IsWorker — a
+// worker that reaches Start inside a test refuses to serve (it would
+// serve the first test's Server), and Start in the test returns why.
+//
+//	func TestMain(m *testing.M) {
+//		if herd.IsWorker() {
+//			newServer().Start() // serves, then exits the worker
+//		}
+//		os.Exit(m.Run())
+//	}
+//
+//	func TestServer(t *testing.T) {
+//		srv := newServer()
+//		if err := srv.Start(); err != nil {
+//			t.Fatal(err)
+//		}
+//		defer srv.Close()
+//		// ... requests to srv.Addrs()[0]
+//	}
+func ExampleIsWorker() {}
+
+// A graceful stop on the program's own SIGTERM: herd hears it too, and
+// both ask for the same graceful stop (a second TERM is the fast one).
+func ExampleServer_Shutdown() {
+	srv := &herd.Server{Listen: []string{":8080"}, Handler: http.NotFoundHandler()}
+	if err := srv.Start(); err != nil {
+		log.Fatal(err)
+	}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	<-term
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil { // in-flight requests finish first
+		log.Print(err)
+	}
 }
