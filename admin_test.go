@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -30,6 +31,63 @@ func startAdmin(t *testing.T) *herd.Server {
 	}
 	t.Cleanup(func() { srv.Close() })
 	return srv
+}
+
+// appMetricsServer counts its requests in a registry of its own, per
+// worker, as a service author's code would.
+func appMetricsServer() *herd.Server {
+	reg := prometheus.NewRegistry()
+	hits := prometheus.NewCounter(prometheus.CounterOpts{Name: "app_hits_total", Help: "Requests the app saw."})
+	reg.MustRegister(hits)
+	s := adminServer()
+	s.Metrics = reg
+	s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Inc()
+		io.WriteString(w, "hit")
+	})
+	return s
+}
+
+// The program's own counters, one per worker process, are all in the
+// master's /metrics, each labelled with its worker's slot.
+func TestAppMetricsAcrossWorkers(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "appmetrics")
+	srv := appMetricsServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 30 {
+		resp, err := c.Get("http://" + srv.Addrs()[0] + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	slots := map[string]bool{}
+	for _, m := range families["app_hits_total"].GetMetric() {
+		sum += m.Counter.GetValue()
+		for _, l := range m.Label {
+			if l.GetName() == "herd_slot" {
+				slots[l.GetValue()] = true
+			}
+		}
+	}
+	if sum != 30 || len(slots) != 2 {
+		t.Errorf("app_hits_total adds up to %v over slots %v; want 30 over 2", sum, slots)
+	}
 }
 
 func adminServer() *herd.Server {

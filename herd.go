@@ -37,6 +37,7 @@ import (
 
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Server is a prefork HTTP server. The zero value of every option but
@@ -131,6 +132,14 @@ type Server struct {
 	// them as the umask and the master's identity make them.
 	SocketMode  os.FileMode
 	SocketOwner string
+
+	// Metrics, if set, is the program's own Prometheus registry (say
+	// prometheus.DefaultGatherer), one per worker process. On every scrape
+	// of the admin endpoint's /metrics the master gathers it from each live
+	// worker and labels each series with the worker's slot (herd_slot): a
+	// handler's counter, N counters in N processes, is seen whole, and
+	// sum by (...) adds the slots up, resets included.
+	Metrics prometheus.Gatherer
 
 	// Admin, if set, is a loopback address or unix socket where the master
 	// serves /metrics (Prometheus), /status, /healthz and /readyz.

@@ -60,7 +60,7 @@ func (s *Server) Start() error {
 			os.Exit(2)
 		}
 		current = WorkerInfo{Slot: spec.Slot, Generation: spec.Generation, Workers: spec.Workers}
-		opts := worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Log: log}
+		opts := worker.Options{Handler: s.Handler, Configure: s.ConfigureServer, TLSConfig: s.TLSConfig, Metrics: s.Metrics, Log: log}
 		if f := s.OnWorkerStart; f != nil {
 			opts.Start = func() error { return f(current) }
 		}

@@ -50,6 +50,8 @@ func TestMain(m *testing.M) {
 			tlsServer().Start()
 		case "hooks":
 			hooksServer().Start()
+		case "appmetrics":
+			appMetricsServer().Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}

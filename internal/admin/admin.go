@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/net/netutil"
 )
 
@@ -56,8 +57,16 @@ func LimitListener(l net.Listener) net.Listener { return netutil.LimitListener(l
 // Source is what the endpoint reads from the master.
 type Source interface {
 	Snapshot() shm.Snapshot
-	Ready() bool // every slot has a ready worker of the current generation
+	Ready() bool // every slot has a ready worker that is not stopping
+	// Workers gathers the program's own metrics from every live worker,
+	// each series labelled with its worker's slot (herd_slot).
+	Workers() ([]*dto.MetricFamily, error)
 }
+
+// workers adapts Source.Workers to a prometheus.Gatherer.
+type workers struct{ src Source }
+
+func (w workers) Gather() ([]*dto.MetricFamily, error) { return w.src.Workers() }
 
 // Handler serves the endpoint.
 func Handler(src Source, strategy string) http.Handler {
@@ -68,7 +77,7 @@ func Handler(src Source, strategy string) http.Handler {
 		&collector{src: src, strategy: strategy},
 	)
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, workers{src}}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		snap := src.Snapshot()
 		if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {

@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/herd-run/herd/internal/shm"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,6 +20,8 @@ type adminSource struct{ m *Master }
 func (a adminSource) Snapshot() shm.Snapshot { return a.m.board.Snapshot() }
 
 func (a adminSource) Ready() bool { return a.m.readyNow.Load() }
+
+func (a adminSource) Workers() ([]*dto.MetricFamily, error) { return a.m.gatherWorkers() }
 
 // openAdmin gives the master its admin endpoint's socket: the one an
 // upgrading master handed on, if it is bound to the configured address,

@@ -56,6 +56,7 @@ type Master struct {
 	adminPath string       // its unix socket file, if it is one
 
 	tickets  ticketKeys      // TLS session ticket keys, newest first (tickets.go)
+	live     live            // workers the admin endpoint may ask for metrics (metrics.go)
 	creds    *Credentials    // who workers run as; nil: as the master
 	sockOwn  socketOwnership // --socket-mode, --socket-owner
 	readyNow atomic.Bool     // every slot has a ready worker of the current generation

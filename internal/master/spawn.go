@@ -148,6 +148,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	p := &proc{slot: slot, gen: gen, rec: rec, process: started, ctrl: ctrl, started: m.clock.Now(), ctrlDone: make(chan struct{})}
 	m.board.Record(rec).Store(shm.PID, uint64(p.pid()))
 	m.procs[p] = struct{}{}
+	m.live.add(p)
 	m.sendTickets(p)
 	go m.readControl(p)
 	go func() {
@@ -272,6 +273,7 @@ func withoutKey(env []string, key string) []string {
 // reap accounts for an exited worker.
 func (m *Master) reap(p *proc, err error) {
 	delete(m.procs, p)
+	m.live.remove(p)
 	// The control socket stays open until the strategy's half is done
 	// with the worker (fdpass takes back what it did not acknowledge).
 	m.half.exited(p)

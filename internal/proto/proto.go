@@ -53,9 +53,10 @@ const (
 	FD                         // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
 	Failed                     // worker → master: I cannot serve, because of Text; I exit now
 	TicketKeys                 // master → worker: TLS session ticket keys, Text in base64, newest first
+	Gather                     // master → worker: write the program\'s metrics (text format) to the pipe passed as SCM_RIGHTS, then close it
 )
 
-var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed", TicketKeys: "tickets"}
+var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed", TicketKeys: "tickets", Gather: "gather"}
 
 // Msg is one control message: one SOCK_SEQPACKET datagram of text, "ready",
 // "recycle", "ack SEQ", "fd SEQ" or "failed TEXT".
@@ -75,7 +76,7 @@ const (
 func (m Msg) Encode() []byte {
 	b := []byte(names[m.Kind])
 	switch m.Kind {
-	case Ack, FD:
+	case Ack, FD, Gather:
 		b = strconv.AppendUint(append(b, ' '), m.Seq, 10)
 	case Failed, TicketKeys:
 		text := m.Text
@@ -100,7 +101,7 @@ func Decode(b []byte) (Msg, error) {
 		if k == Failed || k == TicketKeys {
 			return Msg{Kind: k, Text: arg}, nil
 		}
-		if k != Ack && k != FD {
+		if k != Ack && k != FD && k != Gather {
 			if hasArg {
 				return Msg{}, errBadMsg
 			}

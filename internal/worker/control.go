@@ -4,10 +4,13 @@ package worker
 
 import (
 	"fmt"
+	"os"
 	"sync/atomic"
 
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/proto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +25,8 @@ type control struct {
 	fd      int
 	passed  chan accept.Passed
 	passing atomic.Bool
-	tickets chan [][32]byte // TLS session ticket keys from the master, the latest
+	tickets chan [][32]byte     // TLS session ticket keys from the master, the latest
+	metrics prometheus.Gatherer // the program's own metrics, for the master's scrapes; or nil
 }
 
 func newControl(fd int) *control {
@@ -64,6 +68,10 @@ func (c *control) read(gone chan<- struct{}) {
 		}
 		fds := parseRights(oob[:oobn])
 		msg, err := proto.Decode(buf[:n])
+		if err == nil && msg.Kind == proto.Gather && len(fds) == 1 {
+			go c.gather(fds[0])
+			continue
+		}
 		if err == nil && msg.Kind == proto.TicketKeys {
 			if keys, err := decodeTicketKeys(msg.Text); err == nil {
 				select { // keep only the latest
@@ -100,4 +108,22 @@ func parseRights(oob []byte) []int {
 		}
 	}
 	return fds
+}
+
+// gather writes the program's metrics, in the text format, to the pipe the
+// master passed, and closes it: an empty answer if there are none.
+func (c *control) gather(fd int) {
+	f := os.NewFile(uintptr(fd), "metrics")
+	defer f.Close()
+	if c.metrics == nil {
+		return
+	}
+	families, err := c.metrics.Gather()
+	if err != nil && len(families) == 0 {
+		return
+	}
+	enc := expfmt.NewEncoder(f, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range families {
+		enc.Encode(mf)
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,6 +39,9 @@ type Options struct {
 	// TLSConfig is the program's own, for TLS listeners (cloned; the
 	// certificate files of the spec are added to it).
 	TLSConfig *tls.Config
+	// Metrics, if set, is the program's own registry: the master gathers it
+	// on every scrape of its /metrics.
+	Metrics prometheus.Gatherer
 	// Start, if set, runs before the worker reports ready (an error fails
 	// the worker); Stop after it has finished serving.
 	Start func() error
@@ -167,6 +171,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			w.alog.Close()
 		}
 	}()
+	w.ctrl.metrics = opts.Metrics
 	go w.ctrl.read(w.masterGone)
 
 	listeners := make([]accept.Listener, len(spec.Listeners))
