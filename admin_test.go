@@ -57,24 +57,7 @@ func TestAppMetricsAcrossWorkers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	for range 30 {
-		resp, err := c.Get("http://" + srv.Addrs()[0] + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
-	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	families := hitAndScrape(t, srv, 30, "/")
 	var sum float64
 	slots := map[string]bool{}
 	for _, m := range families["app_hits_total"].GetMetric() {
@@ -269,24 +252,7 @@ func TestAdminIdleClientsAreBounded(t *testing.T) {
 // gathered from every worker through the scoreboard.
 func TestMetricsConventions(t *testing.T) {
 	srv := startAdmin(t)
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	for range 20 {
-		resp, err := c.Get("http://" + srv.Addrs()[0] + "/x")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
-	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	families := hitAndScrape(t, srv, 20, "/x")
 	for name, f := range families {
 		if f.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
 			t.Errorf("counter %s does not end in _total", name)
@@ -320,4 +286,29 @@ func TestMetricsConventions(t *testing.T) {
 	if b := h[0].Histogram.GetBucket(); b[len(b)-1].GetCumulativeCount() != 20 {
 		t.Errorf("the histogram's last bucket has %d of 20 answers", b[len(b)-1].GetCumulativeCount())
 	}
+}
+
+// hitAndScrape sends n requests for path, each on a new connection, then
+// scrapes the master's /metrics.
+func hitAndScrape(t *testing.T, srv *herd.Server, n int, path string) map[string]*dto.MetricFamily {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range n {
+		resp, err := c.Get("http://" + srv.Addrs()[0] + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return families
 }
