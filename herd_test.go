@@ -317,7 +317,17 @@ func hooksServer() *herd.Server {
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d-%d-%d", what, w.Slot, w.Generation, w.Workers)), nil, 0o644)
 	}
 	s := slowServer()
+	s.DrainTimeout = time.Second
 	s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" { // until the request's context ends
+			start := time.Now()
+			select {
+			case <-r.Context().Done():
+				os.WriteFile(filepath.Join(dir, fmt.Sprintf("ctx-done-%d", time.Since(start).Milliseconds()/100)), nil, 0o644)
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
 		me, ok := herd.CurrentWorker()
 		fmt.Fprintf(w, "%d %d %d %v", me.Slot, me.Generation, me.Workers, ok)
 	})
@@ -400,5 +410,41 @@ func TestTestBinaryTrap(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "not from TestMain") || strings.Contains(string(out), "wrong handler served") {
 		t.Errorf("output:\n%s", out)
+	}
+}
+
+// A request in flight when the server drains keeps its context until the
+// drain timeout, and loses it then (the server's base context ends with
+// serving).
+func TestDrainKeepsRequestContexts(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HERD_TEST_SERVER", "hooks")
+	t.Setenv("HERD_TEST_DIR", dir)
+	srv := hooksServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go http.Get("http://" + srv.Addrs()[0] + "/wait")
+	waitActive(srv)
+	start := time.Now()
+	srv.Shutdown(context.Background())
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Errorf("stopped after %v, before the 1s drain timeout", d)
+	}
+	ents, _ := os.ReadDir(dir)
+	var ended []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "ctx-done-") {
+			ended = append(ended, e.Name())
+		}
+	}
+	// ctx-done-N: the context ended after N tenths of a second: at the drain
+	// timeout, not when the drain began.
+	tenths := -1
+	if len(ended) == 1 {
+		fmt.Sscanf(ended[0], "ctx-done-%d", &tenths)
+	}
+	if tenths < 9 {
+		t.Errorf("request contexts ended: %v; want one, after about 1s", ended)
 	}
 }

@@ -3,6 +3,7 @@
 package worker
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"log/slog"
@@ -29,6 +30,7 @@ type httpEngine struct {
 	closed   chan struct{}
 	once     sync.Once
 	tls      *tls.Config // if set, connections are TLS (serveTLS)
+	endBase  func()      // cancels the server's base context
 }
 
 func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
@@ -37,12 +39,27 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 		configure(srv)
 	}
 	srv.Handler = h
-	return &httpEngine{srv: srv, ln: newHandoff(addr), st: st, log: log, closed: make(chan struct{})}
+	// The server's base context — every request's context derives from
+	// it — ends when serving ends: after the drain, or when the drain
+	// timeout or a fast stop cuts it. Requests in flight keep theirs until
+	// then, as a program's BaseContext too.
+	base, cancel := context.WithCancel(context.Background())
+	if user := srv.BaseContext; user != nil {
+		srv.BaseContext = func(l net.Listener) context.Context {
+			ctx, stop := context.WithCancel(user(l))
+			context.AfterFunc(base, stop)
+			return ctx
+		}
+	} else {
+		srv.BaseContext = func(net.Listener) context.Context { return base }
+	}
+	return &httpEngine{srv: srv, ln: newHandoff(addr), st: st, log: log, closed: make(chan struct{}), endBase: cancel}
 }
 
 // Run serves until drained — every connection the worker accepted is
 // closed — or closed.
 func (e *httpEngine) Run() error {
+	defer e.endBase()
 	var ln net.Listener = e.ln
 	if e.tls != nil {
 		ln = tls.NewListener(e.ln, e.tls)

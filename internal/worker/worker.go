@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,7 +69,8 @@ func Run(spec *Spec, opts Options) int {
 // The master reports it (once, if workers cannot start at all); the worker
 // logs it itself only if the master cannot hear it.
 func Fail(err error, log *slog.Logger) {
-	msg := proto.Msg{Kind: proto.Failed, Text: err.Error()}.Encode()
+	// The master's report starts with "herd:" already.
+	msg := proto.Msg{Kind: proto.Failed, Text: strings.TrimPrefix(err.Error(), "herd: ")}.Encode()
 	if _, werr := unix.Write(proto.CtrlFD, msg); werr != nil {
 		log.Error("worker failed", "err", err)
 	}
