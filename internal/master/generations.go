@@ -91,6 +91,7 @@ func (m *Master) checkReady() {
 	}
 	if n >= m.workers {
 		m.isReady = true
+		m.readyNow.Store(m.allSlotsReady()) // /readyz agrees before Start returns
 		close(m.ready)
 		m.log.Info("herd ready", "listen", strings.Join(m.Addrs(), ","), "workers", n)
 		notify(daemon.SdNotifyReady)
