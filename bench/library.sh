@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Does prefork cost anything? The same hello-world and 4 KiB handlers served
+# by one plain net/http process, by herd.Server (the library's defaults:
+# one worker per CPU, the default strategy) and by fasthttp's prefork,
+# measured with wrk in interleaved rounds on this machine; prints medians,
+# herd against plain net/http, and CPU per request. bench/library/ is a
+# module of its own, so herd does not depend on fasthttp. Loopback only;
+# every run is bounded by DURATION.
+#
+#   bench/library.sh
+#   ROUNDS=5 DURATION=5s bench/library.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s}
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -INT -- "-$p" 2>/dev/null || kill -INT "$p" 2>/dev/null || true; done
+	sleep 0.5
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+(cd bench/library && go build -o "$dir/library" .)
+
+base=$((20000 + RANDOM % 10000))
+declare -A port=([plain]=$base [herd]=$((base + 1)) [fasthttp]=$((base + 2)))
+servers=(plain herd fasthttp)
+for s in "${servers[@]}"; do
+	setsid "$dir/library" -mode "$s" -listen "127.0.0.1:${port[$s]}" -pid "$dir/herd.pid" 2>"$dir/$s.log" &
+	pids+=($!)
+	declare "pid_$s=$!"
+done
+for s in "${servers[@]}"; do
+	for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:${port[$s]}/hello" && break; sleep 0.1; done
+done
+
+cpu_ticks() {
+	local pid=$1 total=0 t
+	for t in $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null); do total=$((total + t)); done
+	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$c"))); done
+	echo "$total"
+}
+
+scenarios=("close|-c8|/hello|new connection per request, hello" "keepalive|-c64|/hello|keep-alive, hello (64)" "4k|-c64|/4k|keep-alive, 4 KiB (64)")
+declare -A rps cpu
+for round in $(seq "$ROUNDS"); do
+	for sc in "${scenarios[@]}"; do
+		IFS='|' read -r name args path _ <<<"$sc"
+		for s in "${servers[@]}"; do
+			pid_var="pid_$s"
+			extra=()
+			[ "$name" = close ] && extra=(-H "Connection: close")
+			before=$(cpu_ticks "${!pid_var}")
+			# shellcheck disable=SC2086
+			out=$(wrk -t1 $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$s]}$path")
+			after=$(cpu_ticks "${!pid_var}")
+			r=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+			n=$(awk '/requests in/ {print $1}' <<<"$out")
+			rps[$s,$name]+="$r "
+			cpu[$s,$name]+="$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {printf "%.1f", t * 10000 / n}') "
+			echo "round $round/$ROUNDS  $name  $s  $r req/s" >&2
+		done
+	done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+printf '\n%-36s %9s %9s %9s %11s %14s %21s\n' "requests/s ($ROUNDS rounds)" plain herd fasthttp herd/plain fasthttp/herd "CPU µs/req p · h · f"
+for sc in "${scenarios[@]}"; do
+	IFS='|' read -r name _ _ label <<<"$sc"
+	p=$(median <<<"${rps[plain,$name]}") h=$(median <<<"${rps[herd,$name]}") f=$(median <<<"${rps[fasthttp,$name]}")
+	printf '%-36s %9.0f %9.0f %9.0f %11s %14s %21s\n' "$label" "$p" "$h" "$f" \
+		"$(awk -v a="$h" -v b="$p" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$f" -v b="$h" 'BEGIN {printf "%.2f", a/b}')" \
+		"$(median <<<"${cpu[plain,$name]}") · $(median <<<"${cpu[herd,$name]}") · $(median <<<"${cpu[fasthttp,$name]}")"
+done
+echo "(plain: one net/http process; herd: herd.Server with its defaults ($(nproc) workers); fasthttp: prefork, $(nproc) children;"
+echo " wrk -t1 on the same cores; CPU = utime+stime of the process tree per request)"
