@@ -71,6 +71,10 @@ type Server struct {
 	TLSCertFile, TLSKeyFile string
 	TLSConfig               *tls.Config
 
+	// RedirectHTTPS makes the plain listeners answer every request with a
+	// permanent redirect to HTTPS on the first TLS listener's port.
+	RedirectHTTPS bool
+
 	// Workers is the number of worker processes; default the number of CPUs.
 	Workers int
 

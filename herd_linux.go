@@ -115,7 +115,7 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	tlsProgram := s.TLSConfig != nil && (len(s.TLSConfig.Certificates) > 0 || s.TLSConfig.GetCertificate != nil ||
 		s.TLSConfig.GetConfigForClient != nil)
 	cfg := master.Config{
-		TLSListen: s.TLSListen, TLSCert: s.TLSCertFile, TLSKey: s.TLSKeyFile, TLSProgram: tlsProgram,
+		TLSListen: s.TLSListen, TLSCert: s.TLSCertFile, TLSKey: s.TLSKeyFile, TLSProgram: tlsProgram, RedirectHTTPS: s.RedirectHTTPS,
 		Listen: listen, Backlog: s.Backlog, DeferAccept: s.DeferAccept, Workers: s.Workers, Strategy: s.Strategy,
 		DrainTimeout: s.DrainTimeout, ReadyTimeout: s.ReadyTimeout, ShutdownDelay: s.ShutdownDelay, PIDFile: s.PIDFile, Admin: s.Admin,
 		AccessLog: s.AccessLog, Log: log, WorkerTimeout: s.WorkerTimeout,

@@ -114,6 +114,9 @@ func (s *Server) Check() error {
 	if s.Handler == nil && s.Static == nil {
 		return errors.New("herd: Server.Handler is nil")
 	}
+	if s.RedirectHTTPS {
+		return errors.New("herd: RedirectHTTPS needs Linux")
+	}
 	if (s.TLSConfig != nil || s.TLSCertFile != "") && len(s.TLSListen) == 0 {
 		return errors.New("herd: tls: a certificate is given but no TLS listener (TLSListen)")
 	}

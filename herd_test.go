@@ -387,9 +387,15 @@ func TestWorkerHooksAndIdentity(t *testing.T) {
 	}
 	t.Setenv("HERD_TEST_FAIL_GEN", "3")
 	srv.Reload()
-	time.Sleep(time.Second)
-	if st := srv.Stats(); st.Generation != 2 || len(st.Live) != 2 {
-		t.Errorf("after a reload whose OnWorkerStart failed: generation %d, %d live", st.Generation, len(st.Live))
+	time.Sleep(500 * time.Millisecond) // the reload starts and its workers fail
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st := srv.Stats()
+		if st.Generation == 2 && len(st.Live) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a reload whose OnWorkerStart failed: generation %d, %d live", st.Generation, len(st.Live))
+		}
 	}
 	if a := answer(); !strings.HasSuffix(a, " 2 2 true") {
 		t.Errorf("after the failed reload a worker answers %q", a)

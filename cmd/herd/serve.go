@@ -72,6 +72,7 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	flags.Var(&tlsListen, "tls-listen", "address to serve HTTPS on, beside --listen (repeatable): host:port")
 	flags.StringVar(&srv.TLSCertFile, "tls-cert", "", "TLS certificate chain (PEM), re-read on HUP")
 	flags.StringVar(&srv.TLSKeyFile, "tls-key", "", "TLS private key (PEM) of --tls-cert")
+	flags.BoolVar(&srv.RedirectHTTPS, "redirect-https", false, "plain listeners redirect every request to HTTPS on the first --tls-listen port")
 	flags.IntVar(&srv.Workers, "workers", 0, "worker processes (0: one per CPU this process may use, its cgroup quota included)")
 	flags.StringVar(&srv.Strategy, "strategy", "", "accept strategy: "+strings.Join(herd.Strategies(), ", ")+" (default: exclusive, or accept before Linux 4.5)")
 	flags.IntVar(&srv.Threads, "threads", 1, "accepting threads per worker")

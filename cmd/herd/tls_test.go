@@ -182,3 +182,33 @@ func TestTLSCheck(t *testing.T) {
 		}
 	}
 }
+
+// --redirect-https: the plain listener sends every request to HTTPS on
+// the TLS listener's port, and following the redirect gets the file.
+func TestRedirectToHTTPS(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) { testRedirectToHTTPS(t, engine) })
+	}
+}
+
+func testRedirectToHTTPS(t *testing.T, engine string) {
+	root, _ := docroot(t)
+	cert, key := writeCert(t, t.TempDir(), 1)
+	h, tlsAddr := startTLS(t, root, cert, key, "--workers", "1", "--redirect-https", "--engine", engine)
+	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
+	noFollow := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get("http://" + h.addr + "/hello.txt?x=1")
+	must(t, err)
+	resp.Body.Close()
+	if want := "https://127.0.0.1:" + tlsPort + "/hello.txt?x=1"; resp.StatusCode != 301 || resp.Header.Get("Location") != want {
+		t.Errorf("plain request: %d %q, want 301 %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	follow := tlsClient()
+	if code, body, err := get(follow, "http://"+h.addr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+		t.Errorf("following the redirect: %d %q %v", code, body, err)
+	}
+	if _, errOut, code := runHerd(t, "serve", root, "--check", "--listen", "127.0.0.1:0", "--redirect-https"); code != 1 ||
+		!strings.Contains(errOut, "--redirect-https needs a TLS listener") {
+		t.Errorf("--redirect-https without a TLS listener: exit %d %q", code, errOut)
+	}
+}

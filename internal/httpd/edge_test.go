@@ -559,3 +559,23 @@ func TestChangedFileServedAnew(t *testing.T) {
 		}
 	}
 }
+
+// RedirectHTTPS: every plain request goes to the same host, path and
+// query over HTTPS, on the TLS port (left out for 443).
+func TestRedirectHTTPS(t *testing.T) {
+	root, _ := siteRoot(t)
+	for _, tc := range []struct {
+		port, raw, location string
+	}{
+		{":8443", "GET /hello.txt?a=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", "https://example.com:8443/hello.txt?a=1"},
+		{":8443", "GET /x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "https://[::1]:8443/x"},
+		{":443", "GET /docs HTTP/1.1\r\nHost: example.com\r\n\r\n", "https://example.com/docs"},
+		{":443", "GET /%C3%A9 HTTP/1.0\r\n\r\n", "https://localhost/%C3%A9"},
+	} {
+		addr, _ := testEngine(t, root, func(c *Config) { c.RedirectHTTPS = tc.port })
+		resps, _, _ := exchange(t, addr, tc.raw, 1)
+		if r := resps[0]; r.StatusCode != 301 || r.Header.Get("Location") != tc.location {
+			t.Errorf("%s: %d %q, want 301 %q", firstLine(tc.raw), r.StatusCode, r.Header.Get("Location"), tc.location)
+		}
+	}
+}

@@ -70,6 +70,10 @@ type Config struct {
 	// AccessLog, if set, gets one Common Log Format line per answer, in
 	// one Write each, from the loop's thread.
 	AccessLog io.Writer
+	// RedirectHTTPS, if set (":443", ":8443"), answers every request with a
+	// permanent redirect to the same host, path and query over HTTPS on
+	// that port (the port is left out for 443).
+	RedirectHTTPS string
 	// OnRequest, if set, is called after every answer with the worker's
 	// request count (the worker's --max-requests).
 	OnRequest func(total uint64)

@@ -26,9 +26,10 @@ type request struct {
 	minor    int    // HTTP/1.minor; 1 and above mean HTTP/1.1 (RFC 9110 6.2)
 	keep     bool   // the connection may serve another request
 	host     bool
-	length   int64 // Content-Length, or 0
-	chunked  bool  // Transfer-Encoding: chunked
-	expect   bool  // Expect: 100-continue, in an HTTP/1.1 request
+	hostName []byte // the Host field's value (validated: host[:port])
+	length   int64  // Content-Length, or 0
+	chunked  bool   // Transfer-Encoding: chunked
+	expect   bool   // Expect: 100-continue, in an HTTP/1.1 request
 	ims      []byte
 	inm      []byte
 	rng      []byte
@@ -185,7 +186,7 @@ func (r *request) field(line []byte) *parseError {
 		if r.host || !validHost(value) {
 			return errBadRequest // two Host fields, or not host[:port] (RFC 9112 3.2)
 		}
-		r.host = true
+		r.host, r.hostName = true, value
 	case fold(name, "connection"):
 		for _, tok := range bytes.Split(value, []byte(",")) {
 			switch tok = trim(tok); {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -115,6 +116,10 @@ func peerHost(fd int) string {
 func (e *Engine) answer(c *conn, req *request) {
 	head := string(req.method) == "HEAD"
 	c.head = head
+	if e.cfg.RedirectHTTPS != "" {
+		e.errorPage(c, 301, "Moved Permanently", [][2]string{{"Location", httpsLocation(req, e.cfg.RedirectHTTPS)}})
+		return
+	}
 	if !head && string(req.method) != "GET" {
 		e.errorPage(c, 405, "Method Not Allowed", [][2]string{{"Allow", "GET, HEAD"}})
 		return
@@ -490,4 +495,35 @@ func byteRange(spec []byte, size int64) (start, end int64, status int) {
 		return 0, size, 200
 	}
 	return 0, 0, 416
+}
+
+// httpsLocation is where RedirectHTTPS sends a request: its Host (already
+// validated as host[:port], so no byte of it can end the header) without
+// the port, the TLS port unless it is 443, and the target as the client
+// sent it — path and query, which the parser let through without spaces
+// or controls.
+func httpsLocation(req *request, port string) string {
+	host := string(req.hostName)
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	if host == "" {
+		host = "localhost"
+	}
+	if port == ":443" {
+		port = ""
+	}
+	var b strings.Builder
+	b.WriteString("https://" + host + port)
+	for _, ch := range req.target {
+		if ch >= 0x80 {
+			fmt.Fprintf(&b, "%%%02X", ch)
+		} else {
+			b.WriteByte(ch)
+		}
+	}
+	return b.String()
 }

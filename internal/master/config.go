@@ -29,18 +29,21 @@ import (
 // accept strategies and of the native engine travel to the workers as they
 // are, in their owners' structs, and their owners apply it.
 type Config struct {
-	Listen       []string // addresses; see parseAddr
-	TLSListen    []string // addresses served over TLS (certificate in TLSCert and TLSKey, or the program's own)
-	TLSCert      string   // PEM files of the certificate chain and its key, checked to match
-	TLSKey       string
-	TLSProgram   bool          // the program's own tls.Config has certificates (library)
-	Backlog      int           // listen(2) backlog; default 511, as nginx
-	DeferAccept  time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
-	Workers      int           // default: the CPUs this process may use
-	Strategy     string        // accept strategy; default accept.Default()
-	DrainTimeout time.Duration // how long a stopping worker may finish requests; default 30s
-	ReadyTimeout time.Duration // how long a new worker may take to report ready; default 30s
-	StopTimeout  time.Duration // after a fast stop, how long before SIGKILL; default 5s
+	Listen     []string // addresses; see parseAddr
+	TLSListen  []string // addresses served over TLS (certificate in TLSCert and TLSKey, or the program's own)
+	TLSCert    string   // PEM files of the certificate chain and its key, checked to match
+	TLSKey     string
+	TLSProgram bool // the program's own tls.Config has certificates (library)
+	// RedirectHTTPS: the plain listeners answer every request with a
+	// redirect to HTTPS on the first TLS listener's port.
+	RedirectHTTPS bool
+	Backlog       int           // listen(2) backlog; default 511, as nginx
+	DeferAccept   time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
+	Workers       int           // default: the CPUs this process may use
+	Strategy      string        // accept strategy; default accept.Default()
+	DrainTimeout  time.Duration // how long a stopping worker may finish requests; default 30s
+	ReadyTimeout  time.Duration // how long a new worker may take to report ready; default 30s
+	StopTimeout   time.Duration // after a fast stop, how long before SIGKILL; default 5s
 	// ShutdownDelay: a graceful stop first turns readiness off and serves
 	// on this long (a lame duck), for load balancers to stop sending; 0:
 	// drain at once.

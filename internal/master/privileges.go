@@ -242,6 +242,8 @@ func prepareAccessLog(path string, c *Credentials) error {
 func checkTLS(cfg Config) error {
 	files := cfg.TLSCert != "" || cfg.TLSKey != ""
 	switch {
+	case len(cfg.TLSListen) == 0 && cfg.RedirectHTTPS:
+		return errors.New("tls: --redirect-https needs a TLS listener (--tls-listen)")
 	case len(cfg.TLSListen) == 0 && (files || cfg.TLSProgram):
 		return errors.New("tls: a certificate is given but no TLS listener (--tls-listen)")
 	case len(cfg.TLSListen) == 0:

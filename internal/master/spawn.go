@@ -9,6 +9,7 @@ package master
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -133,7 +134,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	spec := worker.Spec{
 		Engine: engine,
 		Slot:   slot, Workers: m.workers, Generation: gen, Record: rec, Listeners: names, TLSFrom: len(names) - len(m.cfg.TLSListen),
-		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey,
+		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey, RedirectHTTPS: m.httpsPort(),
 		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static,
@@ -356,4 +357,18 @@ func exitStatus(err error) string {
 		return err.Error()
 	}
 	return "exit 0"
+}
+
+// httpsPort is where RedirectHTTPS sends plain requests: ":PORT" of the
+// first TLS listener, as it is bound; "" without RedirectHTTPS.
+func (m *Master) httpsPort() string {
+	i := len(m.cfg.Listen)
+	if !m.cfg.RedirectHTTPS || i >= len(m.sockets) {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(m.sockets[i].Addr)
+	if err != nil {
+		return ""
+	}
+	return ":" + port
 }

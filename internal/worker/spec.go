@@ -21,18 +21,21 @@ import (
 // serving options from here rather than from its own arguments, so the
 // master stays the one authority on how its workers accept.
 type Spec struct {
-	Slot         int            `json:"slot"`
-	Workers      int            `json:"workers"`
-	Generation   int            `json:"gen"`
-	Record       int            `json:"record"`
-	Listeners    []string       `json:"listeners"`
-	TLSFrom      int            `json:"tls_from"`           // listeners from this index on are TLS
-	TLSCert      string         `json:"tls_cert,omitempty"` // the certificate and key files, or none (the program's tls.Config)
-	TLSKey       string         `json:"tls_key,omitempty"`
-	Strategy     string         `json:"strategy"`
-	Accept       accept.Options `json:"accept"`
-	LockFile     string         `json:"lock_file,omitempty"` // flock: the lock the master made
-	DrainTimeout time.Duration  `json:"drain_timeout"`
+	Slot       int      `json:"slot"`
+	Workers    int      `json:"workers"`
+	Generation int      `json:"gen"`
+	Record     int      `json:"record"`
+	Listeners  []string `json:"listeners"`
+	TLSFrom    int      `json:"tls_from"`           // listeners from this index on are TLS
+	TLSCert    string   `json:"tls_cert,omitempty"` // the certificate and key files, or none (the program's tls.Config)
+	TLSKey     string   `json:"tls_key,omitempty"`
+	// RedirectHTTPS (":443"): plain listeners redirect everything to HTTPS
+	// on this port.
+	RedirectHTTPS string         `json:"redirect_https,omitempty"`
+	Strategy      string         `json:"strategy"`
+	Accept        accept.Options `json:"accept"`
+	LockFile      string         `json:"lock_file,omitempty"` // flock: the lock the master made
+	DrainTimeout  time.Duration  `json:"drain_timeout"`
 
 	MaxRequests       int    `json:"max_requests,omitempty"` // ask to be replaced after this many (+ jitter)
 	MaxRequestsJitter int    `json:"max_requests_jitter,omitempty"`

@@ -7,6 +7,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"strings"
 	"time"
 )
 
@@ -65,4 +68,22 @@ func decodeTicketKeys(text string) ([][32]byte, error) {
 		copy(keys[i][:], b[32*i:])
 	}
 	return keys, nil
+}
+
+// redirectHTTPS answers every plain request with a permanent redirect to
+// the same host, path and query over HTTPS on port (":443" is left out).
+func redirectHTTPS(port string) http.Handler {
+	if port == ":443" {
+		port = ""
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+			if strings.Contains(h, ":") {
+				host = "[" + h + "]"
+			}
+		}
+		http.Redirect(w, r, "https://"+host+port+r.URL.RequestURI(), http.StatusMovedPermanently)
+	})
 }

@@ -218,7 +218,11 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			}
 			lanes = append(lanes, lane{name: "native engine", eng: eng, strat: strat, inline: inline})
 		} else {
-			eng := newHTTPEngine(listenerAddr(plain[0].FD), handler(), opts.Configure, st, log)
+			h := handler()
+			if spec.RedirectHTTPS != "" {
+				h = countRequests(redirectHTTPS(spec.RedirectHTTPS), st, nil)
+			}
+			eng := newHTTPEngine(listenerAddr(plain[0].FD), h, opts.Configure, st, log)
 			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving()})
 		}
 	}
@@ -266,9 +270,10 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
 		WorkerConnections: spec.Accept.WithDefaults().WorkerConnections, Stats: w.st, Log: w.log,
-		Nonblocking: spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
-		ReadFirst:   deferred,
-		OnRequest:   recycler(spec, w.ctrl),
+		Nonblocking:   spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
+		ReadFirst:     deferred,
+		OnRequest:     recycler(spec, w.ctrl),
+		RedirectHTTPS: spec.RedirectHTTPS,
 	}
 	if alog != nil {
 		cfg.AccessLog = alog
