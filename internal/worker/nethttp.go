@@ -29,8 +29,9 @@ type httpEngine struct {
 	draining atomic.Bool
 	closed   chan struct{}
 	once     sync.Once
-	tls      *tls.Config // if set, connections are TLS (serveTLS)
-	endBase  func()      // cancels the server's base context
+	tls      *tls.Config  // if set, connections are TLS (serveTLS)
+	endBase  func()       // cancels the server's base context
+	inflight atomic.Int64 // handlers running
 }
 
 func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
@@ -38,7 +39,12 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 	if configure != nil {
 		configure(srv)
 	}
-	srv.Handler = h
+	e := &httpEngine{srv: srv, st: st, log: log}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.inflight.Add(1)
+		defer e.inflight.Add(-1)
+		h.ServeHTTP(w, r)
+	})
 	// The server's base context — every request's context derives from
 	// it — ends when serving ends: after the drain, or when the drain
 	// timeout or a fast stop cuts it. Requests in flight keep theirs until
@@ -53,7 +59,8 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 	} else {
 		srv.BaseContext = func(net.Listener) context.Context { return base }
 	}
-	return &httpEngine{srv: srv, ln: newHandoff(addr), st: st, log: log, closed: make(chan struct{}), endBase: cancel}
+	e.ln, e.closed, e.endBase = newHandoff(addr), make(chan struct{}), cancel
+	return e
 }
 
 // Run serves until drained — every connection the worker accepted is
@@ -107,9 +114,20 @@ func (e *httpEngine) Drain() {
 }
 
 // Close ends every connection at once.
+// closeGrace is how long Close waits for handlers whose request contexts
+// it has just cancelled to return.
+const closeGrace = time.Second
+
+// Close ends every connection at once. The requests' contexts end first,
+// and their handlers get closeGrace to return — to finish what they were
+// doing on the way out — before the worker goes on to exit.
 func (e *httpEngine) Close() {
-	e.once.Do(func() { close(e.closed) })
+	e.endBase()
 	e.srv.Close()
+	for end := time.Now().Add(closeGrace); e.inflight.Load() > 0 && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.once.Do(func() { close(e.closed) })
 }
 
 // handoff is the net.Listener between a strategy and http.Server: the
