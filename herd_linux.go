@@ -160,7 +160,7 @@ func (s *Server) AdminAddr() string {
 
 // Wait blocks until the server has stopped — by a signal, Shutdown or Close.
 func (s *Server) Wait() error {
-	if s.run.done == nil {
+	if s.run == nil {
 		return errors.New("herd: server not started")
 	}
 	<-s.run.done

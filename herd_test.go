@@ -454,3 +454,22 @@ func TestDrainKeepsRequestContexts(t *testing.T) {
 		t.Errorf("request contexts ended: %v; want one, after about 1s", ended)
 	}
 }
+
+// Before Start, the methods that need a running server say so; none
+// panics (Wait did, dereferencing the absent running state).
+func TestMethodsBeforeStart(t *testing.T) {
+	srv := slowServer()
+	if err := srv.Wait(); err == nil {
+		t.Error("Wait before Start: no error")
+	}
+	if err := srv.Shutdown(context.Background()); err == nil {
+		t.Error("Shutdown before Start: no error")
+	}
+	if err := srv.Close(); err == nil {
+		t.Error("Close before Start: no error")
+	}
+	srv.Reload()
+	if len(srv.Addrs()) != 0 || srv.AdminAddr() != "" || len(srv.Stats().Live) != 0 {
+		t.Error("a server not started reports addresses or workers")
+	}
+}
