@@ -174,12 +174,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			t = &shm.WorkerStat{}
 			slots[w.Slot] = t
 		}
-		t.Accepts += w.Accepts
-		t.Wakeups += w.Wakeups
-		t.Spurious += w.Spurious
-		t.Requests += w.Requests
-		t.BytesOut += w.BytesOut
-		t.Active += w.Active
+		t.Add(w)
 	}
 	for slot, w := range slots {
 		l := strconv.Itoa(slot)

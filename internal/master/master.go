@@ -316,33 +316,8 @@ func (m *Master) Run() error {
 	if err := m.half.run(); err != nil {
 		return err
 	}
-	rotation := time.NewTicker(ticketRotation)
-	defer rotation.Stop()
-	go func() {
-		for {
-			select {
-			case <-rotation.C:
-				m.post(event{kind: evRotateTickets})
-			case <-m.done:
-				return
-			}
-		}
-	}()
-	{
-		// Always: a reload may turn --worker-timeout on.
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		go func() {
-			for {
-				select {
-				case <-tick.C:
-					m.post(event{kind: evHeartbeat})
-				case <-m.done:
-					return
-				}
-			}
-		}()
-	}
+	m.every(ticketRotation, evRotateTickets)
+	m.every(time.Second, evHeartbeat) // always: a reload may turn --worker-timeout on
 	if m.admin != nil {
 		srv := admin.Server(admin.Handler(adminSource{m}, m.cfg.Strategy))
 		go srv.Serve(admin.LimitListener(m.admin))
@@ -367,6 +342,22 @@ func (m *Master) Run() error {
 	}
 	m.log.Info("herd master stopped")
 	return m.failed
+}
+
+// every posts an event of kind to the loop every d, until Run returns.
+func (m *Master) every(d time.Duration, kind eventKind) {
+	tick := time.NewTicker(d)
+	go func() {
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				m.post(event{kind: kind})
+			case <-m.done:
+				return
+			}
+		}
+	}()
 }
 
 // finished: stopping, and every worker is gone.

@@ -276,6 +276,24 @@ type WorkerStat struct {
 	DurationBuckets [NumBuckets]uint64 `json:"duration_buckets"`
 }
 
+// Add adds w's counters (and its open connections) to t's.
+func (t *WorkerStat) Add(w WorkerStat) {
+	t.Accepts += w.Accepts
+	t.Wakeups += w.Wakeups
+	t.Spurious += w.Spurious
+	t.Timeouts += w.Timeouts
+	t.Active += w.Active
+	t.Requests += w.Requests
+	t.BytesOut += w.BytesOut
+	for i := range w.Statuses {
+		t.Statuses[i] += w.Statuses[i]
+	}
+	t.DurationSum += w.DurationSum
+	for i := range w.DurationBuckets {
+		t.DurationBuckets[i] += w.DurationBuckets[i]
+	}
+}
+
 // Snapshot is a copy of the whole scoreboard at one moment.
 type Snapshot struct {
 	MasterPID  int    `json:"master_pid"`
@@ -347,21 +365,12 @@ func (s *Scoreboard) Snapshot() Snapshot {
 		}
 		for i := range w.Statuses {
 			w.Statuses[i] = r.Load(Status1xx + Field(i))
-			t.Statuses[i] += w.Statuses[i]
 		}
 		for i := range w.DurationBuckets {
 			w.DurationBuckets[i] = r.Load(DurationBucket0 + Field(i))
-			t.DurationBuckets[i] += w.DurationBuckets[i]
 		}
-		t.DurationSum += w.DurationSum
 		snap.Live = append(snap.Live, w)
-		t.Accepts += w.Accepts
-		t.Wakeups += w.Wakeups
-		t.Spurious += w.Spurious
-		t.Timeouts += w.Timeouts
-		t.Active += w.Active
-		t.Requests += w.Requests
-		t.BytesOut += w.BytesOut
+		t.Add(w)
 	}
 	return snap
 }
