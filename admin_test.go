@@ -81,16 +81,7 @@ func adminServer() *herd.Server {
 
 func scrape(t *testing.T, base string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
-	}
+	families := metricFamilies(t, base)
 	out := map[string]float64{}
 	for name, f := range families {
 		for _, m := range f.Metric {
@@ -300,7 +291,14 @@ func hitAndScrape(t *testing.T, srv *herd.Server, n int, path string) map[string
 		}
 		resp.Body.Close()
 	}
-	resp, err := http.Get("http://" + srv.AdminAddr() + "/metrics")
+	return metricFamilies(t, "http://"+srv.AdminAddr())
+}
+
+// metricFamilies scrapes base's /metrics, which must parse as Prometheus
+// text.
+func metricFamilies(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +306,7 @@ func hitAndScrape(t *testing.T, srv *herd.Server, n int, path string) map[string
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
 	}
 	return families
 }

@@ -75,6 +75,23 @@ func slowServer() *herd.Server {
 	}
 }
 
+// slowGet sends a GET in the background; its answer's body, or the
+// error's text, comes on the channel.
+func slowGet(url string) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(url)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	return got
+}
+
 // waitActive waits until a worker holds a connection.
 func waitActive(srv *herd.Server) {
 	deadline := time.Now().Add(5 * time.Second)
@@ -91,17 +108,7 @@ func TestShutdownFinishesSlowRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := "http://" + srv.Addrs()[0]
-	got := make(chan string, 1)
-	go func() {
-		resp, err := http.Get(base + "/slow")
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		got <- string(b)
-	}()
+	got := slowGet(base + "/slow")
 	waitActive(srv)
 	start := time.Now()
 	if err := srv.Shutdown(context.Background()); err != nil {
@@ -183,17 +190,7 @@ func TestShutdownOnOwnSIGTERM(t *testing.T) {
 		<-term
 		stopped <- srv.Shutdown(context.Background())
 	}()
-	got := make(chan string, 1)
-	go func() {
-		resp, err := http.Get("http://" + srv.Addrs()[0] + "/slow")
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		got <- string(b)
-	}()
+	got := slowGet("http://" + srv.Addrs()[0] + "/slow")
 	waitActive(srv)
 	syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	if body := <-got; body != "done /slow" {
