@@ -11,13 +11,15 @@
 #   ROUNDS=5 DURATION=5s bench/library.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s}
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
 dir=$(mktemp -d)
 pids=()
 cleanup() {
-	for p in "${pids[@]}"; do kill -INT -- "-$p" 2>/dev/null || kill -INT "$p" 2>/dev/null || true; done
+	# TERM: a background job of a script starts with SIGINT ignored.
+	for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
 	sleep 0.5
 	rm -rf "$dir"
 }
@@ -28,20 +30,13 @@ base=$((20000 + RANDOM % 10000))
 declare -A port=([plain]=$base [herd]=$((base + 1)) [fasthttp]=$((base + 2)))
 servers=(plain herd fasthttp)
 for s in "${servers[@]}"; do
-	setsid "$dir/library" -mode "$s" -listen "127.0.0.1:${port[$s]}" -pid "$dir/herd.pid" 2>"$dir/$s.log" &
+	setsid "$dir/library" -mode "$s" -listen "127.0.0.1:${port[$s]}" -pid "$dir/herd.pid" >"$dir/$s.log" 2>&1 &
 	pids+=($!)
 	declare "pid_$s=$!"
 done
 for s in "${servers[@]}"; do
 	for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:${port[$s]}/hello" && break; sleep 0.1; done
 done
-
-cpu_ticks() {
-	local pid=$1 total=0 t
-	for t in $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null); do total=$((total + t)); done
-	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$c"))); done
-	echo "$total"
-}
 
 scenarios=("close|-c8|/hello|new connection per request, hello" "keepalive|-c64|/hello|keep-alive, hello (64)" "4k|-c64|/4k|keep-alive, 4 KiB (64)")
 declare -A rps cpu
@@ -65,13 +60,12 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%-36s %9s %9s %9s %11s %14s %21s\n' "requests/s ($ROUNDS rounds)" plain herd fasthttp herd/plain fasthttp/herd "CPU µs/req p · h · f"
 for sc in "${scenarios[@]}"; do
 	IFS='|' read -r name _ _ label <<<"$sc"
 	p=$(median <<<"${rps[plain,$name]}") h=$(median <<<"${rps[herd,$name]}") f=$(median <<<"${rps[fasthttp,$name]}")
 	printf '%-36s %9.0f %9.0f %9.0f %11s %14s %21s\n' "$label" "$p" "$h" "$f" \
-		"$(awk -v a="$h" -v b="$p" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$f" -v b="$h" 'BEGIN {printf "%.2f", a/b}')" \
+		"$(ratio "$h" "$p")" "$(ratio "$f" "$h")" \
 		"$(median <<<"${cpu[plain,$name]}") · $(median <<<"${cpu[herd,$name]}") · $(median <<<"${cpu[fasthttp,$name]}")"
 done
 echo "(plain: one net/http process; herd: herd.Server with its defaults ($(nproc) workers); fasthttp: prefork, $(nproc) children;"

@@ -15,6 +15,7 @@
 #   ONLY=close bench/peers.sh        # one scenario: close, keepalive, 4k or 1m
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${STRATEGY:-exclusive}
 
 need=()
@@ -67,14 +68,6 @@ go build -o "$dir/herd" ./cmd/herd
 	--pid "$dir/herd.pid" 2>"$dir/herd.log" &
 for _ in $(seq 50); do [ -s "$dir/herd.pid" ] && grep -q "herd ready" "$dir/herd.log" && break; sleep 0.1; done
 
-# cpu_ticks PID: utime+stime of PID and all its descendants.
-cpu_ticks() {
-	local pid=$1 total=0 t
-	for t in $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null); do total=$((total + t)); done
-	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$c"))); done
-	echo "$total"
-}
-
 scenarios=(
 	"close|-c8|/hello.txt|new connection per request, 13 B"
 	"keepalive|-c64|/hello.txt|keep-alive, 13 B"
@@ -109,8 +102,6 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 printf '\n%-34s %9s %9s %9s %7s %9s %17s\n' "requests/s ($WORKERS workers, $ROUNDS rounds)" nginx nginx+d herd "herd/" "herd/" "CPU µs/request"
 printf '%-34s %9s %9s %9s %7s %9s %17s\n' "" "" "" "" nginx nginx+d "nginx nginx+d herd"
 for sc in "${scenarios[@]}"; do

@@ -12,6 +12,7 @@
 # over HTTP/2 (h2load, 16 connections, 10 streams each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2}
 
 need=()
@@ -27,7 +28,7 @@ dir=$(mktemp -d)
 chmod 755 "$dir"
 cleanup() {
 	[ -f "$dir/nginx.pid" ] && kill -QUIT "$(cat "$dir/nginx.pid")" 2>/dev/null
-	[ -f "$dir/herd.pid" ] && kill -INT "$(cat "$dir/herd.pid")" 2>/dev/null || true
+	[ -f "$dir/herd.pid" ] && kill -TERM "$(cat "$dir/herd.pid")" 2>/dev/null || true # INT: ignored by a background job
 	sleep 0.5
 	rm -rf "$dir"
 }
@@ -67,13 +68,6 @@ go build -o "$dir/herd" ./cmd/herd
 	--workers "$WORKERS" --pid "$dir/herd.pid" 2>"$dir/herd.log" &
 for _ in $(seq 50); do [ -s "$dir/herd.pid" ] && grep -q "herd ready" "$dir/herd.log" && break; sleep 0.1; done
 
-cpu_ticks() {
-	local pid=$1 total=0 t
-	for t in $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null); do total=$((total + t)); done
-	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$c"))); done
-	echo "$total"
-}
-
 # run NAME SERVER: requests/s and requests, one line.
 run() {
 	local url="https://127.0.0.1:${port[$2]}" out
@@ -104,12 +98,11 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%-52s %9s %9s %11s %17s\n' "requests/s ($WORKERS workers, $ROUNDS rounds)" nginx herd herd/nginx "CPU µs/req n · h"
 for sc in "${scenarios[@]}"; do
 	name=${sc%%|*} label=${sc#*|}
 	n=$(median <<<"${rps[nginx,$name]}") h=$(median <<<"${rps[herd,$name]}")
-	printf '%-52s %9.0f %9.0f %11s %17s\n' "$label" "$n" "$h" "$(awk -v a="$h" -v b="$n" 'BEGIN {printf "%.2f", a/b}')" \
+	printf '%-52s %9.0f %9.0f %11s %17s\n' "$label" "$n" "$h" "$(ratio "$h" "$n")" \
 		"$(median <<<"${cpu[nginx,$name]}") · $(median <<<"${cpu[herd,$name]}")"
 done
 echo "(nginx $(nginx -v 2>&1 | cut -d/ -f2) with ssl http2, ssl_session_cache; herd --tls-listen, defaults otherwise;"

@@ -1,0 +1,15 @@
+# Functions the bench scripts share; they source this file.
+
+# cpu_ticks PID: utime+stime of PID and all its descendants, in clock ticks.
+cpu_ticks() {
+	local pid=$1 total=0 t
+	for t in $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null); do total=$((total + t)); done
+	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$c"))); done
+	echo "$total"
+}
+
+# median: the median of the numbers on standard input, separated by spaces.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ratio A B: A/B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
