@@ -117,10 +117,13 @@ type Config struct {
 	Stats     *shm.Record // this worker's scoreboard record
 	Log       *slog.Logger
 
-	PID      int           // this worker's pid: the accept mutex's owner word
-	LockFile string        // flock: the file every accepting thread opens and locks
-	Mutex    *shm.Mutex    // mutex, nginx: the accept mutex in shared memory
-	Passed   <-chan Passed // fdpass: descriptors the master sends
+	PID      int        // this worker's pid: the accept mutex's owner word
+	LockFile string     // flock: the file every accepting thread opens and locks
+	Mutex    *shm.Mutex // mutex, nginx: the accept mutex in shared memory
+	// Passes (fdpass) makes take be called, on the thread that receives
+	// them, with each descriptor the master sends, until stop is called;
+	// stop returns once no call is under way.
+	Passes func(take func(Passed)) (stop func())
 	// Nonblock: accept4 with SOCK_NONBLOCK, for an engine that wants
 	// non-blocking descriptors (saves it two fcntl calls per connection).
 	Nonblock bool
@@ -132,13 +135,6 @@ func (c *Config) acceptFlags() int {
 		return unix.SOCK_CLOEXEC | unix.SOCK_NONBLOCK
 	}
 	return unix.SOCK_CLOEXEC
-}
-
-// Passed is a connection the master accepted and sent over the control
-// socket (fdpass). Ack tells the master it may close its copy.
-type Passed struct {
-	FD  int
-	Ack func()
 }
 
 type factory func(Config) (Strategy, error)
@@ -201,6 +197,27 @@ func Names() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Waiters reports how many threads of a worker the named strategy keeps
+// waiting in a system call the Go scheduler knows of (accept4, flock, a
+// futex, poll, epoll_wait), with n listeners, when it is not run inline in
+// an engine's loop. A worker gives each of them a P of its own and keeps
+// one more idle: the runtime's sysmon retakes the P of a thread that has
+// been in a system call for 20µs unless some P is idle, and every retake
+// makes sysmon wake every 20µs for the next millisecond or more — on
+// `herd bench --strategies accept --workers 8 --mode close`, nine
+// nanosleeps of sysmon's and 10 context switches per connection, against
+// 3 with an idle P (strace -f and /proc/PID/task/*/status).
+func Waiters(name string, o Options, n int) int {
+	o = o.WithDefaults()
+	switch name {
+	case "accept", "reuseport":
+		return o.Threads * n // one blocking accept4 per listener
+	case "go", "fdpass":
+		return 0 // goroutines parked in Go's netpoller, or on a channel
+	}
+	return o.Threads
 }
 
 // Check reports whether name is a strategy this build implements.

@@ -5,7 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,7 +147,8 @@ func TestStrategies(t *testing.T) {
 	}
 }
 
-// fdpass serves what the master passes and acknowledges each descriptor.
+// fdpass serves what the master passes on the thread that receives it, and
+// notes each descriptor taken in the scoreboard (the master reads it there).
 func TestFdpass(t *testing.T) {
 	sock, err := master.Listen("127.0.0.1:0", 16)
 	if err != nil {
@@ -156,9 +157,16 @@ func TestFdpass(t *testing.T) {
 	defer sock.Close()
 	b := board(t)
 	st := b.Record(b.Claim(0, 1, 0))
-	passed := make(chan accept.Passed)
+	var mu sync.Mutex
+	var take func(accept.Passed)
+	passes := func(fn func(accept.Passed)) func() {
+		mu.Lock()
+		take = fn
+		mu.Unlock()
+		return func() { mu.Lock(); take = nil; mu.Unlock() }
+	}
 	s, err := accept.New("fdpass", accept.Config{
-		Listeners: []accept.Listener{{FD: -1, Addr: "master"}}, Stats: st, Passed: passed,
+		Listeners: []accept.Listener{{FD: -1, Addr: "master"}}, Stats: st, Passes: passes,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,22 +174,33 @@ func TestFdpass(t *testing.T) {
 	got := make(chan net.Conn, 10)
 	done := make(chan error)
 	go func() { done <- s.Serve(func(fd int) { got <- fileConn(t, fd) }) }()
-	var acks atomic.Int32
-	for range 5 {
+	for seq := uint64(1); seq <= 5; seq++ {
 		dial(t, sock.Addr, 1)
 		fd, _, err := unix.Accept4(sock.FD(), unix.SOCK_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
-		passed <- accept.Passed{FD: fd, Ack: func() { acks.Add(1) }}
+		for { // until Serve has registered
+			mu.Lock()
+			fn := take
+			mu.Unlock()
+			if fn != nil {
+				fn(accept.Passed{FD: fd, Seq: seq * 10})
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	receive(t, got, 5)
 	s.Stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if acks.Load() != 5 || st.Load(shm.Accepts) != 5 {
-		t.Errorf("%d acks, %d accepts; want 5 of each", acks.Load(), st.Load(shm.Accepts))
+	if take != nil {
+		t.Error("Serve returned still taking descriptors")
+	}
+	if st.Load(shm.Passed) != 50 || st.Load(shm.Accepts) != 5 {
+		t.Errorf("last taken %d, %d accepts; want 50 and 5", st.Load(shm.Passed), st.Load(shm.Accepts))
 	}
 }
 

@@ -4,7 +4,6 @@ package accept
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,13 +80,11 @@ func (b *blocking) Serve(deliver func(fd int)) error {
 }
 
 func (b *blocking) thread(l Listener, deliver func(fd int)) error {
-	// The thread's identity is what the kernel queues as a waiter; keep the
-	// goroutine on it so per-thread tools (strace -f, perf) see one waiter.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	st := b.cfg.Stats
+	var y Yielder
 	for !b.stopping.Load() {
 		start := time.Now()
+		y.Yield(start)
 		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
 		switch {
 		case err == nil:

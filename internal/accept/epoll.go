@@ -4,8 +4,8 @@ package accept
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
@@ -98,8 +98,6 @@ func (e *epollStrategy) listenerEvents() uint32 {
 }
 
 func (e *epollStrategy) thread(deliver func(fd int)) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	ep, err := e.stop.epoll()
 	if err != nil {
 		return fmt.Errorf("%s: %w", e.name, err)
@@ -114,7 +112,9 @@ func (e *epollStrategy) thread(deliver func(fd int)) error {
 	st := e.cfg.Stats
 	events := make([]unix.EpollEvent, len(e.cfg.Listeners)+1)
 	accepts := make([]int, len(e.cfg.Listeners)) // per listener, for reordering
+	var y Yielder
 	for {
+		y.Yield(time.Now())
 		n, err := unix.EpollWait(ep, events, -1)
 		if err == unix.EINTR {
 			continue
@@ -187,7 +187,7 @@ func (e *epollStrategy) Ready(ep int, i int, deliver func(fd int)) error {
 	return nil
 }
 
-func (e *epollStrategy) Detach(ep int) {
+func (e *epollStrategy) Detach(ep int, _ func(fd int)) {
 	for _, l := range e.cfg.Listeners {
 		unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil)
 	}

@@ -12,26 +12,37 @@ import (
 // Strategy "fdpass": descriptor passing (seed 000; UNP §30.9). The master
 // is the only process that accepts; it sends each connection's descriptor
 // over the worker's control socket (sendmsg with SCM_RIGHTS) to the worker
-// with the fewest connections, and keeps its own copy until the worker
-// acknowledges receipt. A worker that dies with descriptors in flight loses
-// nothing: the master sends them to another worker. When every worker is at
-// its connection limit the master stops accepting and the backlog holds the
-// rest. The master's half is internal/master/fdpass.go.
+// with the fewest connections, and keeps its own copy until it sees, in the
+// worker's scoreboard record (shm.Passed), that the worker took it. A worker
+// that dies with descriptors in flight loses nothing: the master sends them
+// to another worker. When every worker is at its connection limit the
+// master stops accepting and the backlog holds the rest. The master's half
+// is internal/master/fdpass.go.
 //
-// Here, in the worker, a received descriptor is wrapped, acknowledged and
-// served. A wakeup is the receipt of one descriptor; there are no spurious
-// ones — and no herd — but every connection costs the master an accept, a
-// sendmsg and a context switch more than the other strategies (seed 004
-// measured it slower than locking).
+// Here, in the worker, the thread that reads the control socket — blocked
+// in recvmsg, as UNP's child is in read_fd — receives a descriptor, notes
+// it taken, and serves it: one wakeup per connection in the worker, one in
+// the master, and no reply (an acknowledgement message would wake the
+// master a second time). There are no spurious wakeups and no herd, but
+// every connection costs the master an accept, a sendmsg and a context
+// switch more than the other strategies (seed 004 measured it slower than
+// locking).
 type fdpass struct {
 	cfg  Config
 	stop chan struct{}
 	once sync.Once
 }
 
+// Passed is a connection the master accepted and sent (fdpass), with its
+// number in the master's sequence.
+type Passed struct {
+	FD  int
+	Seq uint64
+}
+
 func newFdpass(cfg Config) (Strategy, error) {
-	if cfg.Passed == nil {
-		return nil, errors.New("fdpass: no channel from the master")
+	if cfg.Passes == nil {
+		return nil, errors.New("fdpass: no descriptors from the master")
 	}
 	return &fdpass{cfg: cfg, stop: make(chan struct{})}, nil
 }
@@ -40,17 +51,12 @@ func (f *fdpass) Stop() { f.once.Do(func() { close(f.stop) }) }
 
 func (f *fdpass) Serve(deliver func(fd int)) error {
 	st := f.cfg.Stats
-	for {
-		select {
-		case <-f.stop:
-			return nil
-		case p, ok := <-f.cfg.Passed:
-			if !ok {
-				return nil
-			}
-			st.Inc(shm.Wakeups)
-			p.Ack()
-			accepted(st, p.FD, deliver)
-		}
-	}
+	stop := f.cfg.Passes(func(p Passed) {
+		st.Inc(shm.Wakeups)
+		st.Store(shm.Passed, p.Seq) // taken: the master may close its copy
+		accepted(st, p.FD, deliver)
+	})
+	<-f.stop
+	stop()
+	return nil
 }

@@ -5,8 +5,8 @@ package accept
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
@@ -171,8 +171,6 @@ func (c *cycle) release() {
 }
 
 func (s *nginxStrategy) thread(deliver func(fd int)) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	ep, err := s.stop.epoll()
 	if err != nil {
 		return fmt.Errorf("nginx: %w", err)
@@ -181,7 +179,9 @@ func (s *nginxStrategy) thread(deliver func(fd int)) error {
 	c := &cycle{s: s, ep: ep}
 	defer c.release()
 	events := make([]unix.EpollEvent, len(s.cfg.Listeners)+1)
+	var y Yielder
 	for !s.stop.stopped.Load() {
+		y.Yield(time.Now())
 		// The holder waits with no bound, holding the mutex, as nginx
 		// does when no timer is due; a loser waits accept_mutex_delay.
 		timeout, err := c.before(-1)
@@ -221,7 +221,7 @@ func (s *nginxStrategy) Ready(ep int, i int, deliver func(fd int)) error {
 
 func (s *nginxStrategy) After(ep int, n int) { s.inline.after(n) }
 
-func (s *nginxStrategy) Detach(ep int) {
+func (s *nginxStrategy) Detach(ep int, _ func(fd int)) {
 	if c := s.inline; c != nil {
 		c.setListening(false)
 		c.release()

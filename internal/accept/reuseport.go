@@ -2,22 +2,41 @@
 
 package accept
 
+import (
+	"fmt"
+
+	"github.com/herd-run/herd/internal/shm"
+	"golang.org/x/sys/unix"
+)
+
 // Strategy "reuseport": one SO_REUSEPORT socket per worker slot (seeds 002
 // and 004; nginx's "listen ... reuseport"). The kernel spreads incoming
 // connections over the sockets of the group by a hash of the 4-tuple, so
 // every socket has its own accept queue and its own one waiter: no herd
 // and no lock.
 //
-// Where a connection is accepted: the worker side is blocking.go's loop on
-// the slot's own socket. The interesting half is in the master
-// (internal/master/reuseport.go): it creates and holds each slot's socket,
-// so a worker that reloads or is respawned inherits its slot's queue and
-// nothing queued there is lost (the failure seed 002 warns of when each
-// worker opens its own socket). When the worker count shrinks, the master
-// steers new connections away from the removed slot's socket before its
-// worker stops; the stopping worker then accepts what is still queued
-// (acceptQueuedOnStop) before it exits, and only then is the socket closed.
+// Where a connection is accepted: in the native engine's loop, as nginx
+// does it — the slot's socket is in the loop's own epoll set (Attach,
+// Ready, Detach below), and the loop that accepts serves. For an engine
+// without a loop of its own (net/http, or more than one accepting thread),
+// blocking.go's loop on the slot's socket.
+//
+// The interesting half is in the master (internal/master/reuseport.go): it
+// creates and holds each slot's socket, so a worker that reloads or is
+// respawned inherits its slot's queue and nothing queued there is lost
+// (the failure seed 002 warns of when each worker opens its own socket).
+// When the worker count shrinks, the master steers new connections away
+// from the removed slot's socket before its worker stops; the stopping
+// worker then accepts what is still queued before it exits
+// (acceptQueuedOnStop, or Detach), and only then is the socket closed.
 func newReuseport(cfg Config) (Strategy, error) {
+	if cfg.Nonblock && cfg.Threads == 1 {
+		// The native engine will run it in its loop.
+		if err := setNonblock(cfg.Listeners); err != nil {
+			return nil, err
+		}
+		return &ownQueue{cfg: cfg}, nil
+	}
 	s, err := newBlocking(cfg)
 	if err != nil {
 		return nil, err
@@ -25,4 +44,56 @@ func newReuseport(cfg Config) (Strategy, error) {
 	b := s.(*blocking)
 	b.acceptQueuedOnStop = true
 	return b, nil
+}
+
+// ownQueue is reuseport inside an engine's loop: the worker's own sockets,
+// level-triggered, with no one else waiting on them.
+type ownQueue struct {
+	cfg Config
+	out exhaustion
+}
+
+// Serve and Stop: an ownQueue is only ever run inline.
+func (q *ownQueue) Serve(func(fd int)) error {
+	return fmt.Errorf("reuseport: made for an engine's loop, not for accepting threads")
+}
+func (q *ownQueue) Stop() {}
+
+func (q *ownQueue) Attach(ep int, base int32) error {
+	for i, l := range q.cfg.Listeners {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: base + int32(i)}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &ev); err != nil {
+			return fmt.Errorf("reuseport: watch %s: %w", l.Addr, err)
+		}
+	}
+	return nil
+}
+
+func (q *ownQueue) Ready(ep int, i int, deliver func(fd int)) error {
+	st := q.cfg.Stats
+	st.Inc(shm.Wakeups)
+	k, err := acceptBurst(q.cfg.Listeners[i], &q.cfg, &q.out, deliver)
+	if err != nil {
+		return fmt.Errorf("reuseport: %w", err)
+	}
+	if k == 0 {
+		st.Inc(shm.Spurious) // a connection reset while queued
+	}
+	return nil
+}
+
+// Detach leaves the sockets and, unless the worker closes at once, first
+// accepts what is queued on them: no other worker will.
+func (q *ownQueue) Detach(ep int, deliver func(fd int)) {
+	for _, l := range q.cfg.Listeners {
+		unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil)
+		if deliver == nil {
+			continue
+		}
+		all := q.cfg
+		all.MultiAccept = true // until EAGAIN
+		if k, _ := acceptBurst(l, &all, &q.out, deliver); k > 0 {
+			q.cfg.Stats.Inc(shm.Wakeups)
+		}
+	}
 }

@@ -4,7 +4,6 @@ package accept
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,12 +78,12 @@ func (s *serialized) Serve(deliver func(fd int)) error {
 }
 
 func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	st := s.cfg.Stats
 	pfds := make([]unix.PollFd, len(s.cfg.Listeners))
 	var fds []int // accepted under the lock, handed on after it
+	var y Yielder
 	for !s.stopping.Load() {
+		y.Yield(time.Now())
 		got, err := l.lock(serialBound)
 		if err != nil {
 			return fmt.Errorf("%s: lock: %w", s.name, err)

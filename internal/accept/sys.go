@@ -3,7 +3,9 @@
 package accept
 
 import (
+	"runtime"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,4 +28,23 @@ func accept4(fd, flags int, mayBlock bool) (int, error) {
 		return -1, e
 	}
 	return int(r), nil
+}
+
+// Yielder lets an accepting goroutine be rescheduled every few
+// milliseconds. A goroutine that only ever makes system calls is never
+// rescheduled, and after 10ms on the same schedule tick the runtime's
+// sysmon treats each of its calls that lasts 20µs as one to take the P
+// from, even while another P is idle (proc.go, retake): a futex hand-off
+// per call, and sysmon waking every 20µs again. A Gosched every 5ms
+// resets the tick; one per connection would cost a futex wake each.
+// The goroutine is not locked to its thread for the same reason: a locked
+// goroutine's Gosched is two context switches.
+type Yielder struct{ last time.Time }
+
+// Yield calls runtime.Gosched if the last call did 5ms or more before now.
+func (y *Yielder) Yield(now time.Time) {
+	if now.Sub(y.last) >= 5*time.Millisecond {
+		runtime.Gosched()
+		y.last = now
+	}
 }

@@ -358,13 +358,18 @@ func (e *Engine) closeConn(c *conn) {
 		e.files.release(c.file)
 		c.file = nil
 	}
-	// Under fdpass (descriptors not accepted here), remove it from the epoll
-	// set explicitly: close alone does not when another process still holds
-	// the socket (the master keeps its copy until the worker's ack is
-	// read), and the stale entry would report events under a descriptor
-	// number a new connection reuses. Accepted here, close is enough.
-	if !e.cfg.Nonblocking && c.registered {
-		rawEpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	// Under fdpass (descriptors not accepted here) the master may still
+	// hold a copy of the socket, until it sees this one taken, and close
+	// alone ends nothing while another process holds one: shut the
+	// connection down, so the FIN goes now rather than when the master
+	// closes its copy, and take it out of the epoll set explicitly, or the
+	// stale entry would report events under a descriptor number a new
+	// connection reuses. Accepted here, close is enough.
+	if !e.cfg.Nonblocking {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		if c.registered {
+			rawEpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+		}
 	}
 	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)

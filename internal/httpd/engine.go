@@ -105,8 +105,10 @@ type Inline interface {
 	// until EAGAIN with multi-accept), and hands what it took to deliver.
 	Ready(ep int, i int, deliver func(fd int)) error
 	// Detach takes the listeners out of ep: the worker stops accepting;
-	// what is queued stays for the others.
-	Detach(ep int)
+	// what is queued stays for the others. A listener whose queue is this
+	// worker's alone (reuseport) is emptied into deliver first, unless
+	// deliver is nil (the worker closes at once).
+	Detach(ep int, deliver func(fd int))
 }
 
 // Cycler is an Inline strategy that acts around each wait of the loop
@@ -134,9 +136,16 @@ type Engine struct {
 
 	mu       sync.Mutex
 	pending  []int
-	draining atomic.Bool
+	adopted  []*conn      // connections a front answered first, still open
+	fronts   []*Engine    // idle fronts (front.go)
+	made     []*Engine    // every front, idle or answering
+	draining *atomic.Bool // shared with the fronts
 	closing  atomic.Bool
 	done     chan struct{}
+
+	loop      *Engine      // set in a front: the engine whose loop takes its open connections
+	lastCheck time.Time    // a front's last look at the document root
+	busySince atomic.Int64 // a front answering since (UnixNano), or 0
 
 	free    []*conn // closed connections, with their buffers, for reuse
 	now     time.Time
@@ -182,15 +191,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("httpd: epoll_ctl: %w", err)
 	}
 	return &Engine{cfg: cfg, ep: ep, wake: wake, files: files, conns: map[int]*conn{},
-		done: make(chan struct{}), events: make([]unix.EpollEvent, 256)}, nil
-}
-
-// Add hands the engine an accepted connection (from any goroutine).
-func (e *Engine) Add(fd int) {
-	e.mu.Lock()
-	e.pending = append(e.pending, fd)
-	e.mu.Unlock()
-	e.poke()
+		draining: new(atomic.Bool), done: make(chan struct{}), events: make([]unix.EpollEvent, 256)}, nil
 }
 
 func (e *Engine) poke() { unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
@@ -229,7 +230,7 @@ func (e *Engine) Run() error {
 		attached = true
 		defer func() {
 			if attached {
-				e.cfg.Inline.Detach(e.ep) // a Cycler lets go of its mutex
+				e.cfg.Inline.Detach(e.ep, nil) // a Cycler lets go of its mutex
 			}
 		}()
 	}
@@ -280,7 +281,7 @@ func (e *Engine) Run() error {
 				e.takePending()
 				if e.draining.Load() {
 					if attached {
-						e.cfg.Inline.Detach(e.ep) // stop accepting first
+						e.cfg.Inline.Detach(e.ep, e.addConn) // stop accepting first
 						attached = false
 					}
 					e.closeIdle()
@@ -301,7 +302,7 @@ func (e *Engine) Run() error {
 func (e *Engine) noPending() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.pending) == 0
+	return len(e.pending) == 0 && len(e.adopted) == 0
 }
 
 // tick refreshes the clock and, once a second, the Date header and the
@@ -314,7 +315,9 @@ func (e *Engine) tick() {
 	e.now = time.Now()
 	if s := e.now.Unix(); s != e.dateSec {
 		e.dateSec = s
-		e.cfg.Stats.Store(shm.Heartbeat, uint64(e.now.UnixNano()))
+		if e.loop == nil && !e.frontStuck(e.now) { // only the loop's clock beats
+			e.cfg.Stats.Store(shm.Heartbeat, uint64(e.now.UnixNano()))
+		}
 		e.date = e.now.UTC().AppendFormat(e.date[:0], http.TimeFormat)
 		if e.cfg.AccessLog != nil {
 			e.logTime = e.now.AppendFormat(e.logTime[:0], "02/Jan/2006:15:04:05 -0700")
@@ -324,26 +327,24 @@ func (e *Engine) tick() {
 
 func (e *Engine) takePending() {
 	e.mu.Lock()
-	fds := e.pending
-	e.pending = nil
+	fds, adopted := e.pending, e.adopted
+	e.pending, e.adopted = nil, nil
 	e.mu.Unlock()
 	for _, fd := range fds {
 		e.addConn(fd)
+	}
+	for _, c := range adopted {
+		e.adopt(c)
 	}
 }
 
 // addConn starts serving an accepted descriptor, on the loop's thread.
 func (e *Engine) addConn(fd int) {
-	if len(e.conns) >= e.cfg.WorkerConnections {
-		if !e.full {
-			e.full = true
-			e.cfg.Log.Warn("worker_connections reached; closing new connections", "limit", e.cfg.WorkerConnections)
-		}
+	if e.atLimit() {
 		unix.Close(fd)
 		e.cfg.Stats.Add(shm.Active, -1)
 		return
 	}
-	e.full = false
 	if !e.cfg.Nonblocking {
 		if err := unix.SetNonblock(fd, true); err != nil {
 			unix.Close(fd)
@@ -367,6 +368,20 @@ func (e *Engine) addConn(fd int) {
 	e.register(c, false)
 }
 
+// atLimit reports whether the loop holds WorkerConnections already, so a
+// new connection must be closed; the first of a run is logged.
+func (e *Engine) atLimit() bool {
+	if len(e.conns) < e.cfg.WorkerConnections {
+		e.full = false
+		return false
+	}
+	if !e.full {
+		e.full = true
+		e.cfg.Log.Warn("worker_connections reached; closing new connections", "limit", e.cfg.WorkerConnections)
+	}
+	return true
+}
+
 // firstRead serves a connection that came with its first bytes, and
 // registers it if it is still open afterwards.
 func (e *Engine) firstRead(c *conn) {
@@ -382,6 +397,9 @@ func (e *Engine) firstRead(c *conn) {
 // nothing. Adding an edge-triggered descriptor reports what is already
 // ready, so nothing that arrived before is missed.
 func (e *Engine) register(c *conn, writes bool) bool {
+	if e.loop != nil {
+		return true // a front: the loop registers what it adopts
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
 	if writes {
 		ev.Events |= unix.EPOLLOUT
@@ -457,6 +475,15 @@ func (e *Engine) shutdown() {
 		e.cfg.Stats.Add(shm.Active, -1)
 	}
 	e.pending = nil
+	for _, c := range e.adopted {
+		e.conns[c.fd] = c
+		e.closeConn(c)
+	}
+	e.adopted = nil
+	for _, f := range e.made {
+		f.files.close()
+	}
+	e.fronts, e.made = nil, nil
 	e.mu.Unlock()
 	unix.Close(e.ep)
 	unix.Close(e.wake)

@@ -25,6 +25,16 @@ import (
 // descriptors as a strategy would, and returns its address.
 func testEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Record) {
 	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveListener(t, l, root, tune)
+}
+
+// serveListener is testEngine on a listener the test has set up.
+func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)) (string, *shm.Record) {
+	t.Helper()
 	region, err := shm.Create("test", shm.Size(1))
 	if err != nil {
 		t.Fatal(err)
@@ -36,10 +46,6 @@ func testEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Rec
 		tune(&cfg)
 	}
 	eng, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

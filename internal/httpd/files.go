@@ -396,3 +396,18 @@ func unhex(c byte) byte {
 	}
 	return c | 0x20 - 'a' + 10
 }
+
+// detach hands over the hold a response has on f for a response that
+// another engine will finish: a copy of f with a descriptor of its own,
+// outside any cache, closed when that engine releases it. nil if the
+// descriptor cannot be duplicated.
+func (c *fileCache) detach(f *file) *file {
+	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
+	c.release(f)
+	if err != nil {
+		return nil
+	}
+	own := *f
+	own.fd, own.refs, own.dead = fd, 1, true
+	return &own
+}

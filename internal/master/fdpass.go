@@ -18,22 +18,28 @@ import (
 // dispatcher is the master's half of the fdpass strategy (seed 000, UNP
 // §30.9): the master accepts every connection itself and sends the
 // descriptor to the least-loaded worker over that worker's control socket
-// (sendmsg, SCM_RIGHTS). It keeps its own copy until the worker answers
-// "ack SEQ", so a worker that dies with descriptors in flight loses none:
-// they go to another worker. Load is the worker's open connections (from
-// the scoreboard, bounded: it is untrusted) plus what is in flight to it;
-// when every worker is at --worker-connections the master stops accepting
-// and the listen backlog holds the rest.
+// (sendmsg, SCM_RIGHTS). It keeps its own copy until the worker's
+// scoreboard record shows the descriptor taken (shm.Passed: the number of
+// the last one the worker took; a SOCK_SEQPACKET socket keeps them in
+// order), so a worker that dies with descriptors in flight loses none:
+// they go to another worker. The record is read whenever the master
+// dispatches, and every collectEvery while copies are held: the worker
+// sends nothing back, so a connection wakes the master once, not twice.
+// Load is the worker's open connections (from the scoreboard, bounded: it
+// is untrusted) plus what is in flight to it; when every worker is at
+// --worker-connections the master stops accepting and the listen backlog
+// holds the rest.
 type dispatcher struct {
 	shared
 	limit int
 
-	mu       sync.Mutex
-	workers  map[*proc]bool           // ready and not stopping: may receive
-	inflight map[*proc]map[uint64]int // sent, not yet acknowledged: seq → master's copy
-	orphans  []int                    // accepted, no worker could take them yet
-	idle     map[*proc]func()         // retired workers waiting for their in-flight to be acknowledged
-	seq      uint64
+	mu         sync.Mutex
+	workers    map[*proc]bool           // ready and not stopping: may receive
+	inflight   map[*proc]map[uint64]int // sent, not yet seen taken: seq → master's copy
+	orphans    []int                    // accepted, no worker could take them yet
+	idle       map[*proc]func()         // retired workers waiting for their in-flight to be taken
+	seq        uint64
+	collecting bool // a collect is due (collectEvery)
 
 	accepting accept.Strategy
 	served    chan error
@@ -41,6 +47,10 @@ type dispatcher struct {
 	stopOnce  sync.Once
 	full      atomic.Bool // every worker at its limit: logged once per episode
 }
+
+// collectEvery is how often the master looks for descriptors taken while
+// it holds copies and nothing new is dispatched.
+const collectEvery = 50 * time.Millisecond
 
 func newDispatcher(m *Master) *dispatcher {
 	return &dispatcher{shared: shared{m}, limit: m.cfg.Accept.WithDefaults().WorkerConnections,
@@ -91,6 +101,44 @@ func (d *dispatcher) load(p *proc) int {
 	return n
 }
 
+// collect closes the master's copies of what p has taken (d.mu held), and
+// starts p's stop once it has taken all that was sent to it, if it waits
+// for that.
+func (d *dispatcher) collect(p *proc) {
+	if r := d.m.board.Record(p.rec); r != nil && len(d.inflight[p]) > 0 {
+		taken := r.Load(shm.Passed)
+		for seq, fd := range d.inflight[p] {
+			if seq <= taken {
+				unix.Close(fd)
+				delete(d.inflight[p], seq)
+			}
+		}
+	}
+	if fn, ok := d.idle[p]; ok && len(d.inflight[p]) == 0 {
+		delete(d.idle, p)
+		go fn()
+	}
+}
+
+// collectAll collects from every worker that holds copies (d.mu held),
+// and keeps doing so every collectEvery while any are held.
+func (d *dispatcher) collectAll() {
+	held := false
+	for p := range d.inflight {
+		d.collect(p)
+		held = held || len(d.inflight[p]) > 0
+	}
+	if held && !d.collecting {
+		d.collecting = true
+		time.AfterFunc(collectEvery, func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.collecting = false
+			d.collectAll()
+		})
+	}
+}
+
 func (d *dispatcher) hasRoom() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -107,6 +155,8 @@ func (d *dispatcher) hasRoom() bool {
 func (d *dispatcher) dispatch(fd int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.collectAll() // and arm the timer for what was just sent
+	d.collectAll()       // the loads count what was taken once, not twice
 	tried := map[*proc]bool{}
 	for {
 		var best *proc
@@ -158,20 +208,6 @@ func (d *dispatcher) send(p *proc, fd int) bool {
 	return true
 }
 
-// ack closes the master's copy of a descriptor the worker now holds.
-func (d *dispatcher) ack(p *proc, seq uint64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if fd, ok := d.inflight[p][seq]; ok {
-		unix.Close(fd)
-		delete(d.inflight[p], seq)
-	}
-	if fn, ok := d.idle[p]; ok && len(d.inflight[p]) == 0 {
-		delete(d.idle, p)
-		go fn()
-	}
-}
-
 // whenIdle calls fn (in a new goroutine) once nothing sent to the retired
 // worker p is waiting for its acknowledgement — at once if nothing is. The
 // master stops a worker only then, so a stopping worker never has to drop
@@ -179,11 +215,9 @@ func (d *dispatcher) ack(p *proc, seq uint64) {
 func (d *dispatcher) whenIdle(p *proc, fn func()) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.inflight[p]) == 0 {
-		go fn()
-		return
-	}
 	d.idle[p] = fn
+	d.collect(p)
+	d.collectAll() // and again every collectEvery while p holds any
 }
 
 // stopAccepting ends the accepting threads and waits for them, so a
@@ -220,10 +254,11 @@ func (d *dispatcher) retire(p *proc) {
 	d.mu.Unlock()
 }
 
-// exited re-sends what p never acknowledged: it died, or stopped, before it
+// exited re-sends what p never took: it died, or stopped, before it
 // took those connections.
 func (d *dispatcher) exited(p *proc) {
 	d.mu.Lock()
+	d.collect(p) // what it took before it went
 	delete(d.workers, p)
 	delete(d.idle, p)
 	lost := d.inflight[p]

@@ -104,7 +104,15 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		m.board.Release(rec)
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	unix.SetNonblock(fds[0], true) // the master's end goes to the netpoller
+	if m.cfg.Strategy != "fdpass" {
+		// The master's end goes to the netpoller: no thread per worker.
+		// Not under fdpass, where the master sends a message per
+		// connection: a socket in the netpoller is watched for EPOLLOUT
+		// too, and every message the worker reads would wake the master
+		// once more (measured: one epoll_pwait return per connection).
+		// There a thread per worker blocks in read instead.
+		unix.SetNonblock(fds[0], true)
+	}
 	ctrl := os.NewFile(uintptr(fds[0]), "worker-ctrl")
 	child := os.NewFile(uintptr(fds[1]), "master-ctrl")
 	defer child.Close()
@@ -239,8 +247,8 @@ func closeFiles(files []*os.File) {
 }
 
 // readControl handles the worker's messages: Ready, sent once the worker
-// accepts connections, and Recycle become events for the loop; Ack
-// (fdpass) goes straight to the dispatcher.
+// accepts connections, and Recycle become events for the loop; Failed
+// is kept for the exit's report.
 func (m *Master) readControl(p *proc) {
 	defer close(p.ctrlDone)
 	buf := make([]byte, proto.MaxMsg)
@@ -257,8 +265,6 @@ func (m *Master) readControl(p *proc) {
 			m.post(event{kind: evReady, p: p})
 		case msg.Kind == proto.Recycle:
 			m.post(event{kind: evRecycle, p: p})
-		case msg.Kind == proto.Ack:
-			m.half.ack(p, msg.Seq)
 		case msg.Kind == proto.Failed:
 			p.failure.Store(msg.Text)
 		}

@@ -34,9 +34,8 @@ type half interface {
 	spec(s *worker.Spec)
 	// run starts what works while the master runs (fdpass accepts).
 	run() error
-	// ready: p reported ready. ack: p acknowledged descriptor seq (fdpass).
+	// ready: p reported ready.
 	ready(p *proc)
-	ack(p *proc, seq uint64)
 	// stopWorker tells p to stop with sig; a half may hold back a graceful
 	// stop (fdpass: until p has taken what was sent to it).
 	stopWorker(p *proc, sig unix.Signal)
@@ -89,7 +88,6 @@ func (h shared) workerSockets(int) ([]*Socket, error) { return h.m.sockets, nil 
 func (shared) spec(*worker.Spec)                      {}
 func (shared) run() error                             { return nil }
 func (shared) ready(*proc)                            {}
-func (shared) ack(*proc, uint64)                      {}
 func (shared) stopWorker(p *proc, sig unix.Signal)    { p.process.Signal(sig) }
 func (shared) exited(*proc)                           {}
 func (shared) resized()                               {}

@@ -49,20 +49,19 @@ type Kind int
 const (
 	Ready      Kind = iota + 1 // worker → master: accepting; the reload or start may go on
 	Recycle                    // worker → master: --max-requests reached; start my successor
-	Ack                        // worker → master (fdpass): the descriptor Seq was taken
 	FD                         // master → worker (fdpass): a connection, as SCM_RIGHTS, numbered Seq
 	Failed                     // worker → master: I cannot serve, because of Text; I exit now
 	TicketKeys                 // master → worker: TLS session ticket keys, Text in base64, newest first
 	Gather                     // master → worker: write the program\'s metrics (text format) to the pipe passed as SCM_RIGHTS, then close it
 )
 
-var names = map[Kind]string{Ready: "ready", Recycle: "recycle", Ack: "ack", FD: "fd", Failed: "failed", TicketKeys: "tickets", Gather: "gather"}
+var names = map[Kind]string{Ready: "ready", Recycle: "recycle", FD: "fd", Failed: "failed", TicketKeys: "tickets", Gather: "gather"}
 
 // Msg is one control message: one SOCK_SEQPACKET datagram of text, "ready",
-// "recycle", "ack SEQ", "fd SEQ" or "failed TEXT".
+// "recycle", "fd SEQ" or "failed TEXT".
 type Msg struct {
 	Kind Kind
-	Seq  uint64 // Ack and FD
+	Seq  uint64 // FD and Gather
 	Text string // Failed: the worker's error, at most MaxText bytes
 }
 
@@ -76,7 +75,7 @@ const (
 func (m Msg) Encode() []byte {
 	b := []byte(names[m.Kind])
 	switch m.Kind {
-	case Ack, FD, Gather:
+	case FD, Gather:
 		b = strconv.AppendUint(append(b, ' '), m.Seq, 10)
 	case Failed, TicketKeys:
 		text := m.Text
@@ -101,7 +100,7 @@ func Decode(b []byte) (Msg, error) {
 		if k == Failed || k == TicketKeys {
 			return Msg{Kind: k, Text: arg}, nil
 		}
-		if k != Ack && k != FD && k != Gather {
+		if k != FD && k != Gather {
 			if hasArg {
 				return Msg{}, errBadMsg
 			}

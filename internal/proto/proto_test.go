@@ -6,7 +6,7 @@ import (
 )
 
 func TestMessages(t *testing.T) {
-	for _, m := range []Msg{{Kind: Ready}, {Kind: Recycle}, {Kind: Ack, Seq: 7}, {Kind: FD, Seq: 1 << 63},
+	for _, m := range []Msg{{Kind: Ready}, {Kind: Recycle}, {Kind: Gather, Seq: 7}, {Kind: FD, Seq: 1 << 63},
 		{Kind: Failed, Text: "root /srv/www: permission denied"}} {
 		b := m.Encode()
 		if len(b) > MaxMsg {
@@ -16,12 +16,12 @@ func TestMessages(t *testing.T) {
 			t.Errorf("Decode(%q) = %+v, %v; want %+v", b, got, err, m)
 		}
 	}
-	for _, bad := range []string{"", "ready ", "ready 1", "ack", "ack x", "fd -1", "hello", "ACK 1"} {
+	for _, bad := range []string{"", "ready ", "ready 1", "fd", "fd x", "fd -1", "hello", "FD 1", "ack 1"} {
 		if m, err := Decode([]byte(bad)); err == nil {
 			t.Errorf("Decode(%q) = %+v, want an error", bad, m)
 		}
 	}
-	if got := string(Msg{Kind: Ack, Seq: 42}.Encode()); got != "ack 42" {
+	if got := string(Msg{Kind: FD, Seq: 42}.Encode()); got != "fd 42" {
 		t.Errorf("wire form %q", got)
 	}
 	if long := (Msg{Kind: Failed, Text: strings.Repeat("x", 2*MaxMsg)}).Encode(); len(long) != MaxMsg {

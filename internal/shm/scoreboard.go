@@ -60,7 +60,11 @@ const (
 	Status5xx
 	DurationSum     // nanoseconds, all answers
 	DurationBucket0 // the first of NumBuckets counts of answers within DurationBuckets[i] (not cumulative)
-	numFields       = DurationBucket0 + NumBuckets
+	// Passed (fdpass): the number of the last descriptor this worker took
+	// from the master. The master closes its copies up to it, and sends
+	// the ones after it elsewhere if the worker dies.
+	Passed    = DurationBucket0 + NumBuckets
+	numFields = Passed + 1
 )
 
 // Observe counts an answer of status that took d, from request to last byte.

@@ -5,7 +5,8 @@ package worker
 import (
 	"fmt"
 	"os"
-	"sync/atomic"
+	"sync"
+	"time"
 
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/proto"
@@ -16,23 +17,39 @@ import (
 
 // control is the worker's end of its SOCK_SEQPACKET socket to the master.
 // The messages are internal/proto's: the worker sends Ready, Recycle and,
-// under fdpass, Ack; the master sends FD messages carrying a descriptor
-// (SCM_RIGHTS). One goroutine reads
-// it, and its EOF is how the worker learns that the master is gone, however
+// Failed; the master sends FD messages carrying a descriptor (SCM_RIGHTS)
+// under fdpass, ticket keys, and metrics requests. One goroutine reads it, and its EOF is how the worker learns that the master is gone, however
 // it died: a socket's EOF survives SIGKILL, while PR_SET_PDEATHSIG would be
 // tied to the master's spawning OS thread, which the Go runtime may retire.
 type control struct {
 	fd      int
-	passed  chan accept.Passed
-	passing atomic.Bool
+	mu      sync.Mutex          // held while a passed descriptor is taken
+	take    func(accept.Passed) // fdpass: the strategy's, while it accepts; or nil
+	early   []accept.Passed     // passed before the strategy took over
+	stopped bool                // the strategy stopped: refuse what comes
 	tickets chan [][32]byte     // TLS session ticket keys from the master, the latest
 	metrics prometheus.Gatherer // the program's own metrics, for the master's scrapes; or nil
 }
 
 func newControl(fd int) *control {
-	c := &control{fd: fd, passed: make(chan accept.Passed, 256), tickets: make(chan [][32]byte, 1)}
-	c.passing.Store(true)
-	return c
+	return &control{fd: fd, tickets: make(chan [][32]byte, 1)}
+}
+
+// passes is accept.Config.Passes: take is called on the reading thread,
+// so a passed connection is served where it was received.
+func (c *control) passes(take func(accept.Passed)) (stop func()) {
+	c.mu.Lock()
+	c.take = take
+	for _, p := range c.early {
+		take(p)
+	}
+	c.early = nil
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		c.take, c.stopped = nil, true
+		c.mu.Unlock()
+	}
 }
 
 func (c *control) send(msg proto.Msg) error {
@@ -48,17 +65,14 @@ func (c *control) send(msg proto.Msg) error {
 	}
 }
 
-// stopPassing makes the reader refuse further descriptors: it closes them
-// unacknowledged, and the master, which kept a copy, sends them elsewhere
-// once this worker has exited.
-func (c *control) stopPassing() { c.passing.Store(false) }
-
 // read runs until the master's end closes, then closes gone.
 func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
 	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
+	var y accept.Yielder
 	for {
+		y.Yield(time.Now())
 		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
 			continue
@@ -81,19 +95,32 @@ func (c *control) read(gone chan<- struct{}) {
 				c.tickets <- keys
 			}
 		}
-		if err != nil || msg.Kind != proto.FD || len(fds) != 1 || !c.passing.Load() {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+		if err == nil && msg.Kind == proto.FD && len(fds) == 1 && c.pass(accept.Passed{FD: fds[0], Seq: msg.Seq}) {
 			continue
 		}
-		p := accept.Passed{FD: fds[0], Ack: func() { c.send(proto.Msg{Kind: proto.Ack, Seq: msg.Seq}) }}
-		select {
-		case c.passed <- p:
-		default:
-			unix.Close(fds[0]) // the strategy is not keeping up; the master resends later
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
 	}
+}
+
+// pass gives a passed descriptor to the strategy, or keeps it for the
+// strategy if it has not started yet (the master sends as soon as the
+// worker is ready). false: it no longer accepts (the worker is stopping);
+// the descriptor is closed without being taken, and the master, which kept
+// a copy, sends it elsewhere once this worker has exited.
+func (c *control) pass(p accept.Passed) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.take != nil:
+		c.take(p)
+	case !c.stopped:
+		c.early = append(c.early, p)
+	default:
+		return false
+	}
+	return true
 }
 
 func parseRights(oob []byte) []int {

@@ -30,7 +30,7 @@ func TestInlineStrategies(t *testing.T) {
 		strat, err := accept.New(name, accept.Config{
 			Listeners: []accept.Listener{{FD: int(f.Fd()), Addr: l.Addr().String()}},
 			Stats:     board.Record(board.Claim(0, 1, 0)), Mutex: board.AcceptMutex(),
-			LockFile: t.TempDir() + "/lock", Passed: make(chan accept.Passed),
+			LockFile: t.TempDir() + "/lock", Passes: func(func(accept.Passed)) func() { return func() {} },
 		})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

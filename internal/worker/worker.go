@@ -192,7 +192,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	newStrategy := func(ls []accept.Listener, nonblock bool) (accept.Strategy, error) {
 		return accept.New(spec.Strategy, accept.Config{
 			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
-			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passed: w.ctrl.passed, Nonblock: nonblock,
+			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passes: w.ctrl.passes, Nonblock: nonblock,
 		})
 	}
 	handler := func() http.Handler {
@@ -212,7 +212,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if spec.Engine == "native" {
 			// The engine's loop beats from here on (httpd's tick): a loop
 			// stuck in a call stops the heartbeat, and the master replaces it.
-			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog)
+			eng, inline, err := w.nativeEngine(strat, len(plain), deferredAccept(plain), alog)
 			if err != nil {
 				return err
 			}
@@ -265,7 +265,7 @@ type lane struct {
 // nativeEngine makes the native engine. With one accepting thread, an
 // epoll-based strategy runs inside the engine's own loop (inline): the
 // listener is in the loop's epoll set.
-func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
+func (w *proc) nativeEngine(strat accept.Strategy, listeners int, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
@@ -278,17 +278,22 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 	if alog != nil {
 		cfg.AccessLog = alog
 	}
-	// The loop keeps its P while it sleeps in epoll_wait (see httpd's wait),
-	// which leaves the worker's other goroutines — control socket, signals,
-	// a blocking strategy's accept threads — without one on a one-CPU
-	// machine. A second P costs nothing there.
-	if n := runtime.GOMAXPROCS(0); n < 2 {
-		runtime.GOMAXPROCS(2)
-		w.log.Info("GOMAXPROCS raised to 2: the event loop holds one P while it waits", "was", n)
-	}
 	inline, isInline := strat.(httpd.Inline)
 	if isInline && spec.Accept.WithDefaults().Threads == 1 {
 		cfg.Inline = inline
+	}
+	// The loop keeps its P while it sleeps in epoll_wait (see httpd's
+	// wait), which would leave the worker's other goroutines — control
+	// socket, signals — without one on a one-CPU machine. A strategy's
+	// waiting threads need one each, and one more must stay idle (see
+	// accept.Waiters). Ps beyond the CPUs cost nothing while they wait.
+	want := 2
+	if cfg.Inline == nil {
+		want += accept.Waiters(spec.Strategy, spec.Accept, listeners)
+	}
+	if n := runtime.GOMAXPROCS(0); n < want {
+		runtime.GOMAXPROCS(want)
+		w.log.Debug("GOMAXPROCS raised: the event loop holds one P while it waits, and each accepting thread needs one", "was", n, "now", want)
 	}
 	eng, err := httpd.New(cfg)
 	return eng, cfg.Inline != nil, err
@@ -357,7 +362,6 @@ func (w *proc) serve(lanes []lane) error {
 			}
 		}
 	}
-	w.ctrl.stopPassing()
 	for _, l := range lanes {
 		l.eng.Drain() // an inline strategy's listeners leave the loop first
 	}
