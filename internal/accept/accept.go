@@ -214,8 +214,10 @@ func Waiters(name string, o Options, n int) int {
 	switch name {
 	case "accept", "reuseport":
 		return o.Threads * n // one blocking accept4 per listener
-	case "go", "fdpass":
-		return 0 // goroutines parked in Go's netpoller, or on a channel
+	case "fdpass":
+		return 1 // the control socket's reader, in recvmsg
+	case "go":
+		return 0 // goroutines parked in Go's netpoller
 	}
 	return o.Threads
 }

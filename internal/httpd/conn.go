@@ -365,7 +365,7 @@ func (e *Engine) closeConn(c *conn) {
 	// closes its copy, and take it out of the epoll set explicitly, or the
 	// stale entry would report events under a descriptor number a new
 	// connection reuses. Accepted here, close is enough.
-	if !e.cfg.Nonblocking {
+	if e.cfg.Passed {
 		unix.Shutdown(c.fd, unix.SHUT_RDWR)
 		if c.registered {
 			rawEpollCtl(e.ep, unix.EPOLL_CTL_DEL, c.fd, nil)

@@ -84,6 +84,10 @@ type Config struct {
 	// Nonblocking: descriptors arrive non-blocking (accepted with
 	// SOCK_NONBLOCK), so the loop need not set the flag.
 	Nonblocking bool
+	// Passed: descriptors come from another process that may still hold
+	// a copy of each (fdpass: the master, until it sees one taken), so
+	// closing one must shut the connection down.
+	Passed bool
 	// ReadFirst: connections arrive with their first bytes already
 	// received (the listeners have TCP_DEFER_ACCEPT), so the loop reads and
 	// answers at once and registers a connection with epoll only if it is

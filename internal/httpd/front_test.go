@@ -75,3 +75,45 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// Under fdpass the master holds a copy of each connection until it sees it
+// taken: closing the worker's descriptor must still end the connection
+// (shutdown), or the client waits for the master.
+func TestPassedConnectionEndsWhileCopyHeld(t *testing.T) {
+	root, _ := siteRoot(t)
+	region, err := shm.Create("test", shm.Size(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer region.Close()
+	board, _ := shm.NewScoreboard(region.Bytes(), 1)
+	st := board.Record(board.Claim(0, 1, 0))
+	eng, err := New(Config{Root: root, Stats: st, Passed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run()
+	defer func() { eng.Close(); <-eng.Done() }()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := dial(t, l.Addr().String(), 3*time.Second)
+	io.WriteString(c, get("/hello.txt", "Connection: close\r\n"))
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := sc.(*net.TCPConn).File()
+	sc.Close()
+	copyHeld, _ := unix.Dup(int(f.Fd())) // the master's copy
+	defer unix.Close(copyHeld)
+	fd, _ := dupFD(f)
+	st.Inc(shm.Active)
+	eng.Add(fd)
+	body, err := io.ReadAll(c) // the deadline fails a connection left open
+	if err != nil || !bytes.HasSuffix(body, []byte("Hello, world\n")) {
+		t.Fatalf("read %q, %v; want the answer, then EOF while the copy is held", body, err)
+	}
+}

@@ -5,6 +5,8 @@ package master
 import (
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,10 +36,10 @@ type dispatcher struct {
 	limit int
 
 	mu         sync.Mutex
-	workers    map[*proc]bool           // ready and not stopping: may receive
-	inflight   map[*proc]map[uint64]int // sent, not yet seen taken: seq → master's copy
-	orphans    []int                    // accepted, no worker could take them yet
-	idle       map[*proc]func()         // retired workers waiting for their in-flight to be taken
+	workers    map[*proc]bool   // ready and not stopping: may receive
+	inflight   map[*proc][]sent // sent, not yet seen taken, in the order sent
+	orphans    []int            // accepted, no worker could take them yet
+	idle       map[*proc]func() // retired workers waiting for their in-flight to be taken
 	seq        uint64
 	collecting bool // a collect is due (collectEvery)
 
@@ -54,7 +56,7 @@ const collectEvery = 50 * time.Millisecond
 
 func newDispatcher(m *Master) *dispatcher {
 	return &dispatcher{shared: shared{m}, limit: m.cfg.Accept.WithDefaults().WorkerConnections,
-		workers: map[*proc]bool{}, inflight: map[*proc]map[uint64]int{}, idle: map[*proc]func(){}}
+		workers: map[*proc]bool{}, inflight: map[*proc][]sent{}, idle: map[*proc]func(){}}
 }
 
 // run accepts with internal/accept's "accept" strategy — a thread blocked
@@ -67,7 +69,10 @@ func (d *dispatcher) run() error {
 	for i, s := range d.m.sockets {
 		listeners[i] = accept.Listener{FD: s.FD(), Addr: s.Addr}
 	}
-	strat, err := accept.New("accept", accept.Config{Listeners: listeners, Stats: new(shm.Record), Log: d.m.log})
+	// Non-blocking, as the workers' engines want them: the flag belongs to
+	// the socket the master and the worker share, and saves the worker two
+	// fcntl calls per connection.
+	strat, err := accept.New("accept", accept.Config{Listeners: listeners, Stats: new(shm.Record), Log: d.m.log, Nonblock: true})
 	if err != nil {
 		return fmt.Errorf("fdpass: %w", err)
 	}
@@ -90,9 +95,25 @@ func (d *dispatcher) deliver(fd int) {
 	d.dispatch(fd)
 }
 
-// load is a worker's open plus in-flight connections.
+// sent is a descriptor sent to a worker: its number, and the master's copy.
+type sent struct {
+	seq uint64
+	fd  int
+}
+
+// taken is the number of the last descriptor p took (shm.Passed).
+func (d *dispatcher) taken(p *proc) uint64 {
+	if r := d.m.board.Record(p.rec); r != nil {
+		return r.Load(shm.Passed)
+	}
+	return 0
+}
+
+// load is a worker's open connections plus those sent to it and not yet
+// taken (d.mu held).
 func (d *dispatcher) load(p *proc) int {
-	n := len(d.inflight[p])
+	q, taken := d.inflight[p], d.taken(p)
+	n := len(q) - sort.Search(len(q), func(i int) bool { return q[i].seq > taken })
 	if r := d.m.board.Record(p.rec); r != nil {
 		if a := r.Load(shm.Active); a < 1<<20 {
 			n += int(a)
@@ -105,14 +126,13 @@ func (d *dispatcher) load(p *proc) int {
 // starts p's stop once it has taken all that was sent to it, if it waits
 // for that.
 func (d *dispatcher) collect(p *proc) {
-	if r := d.m.board.Record(p.rec); r != nil && len(d.inflight[p]) > 0 {
-		taken := r.Load(shm.Passed)
-		for seq, fd := range d.inflight[p] {
-			if seq <= taken {
-				unix.Close(fd)
-				delete(d.inflight[p], seq)
-			}
-		}
+	q, taken := d.inflight[p], d.taken(p)
+	i := 0
+	for ; i < len(q) && q[i].seq <= taken; i++ {
+		unix.Close(q[i].fd)
+	}
+	if i > 0 {
+		d.inflight[p] = append(q[:0], q[i:]...)
 	}
 	if fn, ok := d.idle[p]; ok && len(d.inflight[p]) == 0 {
 		delete(d.idle, p)
@@ -155,21 +175,26 @@ func (d *dispatcher) hasRoom() bool {
 func (d *dispatcher) dispatch(fd int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer d.collectAll() // and arm the timer for what was just sent
-	d.collectAll()       // the loads count what was taken once, not twice
-	tried := map[*proc]bool{}
+	// The copies of what was taken are closed after the send: the client
+	// waits for that, not for them.
+	defer d.collectAll()
+	var tried []*proc
 	for {
 		var best *proc
+		bestLoad := 0
 		for p := range d.workers {
-			if !tried[p] && (best == nil || d.load(p) < d.load(best)) {
-				best = p
+			if slices.Contains(tried, p) {
+				continue
+			}
+			if n := d.load(p); best == nil || n < bestLoad {
+				best, bestLoad = p, n
 			}
 		}
 		if best == nil {
 			d.orphans = append(d.orphans, fd)
 			return
 		}
-		tried[best] = true
+		tried = append(tried, best)
 		if d.send(best, fd) {
 			return
 		}
@@ -201,10 +226,7 @@ func (d *dispatcher) send(p *proc, fd int) bool {
 	if werr != nil || err != nil {
 		return false // full or gone: another worker, or later
 	}
-	if d.inflight[p] == nil {
-		d.inflight[p] = map[uint64]int{}
-	}
-	d.inflight[p][seq] = fd
+	d.inflight[p] = append(d.inflight[p], sent{seq, fd})
 	return true
 }
 
@@ -267,8 +289,8 @@ func (d *dispatcher) exited(p *proc) {
 	if len(lost) > 0 {
 		d.m.log.Info("fdpass: re-sending connections a worker did not take", "pid", p.pid(), "connections", len(lost))
 	}
-	for _, fd := range lost {
-		d.dispatch(fd)
+	for _, l := range lost {
+		d.dispatch(l.fd)
 	}
 }
 

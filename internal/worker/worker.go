@@ -270,7 +270,8 @@ func (w *proc) nativeEngine(strat accept.Strategy, listeners int, deferred bool,
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
 		WorkerConnections: spec.Accept.WithDefaults().WorkerConnections, Stats: w.st, Log: w.log,
-		Nonblocking:   spec.Strategy != "fdpass", // fdpass descriptors come from the master as they are
+		Nonblocking:   true, // accepted with SOCK_NONBLOCK, here or by the master (fdpass)
+		Passed:        spec.Strategy == "fdpass",
 		ReadFirst:     deferred,
 		OnRequest:     recycler(spec, w.ctrl),
 		RedirectHTTPS: spec.RedirectHTTPS,
