@@ -28,10 +28,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		concurrency = flags.String("concurrency", "4", "concurrent clients, comma-separated")
 		requests    = flags.Int("requests", 1000, "requests per run (0: bounded by --duration)")
 		duration    = flags.Duration("duration", 0, "time per run (0: bounded by --requests)")
-		warmup      = flags.Int("warmup", 100, "requests before measuring")
+		warmup      = flags.Int("warmup", 100, "requests before measuring (0: none)")
+		listen      = flags.String("listen", "127.0.0.1:0", "the loopback address herd serves on in each run")
+		kernel      = flags.Bool("kernel", false, "count accept4 calls and wakeups with the kernel's tracepoints (perf, else strace), for herd and --command alike")
 		jsonOut     = flags.String("json", "", "write the report as JSON to this file")
 		htmlOut     = flags.String("html", "", "write the report as an HTML page with charts to this file")
-		preset      = flags.String("preset", "", "a ready experiment: seed002")
+		preset      = flags.String("preset", "", "a ready experiment: seed002, or peers (herd's strategies beside uWSGI, nginx and gunicorn)")
 		command     = flags.String("command", "", "serve with this shell command instead of herd (needs --target)")
 		target      = flags.String("target", "", "with --command: the loopback address it serves on")
 		path        = flags.String("path", "/hello.txt", "with --command: the path to request")
@@ -47,7 +49,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	m := lab.Matrix{
-		Requests: *requests, Duration: *duration, Warmup: *warmup, ExtraArgs: serveArgs,
+		Requests: *requests, Duration: *duration, Warmup: *warmup, ExtraArgs: serveArgs, Listen: *listen, Kernel: *kernel,
 		Command: *command, Target: *target, Progress: stderr, Terminal: isTerminal(stderr),
 	}
 	if *command != "" {
@@ -89,13 +91,21 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		rep, err = m.Run(ctx)
 	case "seed002":
 		rep, err = seed002(ctx, m)
+	case "peers":
+		if *command != "" {
+			return errors.New("bench: --preset peers runs its own commands; leave out --command")
+		}
+		rep, err = runPeers(ctx, m, stderr)
 	default:
-		return fmt.Errorf("bench: unknown preset %q (have: seed002)", *preset)
+		return fmt.Errorf("bench: unknown preset %q (have: seed002, peers)", *preset)
 	}
 	if rep != nil && len(rep.Runs) > 0 {
 		rep.WriteTable(stdout)
-		if *preset == "seed002" {
+		switch *preset {
+		case "seed002":
 			printSeed002(stdout, rep)
+		case "peers":
+			printPeers(stdout)
 		}
 		if werr := writeReports(rep, *jsonOut, *htmlOut); werr != nil && err == nil {
 			err = werr

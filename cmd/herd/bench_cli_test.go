@@ -102,6 +102,84 @@ func TestBenchPresetSeed002(t *testing.T) {
 	}
 }
 
+// --warmup 0 sends none; --listen puts herd where asked; --kernel counts
+// with the kernel; the page shows what every run shares.
+func TestBenchDetails(t *testing.T) {
+	htmlPath := filepath.Join(t.TempDir(), "r.html")
+	rep := benchJSON(t, "--strategies", "exclusive", "--workers", "2", "--concurrency", "1", "--requests", "200",
+		"--warmup", "0", "--listen", "127.0.0.2:0", "--kernel", "--html", htmlPath)
+	r := rep.Runs[0]
+	if r.Warmup != 0 {
+		t.Errorf("--warmup 0: %d warm-up requests sent", r.Warmup)
+	}
+	if !strings.HasPrefix(r.Addr, "127.0.0.2:") {
+		t.Errorf("--listen 127.0.0.2:0: served on %q", r.Addr)
+	}
+	if k := r.Kernel; k == nil || (k.Method != "perf" && k.Method != "strace") || k.Accept4 < r.Accepts || k.Accept4 > r.Accepts+r.SpuriousWakeups+5 {
+		t.Errorf("--kernel: %+v for %d accepts and %d spurious wakeups", r.Kernel, r.Accepts, r.SpuriousWakeups)
+	}
+	page := readFile(t, htmlPath)
+	for _, want := range []string{"every run: workers 2 · mode close · clients 1 · warm-up requests 0", "k:accept4/conn"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if rep := benchJSON(t, "--strategies", "exclusive", "--workers", "2", "--concurrency", "1", "--requests", "50", "--warmup", "30"); rep.Runs[0].Warmup != 30 {
+		t.Errorf("--warmup 30: %d warm-up requests sent", rep.Runs[0].Warmup)
+	}
+}
+
+// The peers preset runs herd's rows and every installed peer's, each
+// counted by the kernel, and says which rows are which.
+func TestBenchPresetPeers(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	out, errOut, code := runHerd(t, "bench", "--preset", "peers", "--strategies", "exclusive", "--requests", "300",
+		"--warmup", "20", "--json", jsonPath, "--html", htmlPath)
+	if code != 0 {
+		t.Fatalf("bench --preset peers: exit %d\n%s", code, errOut)
+	}
+	rep, err := lab.ReadReport(jsonPath)
+	must(t, err)
+	installed := map[string]bool{}
+	for _, prog := range []string{"uwsgi", "nginx", "gunicorn"} {
+		_, err := exec.LookPath(prog)
+		installed[prog] = err == nil
+	}
+	peersSeen := 0
+	for _, r := range rep.Runs {
+		if r.Kernel == nil || r.Errors != 0 || r.Requests != 300 {
+			t.Errorf("%s: %d requests, %d errors, kernel counts %+v", r.Strategy, r.Requests, r.Errors, r.Kernel)
+		}
+		if r.Peer {
+			peersSeen++
+			prog, _, _ := strings.Cut(r.Strategy, " ")
+			if !installed[prog] {
+				t.Errorf("a row for %s, which is not installed", r.Strategy)
+			}
+		}
+	}
+	want := 0
+	for prog, ok := range installed {
+		if ok {
+			want += map[string]int{"uwsgi": 2, "nginx": 3, "gunicorn": 1}[prog]
+		} else if !strings.Contains(errOut, prog+" is not installed") {
+			t.Errorf("no word that %s is skipped:\n%s", prog, errOut)
+		}
+	}
+	if peersSeen != want || rep.Runs[0].Peer || rep.Runs[0].Strategy != "exclusive" {
+		t.Errorf("%d peer rows, want %d, after herd's", peersSeen, want)
+	}
+	for _, s := range []string{"Seed 002", "k:accept4/conn", "peer rows are other servers"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q:\n%s", s, out)
+		}
+	}
+	if want > 0 && !strings.Contains(readFile(t, htmlPath), "(peer)") {
+		t.Error("the page does not mark the peers' rows")
+	}
+}
+
 func TestBenchErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -112,6 +190,9 @@ func TestBenchErrors(t *testing.T) {
 		{[]string{"--mode", "udp"}, `mode "udp"`},
 		{[]string{"--preset", "nope"}, `unknown preset "nope"`},
 		{[]string{"--command", "true", "--target", "10.1.2.3:80"}, "not a loopback address"},
+		{[]string{"--listen", "0.0.0.0:8080"}, "not a loopback address"},
+		{[]string{"--warmup", "-1"}, "warm-up of -1"},
+		{[]string{"--preset", "peers", "--command", "true", "--target", "127.0.0.1:9"}, "leave out --command"},
 	} {
 		_, errOut, code := runHerd(t, append([]string{"bench", "--requests", "10"}, tc.args...)...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {
@@ -128,7 +209,9 @@ func TestBenchPageRendersInChromium(t *testing.T) {
 	}
 	dir := t.TempDir()
 	htmlPath, png := filepath.Join(dir, "r.html"), filepath.Join(dir, "r.png")
-	if _, errOut, code := runHerd(t, "bench", "--strategies", "epoll,accept", "--workers", "2", "--requests", "50", "--html", htmlPath); code != 0 {
+	// The peers preset's page: herd's rows, the peers installed, the
+	// kernel's counts.
+	if _, errOut, code := runHerd(t, "bench", "--preset", "peers", "--strategies", "epoll,accept", "--requests", "100", "--html", htmlPath); code != 0 {
 		t.Fatalf("bench: %s", errOut)
 	}
 	cmd := exec.Command("bash", "../../bench/screenshot.sh", htmlPath, png)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd"
+	"github.com/herd-run/herd/internal/lab"
 	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/shm"
 )
@@ -170,6 +171,38 @@ func TestWakeupsAgreeWithStrace(t *testing.T) {
 	if diff := float64(calls) - float64(ours); diff < -0.03*float64(calls) || diff > 0.03*float64(calls) {
 		t.Errorf("strace counted %d accept4 calls, the scoreboard %d wakeups: more than 3%% apart", calls, ours)
 	}
+
+	// And the lab measures the strategy, not herd's plumbing: blocking
+	// accept (kernel wake-one) costs about one context switch per
+	// connection (1.3-1.5 here; the target is 2.5), as uWSGI's does; it
+	// cost 13-15 while every connection was handed to a second thread and
+	// sysmon spun. The bound leaves room for a busy 2-core machine.
+	t.Run("native cost", func(t *testing.T) {
+		rep := benchJSON(t, "--strategies", "accept", "--workers", "8", "--concurrency", "4", "--mode", "close", "--requests", "3000")
+		r := rep.Runs[0]
+		t.Logf("accept: %.2f context switches per connection, %.0f req/s", r.CtxSwitchesPerRequest, r.RPS)
+		if r.CtxSwitchesPerRequest > 5 {
+			t.Errorf("accept: %.2f context switches per connection; want about 1.5 (at most 5 on a busy machine)", r.CtxSwitchesPerRequest)
+		}
+	})
+}
+
+// benchJSON runs herd bench with args and reads its JSON report.
+func benchJSON(t *testing.T, args ...string) *lab.Report {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "r.json")
+	_, errOut, code := runHerd(t, append([]string{"bench", "--json", path}, args...)...)
+	if code != 0 {
+		t.Fatalf("bench %v: exit %d\n%s", args, code, errOut)
+	}
+	rep, err := lab.ReadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) == 0 {
+		t.Fatalf("bench %v: no runs", args)
+	}
+	return rep
 }
 
 var straceRow = regexp.MustCompile(`(?m)^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$`)

@@ -29,7 +29,9 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		R      *Report
 		Charts []template.HTML
 		Labels []string
-	}{R: r, Labels: labels}
+		Kernel bool
+		Peers  bool
+	}{R: r, Labels: labels, Kernel: r.hasKernel(), Peers: r.hasPeers()}
 	data.Charts = []template.HTML{
 		barChart("Wakeups per accepted connection", "lower is better: 1.0 means no one was woken for nothing", labels,
 			pick(func(x Run) float64 { return x.WakeupsPerConn }), "%.3f", "#c0392b"),
@@ -38,6 +40,21 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		barChart("p99 latency (ms)", "lower is better", labels, pick(func(x Run) float64 { return x.LatencyMS.P99 }), "%.3f", "#7d3c98"),
 		barChart("Context switches per request", "master and workers, voluntary + involuntary, from /proc", labels,
 			pick(func(x Run) float64 { return x.CtxSwitchesPerRequest }), "%.2f", "#b9770e"),
+	}
+	if r.hasKernel() {
+		kernel := func(f func(*KernelCounts) uint64) []float64 {
+			return pick(func(x Run) float64 {
+				if x.Kernel == nil {
+					return 0
+				}
+				return x.PerConn(f(x.Kernel))
+			})
+		}
+		data.Charts = append(data.Charts,
+			barChart("accept4 calls per connection, counted by the kernel", "every server alike; above 1.0: processes woken for a connection another took",
+				labels, kernel(func(k *KernelCounts) uint64 { return k.Accept4 }), "%.3f", "#1e8449"),
+			barChart("Wakeups per connection, counted by the kernel", "sched_wakeup of the server's threads, any reason (perf)",
+				labels, kernel(func(k *KernelCounts) uint64 { return k.Wakeups }), "%.2f", "#a93226"))
 	}
 	return page.Execute(w, data)
 }
@@ -53,6 +70,9 @@ func runLabel(x Run, all []Run) string {
 		return false
 	}
 	parts := []string{x.Strategy}
+	if x.Peer {
+		parts = append(parts, "(peer)")
+	}
 	if vary(func(y Run) string { return y.Phase }) {
 		parts = append(parts, x.Phase)
 	}
@@ -143,18 +163,20 @@ h1{font-size:22px;margin:0 0 4px} .env{color:#555;margin-bottom:18px}
 svg{display:block;margin:18px 0 8px} .t{font-size:15px;font-weight:600} .n{font-size:12px;fill:#666}
 .l{font-size:12px} .v{font-size:11px;fill:#333}
 table{border-collapse:collapse;font-size:12px;margin-top:18px} th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} .note{font-size:13px;color:#444;max-width:900px}
 </style></head><body>
 <h1>herd lab report{{if .R.Preset}}: {{.R.Preset}}{{end}}</h1>
 <div class="env">kernel {{.R.Env.Kernel}} · {{.R.Env.CPUs}} CPUs · {{.R.Env.Go}} · {{.R.Env.Time}}</div>
+{{with .R.Constants}}<div class="env">every run: {{range $i, $c := .}}{{if $i}} · {{end}}{{$c}}{{end}}</div>{{end}}
 {{range .Charts}}{{.}}{{end}}
-<table><tr><th>run</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th>
-<th>accepts</th><th>wakeups</th><th>spurious</th><th>wakeups/conn</th><th>cs/req</th><th>cpu µs/req</th><th>jain</th><th>max/mean</th><th>per-worker conns</th></tr>
-{{range $i, $x := .R.Runs}}<tr><td>{{index $.Labels $i}}</td><td>{{$x.Requests}}</td><td>{{$x.Errors}}</td><td>{{f "%.0f" $x.RPS}}</td>
+<table><tr>{{if .Peers}}<th>server</th>{{end}}<th>run</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th>
+<th>accepts</th><th>wakeups</th><th>spurious</th><th>wakeups/conn</th><th>cs/req</th><th>cpu µs/req</th><th>jain</th><th>max/mean</th><th>per-worker conns</th>{{if .Kernel}}<th>k:accept4/conn</th><th>k:failed/conn</th><th>k:wakeups/conn</th><th>counted by</th>{{end}}</tr>
+{{range $i, $x := .R.Runs}}<tr>{{if $.Peers}}<td>{{$x.Server}}</td>{{end}}<td>{{index $.Labels $i}}</td><td>{{$x.Requests}}</td><td>{{$x.Errors}}</td><td>{{f "%.0f" $x.RPS}}</td>
 <td>{{f "%.3f" $x.LatencyMS.P50}}</td><td>{{f "%.3f" $x.LatencyMS.P99}}</td><td>{{f "%.3f" $x.LatencyMS.Max}}</td>
 <td>{{$x.Accepts}}</td><td>{{$x.Wakeups}}</td><td>{{$x.SpuriousWakeups}}</td><td>{{f "%.3f" $x.WakeupsPerConn}}</td>
 <td>{{f "%.2f" $x.CtxSwitchesPerRequest}}</td><td>{{f "%.0f" $x.CPUPerRequestUS}}</td><td>{{f "%.3f" $x.Jain}}</td><td>{{f "%.2f" $x.MaxOverMean}}</td>
-<td>{{range $x.PerWorkerConns}}{{.}} {{end}}</td></tr>
+<td>{{range $x.PerWorkerConns}}{{.}} {{end}}</td>{{if $.Kernel}}<td>{{$x.KernelCell "accept4"}}</td><td>{{$x.KernelCell "failed"}}</td><td>{{$x.KernelCell "wakeups"}}</td><td>{{$x.KernelCell "method"}}</td>{{end}}</tr>
 {{end}}</table>
+{{range .R.Notes}}<p class="note">{{.}}</p>{{end}}
 </body></html>
 `))

@@ -99,3 +99,49 @@ func TestJain(t *testing.T) {
 		t.Errorf("empty: %v", j)
 	}
 }
+
+// The progress bar fills by requests, by time, or by the nearer of both.
+func TestProgress(t *testing.T) {
+	for _, tc := range []struct {
+		requests int
+		duration time.Duration
+		done     int
+		elapsed  time.Duration
+		want     float64
+	}{
+		{1000, 0, 250, time.Hour, 0.25},
+		{0, 4 * time.Second, 999, time.Second, 0.25},
+		{1000, 4 * time.Second, 100, 2 * time.Second, 0.5},
+		{1000, 4 * time.Second, 900, 2 * time.Second, 0.9},
+		{0, time.Second, 0, 3 * time.Second, 1},
+	} {
+		if got := progress(tc.requests, tc.duration, tc.done, tc.elapsed); got != tc.want {
+			t.Errorf("progress(%d, %v, %d, %v) = %v, want %v", tc.requests, tc.duration, tc.done, tc.elapsed, got, tc.want)
+		}
+	}
+}
+
+// The kernel's counts are read from perf stat's CSV and strace -c's table.
+func TestParseKernelCounts(t *testing.T) {
+	var p KernelCounts
+	perf := "# started on Mon Nov 23 17:25:08 2026\n\n28781,,sched:sched_wakeup,4002569097,100.00,,\n" +
+		"23464,,syscalls:sys_enter_accept4,4002570187,100.00,,\n3,,syscalls:sys_enter_accept,1,100.00,,\n" +
+		"278,,syscalls:sys_exit_accept4,4002570178,100.00,,\n1,,syscalls:sys_exit_accept,1,100.00,,\n"
+	if err := parsePerfStat(perf, &p); err != nil || p != (KernelCounts{Accept4: 23467, Accept4Failed: 279, Wakeups: 28781}) {
+		t.Errorf("perf: %+v, %v", p, err)
+	}
+	if err := parsePerfStat("<not counted>,,syscalls:sys_enter_accept4,0,0.00,,\n", &p); err == nil {
+		t.Error("perf: an event not counted was taken for a count")
+	}
+	var s KernelCounts
+	strace := `% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 98.10    0.001934           6       300        12 accept4
+  1.90    0.000037          37         1           accept
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.001971           6       301        12 total
+`
+	if err := parseStraceSummary(strace, &s); err != nil || s != (KernelCounts{Accept4: 301, Accept4Failed: 12}) {
+		t.Errorf("strace: %+v, %v", s, err)
+	}
+}

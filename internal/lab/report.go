@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -72,6 +73,24 @@ type Run struct {
 	CtxSwitchesPerRequest  float64 `json:"ctx_switches_per_request"`
 	CPUSeconds             float64 `json:"cpu_seconds"`
 	CPUPerRequestUS        float64 `json:"cpu_us_per_request"`
+
+	Warmup int           `json:"warmup"`           // requests sent before measuring
+	Addr   string        `json:"addr"`             // where the server listened
+	Peer   bool          `json:"peer,omitempty"`   // another server (Strategy names it), not herd
+	Kernel *KernelCounts `json:"kernel,omitempty"` // counted by the kernel (Matrix.Kernel)
+}
+
+// PerConn divides a count by the run's connections (or requests, when the
+// client kept connections open).
+func (x Run) PerConn(n uint64) float64 {
+	conns := x.Connections
+	if conns == 0 {
+		conns = x.Requests + x.Errors
+	}
+	if conns == 0 {
+		return 0
+	}
+	return float64(n) / float64(conns)
 }
 
 func newRun(c Cell, res *Result, before, after shm.Snapshot, board bool, procs ProcStats) *Run {
@@ -154,20 +173,128 @@ func maxOverMean(xs []uint64) float64 {
 // WriteTable prints the runs as an aligned table.
 func (r *Report) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t")
+	kernel, peers := r.hasKernel(), r.hasPeers()
+	head := "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t"
+	if kernel {
+		head += "k:accept4/conn\tk:failed/conn\tk:wakeups/conn\tcounted by\t"
+	}
+	if peers {
+		head = "server\t" + head
+	}
+	fmt.Fprintln(tw, head)
 	for _, x := range r.Runs {
 		phase := x.Phase
 		if phase == "" {
 			phase = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t\n",
+		if peers {
+			fmt.Fprintf(tw, "%s\t", x.Server())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t",
 			phase, x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
 			x.LatencyMS.P50, x.LatencyMS.P99, x.LatencyMS.Max,
 			board(x, "%.3f", x.WakeupsPerConn), board(x, "%d", x.SpuriousWakeups),
 			x.CtxSwitchesPerRequest, x.CPUPerRequestUS,
 			board(x, "%.3f", x.Jain), board(x, "%.2f", x.MaxOverMean), perWorker(x))
+		if kernel {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t", x.KernelCell("accept4"), x.KernelCell("failed"), x.KernelCell("wakeups"), x.KernelCell("method"))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	for _, n := range r.Notes() {
+		fmt.Fprintln(w, "note: "+n)
+	}
+}
+
+// Server says whose run it is: "herd", or "peer" for another server.
+func (x Run) Server() string {
+	if x.Peer {
+		return "peer"
+	}
+	return "herd"
+}
+
+// kernelCell formats one of the kernel's counts per connection, or "-".
+func (x Run) KernelCell(what string) string {
+	k := x.Kernel
+	if k == nil {
+		return "-"
+	}
+	switch what {
+	case "accept4":
+		return fmt.Sprintf("%.3f", x.PerConn(k.Accept4))
+	case "failed":
+		return fmt.Sprintf("%.3f", x.PerConn(k.Accept4Failed))
+	case "wakeups":
+		if k.Method != "perf" {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", x.PerConn(k.Wakeups))
+	}
+	return k.Method
+}
+
+func (r *Report) hasKernel() bool {
+	return slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Kernel != nil })
+}
+
+func (r *Report) hasPeers() bool {
+	return slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Peer })
+}
+
+// Notes explain what the report's figures mean where that is not obvious.
+func (r *Report) Notes() []string {
+	var notes []string
+	if slices.ContainsFunc(r.Runs, func(x Run) bool { return !x.Peer && x.Strategy == "go" }) {
+		notes = append(notes, "go: a wakeup is a return from parking on Go's netpoller. A worker that comes back "+
+			"to accept4 after serving finds the next connection already queued without parking, so under load "+
+			"wakeups per connection fall below 1.0; the herd shows in its spurious wakeups (woken, nothing to accept).")
+	}
+	if r.hasKernel() {
+		notes = append(notes, "k: columns are counted by the kernel for every server alike, per connection: "+
+			"accept4 (and accept) calls, those that failed (EAGAIN: woken for a connection another process took), "+
+			"and sched_wakeup events of the server's threads for any reason. perf: tracepoints, system-wide, "+
+			"filtered to the server's threads; strace: strace -f -c, no wakeup count, and the server runs slower while traced.")
+	}
+	if r.hasPeers() {
+		notes = append(notes, "peer rows are other servers run by --command; herd's own columns (wakeups/conn, "+
+			"spurious, jain, per-worker) come from herd's scoreboard and are \"-\" for them.")
+	}
+	return notes
+}
+
+// Constants are the parameters every run of the report shares, as
+// "name value" pairs, for a reader of the charts (whose labels show only
+// what varies).
+func (r *Report) Constants() []string {
+	if len(r.Runs) == 0 {
+		return nil
+	}
+	same := func(f func(Run) string) (string, bool) {
+		v := f(r.Runs[0])
+		for _, x := range r.Runs[1:] {
+			if f(x) != v {
+				return "", false
+			}
+		}
+		return v, true
+	}
+	var out []string
+	for _, c := range []struct {
+		name string
+		f    func(Run) string
+	}{
+		{"workers", func(x Run) string { return fmt.Sprint(x.Workers) }},
+		{"mode", func(x Run) string { return x.Mode }},
+		{"clients", func(x Run) string { return fmt.Sprint(x.Concurrency) }},
+		{"warm-up requests", func(x Run) string { return fmt.Sprint(x.Warmup) }},
+	} {
+		if v, ok := same(c.f); ok {
+			out = append(out, c.name+" "+v)
+		}
+	}
+	return out
 }
 
 func board(x Run, format string, v any) string {

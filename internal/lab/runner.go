@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,7 +34,15 @@ type Matrix struct {
 	Concurrency []int
 	Requests    int           // per cell (0: bounded by Duration only)
 	Duration    time.Duration // per cell (0: bounded by Requests only)
-	Warmup      int           // requests sent before measuring; default 100
+	Warmup      int           // requests sent before measuring; 0: none
+	Listen      string        // herd's listen address; default 127.0.0.1:0 (loopback only)
+	// Kernel counts accept4 calls, failed ones and wakeups with the
+	// kernel's tracepoints (perf; strace if perf cannot), for herd and for
+	// a Command alike: see KernelCounts.
+	Kernel bool
+	// Peer marks the runs of a Command as another server's (the peers
+	// preset), so a report tells herd's rows from the others.
+	Peer bool
 
 	Herd      string   // the herd binary; default this executable
 	ExtraArgs []string // more flags for `herd serve`
@@ -105,6 +115,14 @@ func (m *Matrix) check() error {
 			return err
 		}
 	}
+	if m.Listen != "" {
+		if err := checkAddr(m.Listen); err != nil {
+			return err
+		}
+	}
+	if m.Warmup < 0 {
+		return fmt.Errorf("lab: warm-up of %d requests", m.Warmup)
+	}
 	return nil
 }
 
@@ -113,8 +131,8 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 	if err := m.check(); err != nil {
 		return nil, err
 	}
-	if m.Warmup == 0 {
-		m.Warmup = 100
+	if m.Listen == "" {
+		m.Listen = "127.0.0.1:0"
 	}
 	if m.Path == "" {
 		m.Path = "/hello.txt"
@@ -140,7 +158,7 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		run, err := m.runCell(ctx, root, cell, func(done int) { m.bar(i, len(cells), cell, done) })
+		run, err := m.runCell(ctx, root, cell, func(done int, elapsed time.Duration) { m.bar(i, len(cells), cell, done, elapsed) })
 		if err != nil {
 			return rep, fmt.Errorf("%s: %w", cell, err)
 		}
@@ -150,18 +168,27 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
-func (m *Matrix) bar(i, n int, cell Cell, done int) {
+func (m *Matrix) bar(i, n int, cell Cell, done int, elapsed time.Duration) {
 	if m.Progress == nil || !m.Terminal {
 		return
 	}
-	total := m.Requests
-	frac := 0.0
-	if total > 0 {
-		frac = min(float64(done)/float64(total), 1)
-	}
+	frac := progress(m.Requests, m.Duration, done, elapsed)
 	const width = 30
 	fill := int(frac * width)
 	fmt.Fprintf(m.Progress, "\r[%d/%d] %-34s [%s%s] %d", i+1, n, cell, strings.Repeat("#", fill), strings.Repeat(".", width-fill), done)
+}
+
+// progress is how far a cell's load is, from 0 to 1: by requests, by
+// time, or by whichever bound is nearer its end when both are set.
+func progress(requests int, duration time.Duration, done int, elapsed time.Duration) float64 {
+	frac := 0.0
+	if requests > 0 {
+		frac = float64(done) / float64(requests)
+	}
+	if duration > 0 {
+		frac = max(frac, elapsed.Seconds()/duration.Seconds())
+	}
+	return min(frac, 1)
 }
 
 func (m *Matrix) line(i, n int, r *Run) {
@@ -192,7 +219,7 @@ func (m *Matrix) start(ctx context.Context, root string, cell Cell) (*server, er
 		s.cmd = exec.Command("sh", "-c", m.Command)
 		s.addr = m.Target
 	} else {
-		args := append([]string{"serve", root, "--listen", "127.0.0.1:0", "--workers", fmt.Sprint(cell.Workers),
+		args := append([]string{"serve", root, "--listen", m.Listen, "--workers", fmt.Sprint(cell.Workers),
 			"--strategy", cell.Strategy}, m.ExtraArgs...)
 		s.cmd = exec.Command(m.Herd, args...)
 		s.herd = true
@@ -237,6 +264,7 @@ func (m *Matrix) start(ctx context.Context, root string, cell Cell) (*server, er
 	for {
 		if c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond); err == nil {
 			c.Close()
+			settle(s.pid, 10*time.Second)
 			return s, nil
 		}
 		select {
@@ -252,6 +280,21 @@ func (m *Matrix) start(ctx context.Context, root string, cell Cell) (*server, er
 			s.stop()
 			return nil, fmt.Errorf("nothing served %s within 30s of %q", s.addr, m.Command)
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// settle waits until the process tree under pid has kept its size for
+// half a second (at most max): a server may listen before its workers are
+// up (gunicorn forks them one by one after binding), and processes that
+// appear during the measured load would go uncounted.
+func settle(pid int, max time.Duration) {
+	const still = 500 * time.Millisecond
+	n, since, end := len(treeStats(pid)), time.Now(), time.Now().Add(max)
+	for time.Since(since) < still && time.Now().Before(end) {
+		time.Sleep(50 * time.Millisecond)
+		if m := len(treeStats(pid)); m != n {
+			n, since = m, time.Now()
 		}
 	}
 }
@@ -280,7 +323,7 @@ func (s *server) scoreboard() (shm.Snapshot, bool) {
 	return board.Snapshot(), true
 }
 
-func (m *Matrix) runCell(ctx context.Context, root string, cell Cell, progress func(int)) (*Run, error) {
+func (m *Matrix) runCell(ctx context.Context, root string, cell Cell, progress func(int, time.Duration)) (*Run, error) {
 	srv, err := m.start(ctx, root, cell)
 	if err != nil {
 		return nil, err
@@ -293,14 +336,34 @@ func (m *Matrix) runCell(ctx context.Context, root string, cell Cell, progress f
 	if m.Command != "" {
 		load.WantLength = -1
 	}
-	if _, err := load.Run(ctx); err != nil {
-		return nil, err
+	warm := 0
+	if m.Warmup > 0 {
+		res, err := load.Run(ctx)
+		if err != nil {
+			return nil, err
+		}
+		warm = res.Requests + res.Errors
 	}
 	before, _ := srv.scoreboard()
 	procBefore := treeStats(srv.pid)
+	var count *kernelCount
+	if m.Kernel {
+		if count, err = startKernelCount(slices.Collect(maps.Keys(procBefore))); err != nil {
+			return nil, err
+		}
+	}
 
-	load.Requests, load.Duration, load.Progress = m.Requests, m.Duration, progress
+	start := time.Now()
+	load.Requests, load.Duration = m.Requests, m.Duration
+	load.Progress = func(done int) { progress(done, time.Since(start)) }
 	res, err := load.Run(ctx)
+	var counts *KernelCounts
+	if count != nil {
+		var cerr error
+		if counts, cerr = count.stop(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -312,7 +375,9 @@ func (m *Matrix) runCell(ctx context.Context, root string, cell Cell, progress f
 		after, ok = srv.scoreboard()
 	}
 	procs := sumSince(procBefore, treeStats(srv.pid))
-	return newRun(cell, res, before, after, ok, procs), nil
+	run := newRun(cell, res, before, after, ok, procs)
+	run.Warmup, run.Addr, run.Kernel, run.Peer = warm, srv.addr, counts, m.Peer
+	return run, nil
 }
 
 // tailBuffer keeps the last max bytes written, for error messages.
