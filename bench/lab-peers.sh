@@ -32,5 +32,5 @@ go build -o "$bin/herd" ./cmd/herd
 		--json results/lab-peers.json --html results/lab-peers.html
 } | tee results/lab-peers.txt
 if command -v chromium >/dev/null; then
-	bench/screenshot.sh results/lab-peers.html results/lab-peers.png
+	HEIGHT=3600 bench/screenshot.sh results/lab-peers.html results/lab-peers.png
 fi

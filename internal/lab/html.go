@@ -34,7 +34,12 @@ func (r *Report) WriteHTML(w io.Writer) error {
 	}{R: r, Labels: labels, Kernel: r.hasKernel(), Peers: r.hasPeers()}
 	data.Charts = []template.HTML{
 		barChart("Wakeups per accepted connection", "lower is better: 1.0 means no one was woken for nothing", labels,
-			pick(func(x Run) float64 { return x.WakeupsPerConn }), "%.3f", "#c0392b"),
+			pick(func(x Run) float64 {
+				if !x.Scoreboard {
+					return math.NaN()
+				}
+				return x.WakeupsPerConn
+			}), "%.3f", "#c0392b"),
 		shareChart("Share of connections per worker", "each bar is one run; each segment one worker; J = Jain's index (1 = even)", labels, r.Runs),
 		barChart("Requests per second", "higher is better", labels, pick(func(x Run) float64 { return x.RPS }), "%.0f", "#2471a3"),
 		barChart("p99 latency (ms)", "lower is better", labels, pick(func(x Run) float64 { return x.LatencyMS.P99 }), "%.3f", "#7d3c98"),
@@ -47,14 +52,14 @@ func (r *Report) WriteHTML(w io.Writer) error {
 				if x.Kernel == nil {
 					return 0
 				}
-				return x.PerConn(f(x.Kernel))
+				return x.Kernel.PerConn(f(x.Kernel))
 			})
 		}
 		data.Charts = append(data.Charts,
 			barChart("accept4 calls per connection, counted by the kernel", "every server alike; above 1.0: processes woken for a connection another took",
 				labels, kernel(func(k *KernelCounts) uint64 { return k.Accept4 }), "%.3f", "#1e8449"),
-			barChart("Wakeups per connection, counted by the kernel", "sched_wakeup of the server's threads, any reason (perf)",
-				labels, kernel(func(k *KernelCounts) uint64 { return k.Wakeups }), "%.2f", "#a93226"))
+			barChart("Wakeups per connection", "voluntary context switches of all the server's threads (/proc): sleeps a wakeup ended, any reason",
+				labels, pick(func(x Run) float64 { return float64(x.CtxSwitchesVoluntary) / float64(max(1, x.Requests+x.Errors)) }), "%.2f", "#a93226"))
 	}
 	return page.Execute(w, data)
 }
@@ -103,7 +108,9 @@ func barChart(title, note string, labels []string, values []float64, format, col
 	fmt.Fprintf(&b, `<text x="0" y="18" class="t">%s</text><text x="0" y="36" class="n">%s</text>`, html.EscapeString(title), html.EscapeString(note))
 	mx := 0.0
 	for _, v := range values {
-		mx = max(mx, v)
+		if !math.IsNaN(v) {
+			mx = max(mx, v)
+		}
 	}
 	span := float64(chartWidth - labelWidth - valueWidth)
 	for i, v := range values {
@@ -114,7 +121,11 @@ func barChart(title, note string, labels []string, values []float64, format, col
 		}
 		fmt.Fprintf(&b, `<text x="%d" y="%d" class="l" text-anchor="end">%s</text>`, labelWidth-8, y+15, html.EscapeString(labels[i]))
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`, labelWidth, y+3, wd, rowHeight-6, color)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" class="v">%s</text>`, float64(labelWidth)+wd+6, y+15, fmt.Sprintf(format, v))
+		text := fmt.Sprintf(format, v)
+		if math.IsNaN(v) {
+			text = "no scoreboard" // another server: herd's own counters do not exist for it
+		}
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" class="v">%s</text>`, float64(labelWidth)+wd+6, y+15, text)
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())

@@ -16,20 +16,30 @@ import (
 	"time"
 )
 
-// KernelCounts are what the kernel saw a server's threads do during the
+// KernelCounts are what the kernel saw a server's processes do during the
 // measured load, counted the same way for herd and for any other server,
 // so that rows of different servers can stand side by side: herd's own
 // scoreboard counts only what herd does.
 type KernelCounts struct {
-	// Method is how they were counted: "perf" (the kernel's tracepoints,
-	// system-wide, filtered to the server's threads: cheap enough that
-	// the other figures of the run stay meaningful) or "strace" (strace -f
-	// -c attached to every process: no wakeup count, and the server runs
+	// Method is how they were counted: "perf" (the kernel's syscall
+	// tracepoints, counted per process and inherited by every thread:
+	// cheap enough that the other figures of the run stay meaningful) or
+	// "strace" (strace -f -c attached to every process: the server runs
 	// several times slower while traced).
 	Method        string `json:"method"`
 	Accept4       uint64 `json:"accept4"`        // accept4 and accept calls
 	Accept4Failed uint64 `json:"accept4_failed"` // those that returned an error: EAGAIN, woken for a connection another took
-	Wakeups       uint64 `json:"wakeups"`        // sched_wakeup events of the server's threads, for any reason (perf only)
+	// Connections is the counted run's: the counts come from a second run
+	// of the cell, so that tracing costs the first nothing.
+	Connections int `json:"connections"`
+}
+
+// PerConn divides a count by the counted run's connections.
+func (k *KernelCounts) PerConn(n uint64) float64 {
+	if k == nil || k.Connections == 0 {
+		return 0
+	}
+	return float64(n) / float64(k.Connections)
 }
 
 // kernelCount is a counter running while the load runs.
@@ -49,9 +59,8 @@ var perfProbe = sync.OnceValue(func() bool {
 // processes' threads), with perf if it can, else with strace, else
 // returns an error saying neither is there.
 func startKernelCount(pids []int) (*kernelCount, error) {
-	tids := threadsOf(pids)
-	if len(tids) == 0 {
-		return nil, errors.New("lab: no server threads to count")
+	if len(pids) == 0 {
+		return nil, errors.New("lab: no server processes to count")
 	}
 	out, err := os.CreateTemp("", "herd-lab-count-")
 	if err != nil {
@@ -61,14 +70,17 @@ func startKernelCount(pids []int) (*kernelCount, error) {
 	k := &kernelCount{out: out.Name(), stderr: &tailBuffer{max: 4 << 10}}
 	switch {
 	case perfProbe():
+		// Counted per process, inherited by every thread the processes
+		// start later (Go starts threads as it needs them).
 		k.method = "perf"
-		pid, common := pidFilter("pid", tids), pidFilter("common_pid", tids)
-		k.cmd = exec.Command("perf", "stat", "-x,", "-o", k.out, "-a",
-			"-e", "syscalls:sys_enter_accept4", "--filter", common,
-			"-e", "syscalls:sys_enter_accept", "--filter", common,
-			"-e", "syscalls:sys_exit_accept4", "--filter", "("+common+") && ret < 0",
-			"-e", "syscalls:sys_exit_accept", "--filter", "("+common+") && ret < 0",
-			"-e", "sched:sched_wakeup", "--filter", pid)
+		list := make([]string, len(pids))
+		for i, p := range pids {
+			list[i] = strconv.Itoa(p)
+		}
+		k.cmd = exec.Command("perf", "stat", "-x,", "-o", k.out, "-p", strings.Join(list, ","),
+			"-e", "syscalls:sys_enter_accept4", "-e", "syscalls:sys_enter_accept",
+			"-e", "syscalls:sys_exit_accept4", "--filter", "ret < 0",
+			"-e", "syscalls:sys_exit_accept", "--filter", "ret < 0")
 	default:
 		if _, err := exec.LookPath("strace"); err != nil {
 			os.Remove(k.out)
@@ -138,8 +150,6 @@ func parsePerfStat(out string, c *KernelCounts) error {
 			c.Accept4 += n
 		case "syscalls:sys_exit_accept4", "syscalls:sys_exit_accept":
 			c.Accept4Failed += n
-		case "sched:sched_wakeup":
-			c.Wakeups += n
 		}
 	}
 	if seen == 0 {
@@ -165,27 +175,4 @@ func parseStraceSummary(out string, c *KernelCounts) error {
 		c.Accept4Failed += errs
 	}
 	return nil
-}
-
-// threadsOf lists every thread of the processes pids.
-func threadsOf(pids []int) []int {
-	var tids []int
-	for _, p := range pids {
-		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
-		for _, e := range ents {
-			if t, err := strconv.Atoi(e.Name()); err == nil {
-				tids = append(tids, t)
-			}
-		}
-	}
-	return tids
-}
-
-// pidFilter is a tracepoint filter matching any of tids in field.
-func pidFilter(field string, tids []int) string {
-	parts := make([]string, len(tids))
-	for i, t := range tids {
-		parts[i] = field + " == " + strconv.Itoa(t)
-	}
-	return strings.Join(parts, " || ")
 }

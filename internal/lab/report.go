@@ -80,19 +80,6 @@ type Run struct {
 	Kernel *KernelCounts `json:"kernel,omitempty"` // counted by the kernel (Matrix.Kernel)
 }
 
-// PerConn divides a count by the run's connections (or requests, when the
-// client kept connections open).
-func (x Run) PerConn(n uint64) float64 {
-	conns := x.Connections
-	if conns == 0 {
-		conns = x.Requests + x.Errors
-	}
-	if conns == 0 {
-		return 0
-	}
-	return float64(n) / float64(conns)
-}
-
 func newRun(c Cell, res *Result, before, after shm.Snapshot, board bool, procs ProcStats) *Run {
 	ms := func(q float64) float64 { return float64(res.Latency.ValueAtQuantile(q)) / 1000 }
 	r := &Run{
@@ -223,14 +210,14 @@ func (x Run) KernelCell(what string) string {
 	}
 	switch what {
 	case "accept4":
-		return fmt.Sprintf("%.3f", x.PerConn(k.Accept4))
+		return fmt.Sprintf("%.3f", k.PerConn(k.Accept4))
 	case "failed":
-		return fmt.Sprintf("%.3f", x.PerConn(k.Accept4Failed))
+		return fmt.Sprintf("%.3f", k.PerConn(k.Accept4Failed))
 	case "wakeups":
-		if k.Method != "perf" {
-			return "-"
+		if n := x.Requests + x.Errors; n > 0 {
+			return fmt.Sprintf("%.2f", float64(x.CtxSwitchesVoluntary)/float64(n))
 		}
-		return fmt.Sprintf("%.2f", x.PerConn(k.Wakeups))
+		return "-"
 	}
 	return k.Method
 }
@@ -254,8 +241,9 @@ func (r *Report) Notes() []string {
 	if r.hasKernel() {
 		notes = append(notes, "k: columns are counted by the kernel for every server alike, per connection: "+
 			"accept4 (and accept) calls, those that failed (EAGAIN: woken for a connection another process took), "+
-			"and sched_wakeup events of the server's threads for any reason. perf: tracepoints, system-wide, "+
-			"filtered to the server's threads; strace: strace -f -c, no wakeup count, and the server runs slower while traced.")
+			"and wakeups: the voluntary context switches of all the server's threads (each one a sleep that a wakeup "+
+			"ended, whatever woke it; from /proc). The accept4 counts come from a second run of each cell, counted "+
+			"with perf (syscall tracepoints per process) or strace -f -c, so that tracing costs the other columns nothing.")
 	}
 	if r.hasPeers() {
 		notes = append(notes, "peer rows are other servers run by --command; herd's own columns (wakeups/conn, "+
