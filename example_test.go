@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -106,4 +108,26 @@ func ExampleServer_Shutdown() {
 	if err := srv.Shutdown(ctx); err != nil { // in-flight requests finish first
 		log.Print(err)
 	}
+}
+
+// The worker's own http.Server: timeouts, and RegisterOnShutdown for the
+// connections the server no longer tracks (WebSockets, hijacked
+// connections), which a draining worker would otherwise wait for until
+// DrainTimeout. The functions run when the worker drains.
+func ExampleServer_ConfigureServer() {
+	var sockets sync.Map // the hijacked connections of this worker
+	srv := &herd.Server{
+		Listen:  []string{":8080"},
+		Handler: http.NotFoundHandler(),
+		ConfigureServer: func(s *http.Server) {
+			s.ReadHeaderTimeout = 10 * time.Second
+			s.RegisterOnShutdown(func() {
+				sockets.Range(func(c, _ any) bool {
+					c.(net.Conn).Close() // a WebSocket server would send a close frame first
+					return true
+				})
+			})
+		},
+	}
+	log.Fatal(srv.ListenAndServe())
 }

@@ -47,14 +47,25 @@ import (
 // and is an error where it does not. herd serve's flags and configuration
 // file follow the same rule.
 type Server struct {
+	// ---- What it serves ----
+	//
 	// Handler answers requests in the workers, through net/http.
 	Handler http.Handler
+
+	// ConfigureServer, if set, adjusts each worker's http.Server before it
+	// serves: timeouts, limits, ErrorLog, ConnState, BaseContext (request
+	// contexts still end only when the drain does), RegisterOnShutdown (its
+	// functions run when the worker drains, once no accepted connection is
+	// still to send its first request).
+	ConfigureServer func(*http.Server)
 
 	// Static, if set, serves the files under a directory with herd's native
 	// engine — an epoll event loop per worker, sendfile, no net/http —
 	// instead of Handler.
 	Static *StaticFiles
 
+	// ---- Where it listens (the master's sockets, kept across reloads and upgrades) ----
+	//
 	// Listen lists the addresses to listen on: "host:port" for TCP (an
 	// empty host means all IPv4 addresses), "unix:PATH" or a path with a
 	// slash for a unix socket. Port 0 picks a free port; Addrs tells which.
@@ -75,18 +86,6 @@ type Server struct {
 	// permanent redirect to HTTPS on the first TLS listener's port.
 	RedirectHTTPS bool
 
-	// Workers is the number of worker processes; default the number of CPUs.
-	Workers int
-
-	// Strategy names how connections reach workers: see Strategies. Default
-	// "exclusive" where the kernel has EPOLLEXCLUSIVE (Linux 4.5+), else
-	// "accept".
-	Strategy string
-
-	// Threads is the number of accepting threads per worker (per listener
-	// for the blocking strategies); default 1.
-	Threads int
-
 	// Backlog is the listen(2) backlog; default 511. The kernel caps it at
 	// net.core.somaxconn.
 	Backlog int
@@ -103,26 +102,34 @@ type Server struct {
 	// a closing socket.
 	DeferAccept time.Duration
 
-	// DrainTimeout bounds how long a stopping worker may take to finish the
-	// requests it has; default 30s.
-	DrainTimeout time.Duration
+	// SocketMode and SocketOwner ("user", "user:group" or ":group") are
+	// applied to the unix sockets the server creates; zero and "" leave
+	// them as the umask and the master's identity make them.
+	SocketMode  os.FileMode
+	SocketOwner string
 
-	// ReadyTimeout bounds how long workers may take to report ready, at
-	// start and on reload; default 30s.
-	ReadyTimeout time.Duration
+	// ---- The workers ----
+	//
+	// Workers is the number of worker processes; default the number of CPUs.
+	Workers int
 
-	// ShutdownDelay makes a graceful stop a lame duck first: the admin
-	// endpoint's /readyz answers 503 at once, and the workers go on
-	// serving this long — while a load balancer or Kubernetes takes the
-	// server out of rotation — before they drain. Default 0: drain at once.
-	ShutdownDelay time.Duration
+	// WorkerProcs is each worker's GOMAXPROCS. Default: what the worker
+	// needs, not one P per CPU in each of N processes — one to run
+	// goroutines, one more for each thread the strategy keeps waiting in a
+	// system call plus one idle beside them, one more for the native
+	// engine's loop. A Handler's worker with the default strategy gets 1:
+	// net/http on one thread, measured at 0.01 context switches per
+	// keep-alive request against 0.2-0.4 with the runtime's default.
+	// Negative: the runtime's default.
+	WorkerProcs int
 
-	// PIDFile, if set, receives the master's pid.
-	PIDFile string
-
-	// AccessLog, if set, is a file the workers append one line per request
-	// to, in the Common Log Format ("-": standard output).
-	AccessLog string
+	// OnWorkerStart, if set, runs in each worker before it reports ready:
+	// open a database pool once per worker, warm a cache. An error fails
+	// that worker, and so the start (Start returns it) or the reload (the
+	// running generation serves on). OnWorkerStop runs in each worker once
+	// it has finished its connections, before it exits.
+	OnWorkerStart func(WorkerInfo) error
+	OnWorkerStop  func(WorkerInfo)
 
 	// User and Group, if set, are who the workers run as (a name or a
 	// number; Group defaults to User's groups). The master binds the
@@ -131,23 +138,34 @@ type Server struct {
 	// master, and a master running as root logs a warning.
 	User, Group string
 
-	// SocketMode and SocketOwner ("user", "user:group" or ":group") are
-	// applied to the unix sockets the server creates; zero and "" leave
-	// them as the umask and the master's identity make them.
-	SocketMode  os.FileMode
-	SocketOwner string
+	// MaxRequests replaces a worker after it has answered this many
+	// requests, plus up to MaxRequestsJitter more (random per worker). The
+	// successor starts first; nothing is dropped. 0: never.
+	MaxRequests       int
+	MaxRequestsJitter int
 
-	// Metrics, if set, is the program's own Prometheus registry (say
-	// prometheus.DefaultGatherer), one per worker process. On every scrape
-	// of the admin endpoint's /metrics the master gathers it from each live
-	// worker and labels each series with the worker's slot (herd_slot): a
-	// handler's counter, N counters in N processes, is seen whole, and
-	// sum by (...) adds the slots up, resets included.
-	Metrics prometheus.Gatherer
+	// WorkerTimeout kills and replaces a worker whose heartbeat (refreshed
+	// every second by the worker process) is older than this: a frozen
+	// process. Default 30s, as gunicorn; negative: never.
+	WorkerTimeout time.Duration
 
-	// Admin, if set, is a loopback address or unix socket where the master
-	// serves /metrics (Prometheus), /status, /healthz and /readyz.
-	Admin string
+	// ---- How a connection reaches one worker (docs/STRATEGIES.md) ----
+	//
+	// Strategy names how connections reach workers: see Strategies.
+	// Default, for a Handler: "go", Go's own netpoller in every worker, so
+	// that net/http takes each connection on the thread that accepted it
+	// and a worker runs on one thread (see WorkerProcs); a strategy with
+	// threads of its own hands every connection across threads to net/http
+	// (bench/library.sh measured the two). Its herd — every idle worker's
+	// netpoller wakes for a connection, one takes it — grows with the
+	// worker count; with many workers, "exclusive" or "reuseport" avoid it.
+	// Default for Static: "exclusive" where the kernel has EPOLLEXCLUSIVE
+	// (Linux 4.5+), inside the native engine's loop; else "accept".
+	Strategy string
+
+	// Threads is the number of accepting threads per worker (per listener
+	// for the blocking strategies); default 1.
+	Threads int
 
 	// MultiAccept makes the epoll-based strategies (epoll, exclusive,
 	// nginx) accept until EAGAIN on each wakeup instead of once.
@@ -166,20 +184,21 @@ type Server struct {
 	// negative: never.
 	ExclusiveReorder int
 
-	// WorkerTimeout kills and replaces a worker whose heartbeat (refreshed
-	// every second by the worker process) is older than this: a frozen
-	// process. Default 30s, as gunicorn; negative: never.
-	WorkerTimeout time.Duration
+	// ---- Stopping and reloading ----
+	//
+	// DrainTimeout bounds how long a stopping worker may take to finish the
+	// requests it has; default 30s.
+	DrainTimeout time.Duration
 
-	// MaxRequests replaces a worker after it has answered this many
-	// requests, plus up to MaxRequestsJitter more (random per worker). The
-	// successor starts first; nothing is dropped. 0: never.
-	MaxRequests       int
-	MaxRequestsJitter int
+	// ReadyTimeout bounds how long workers may take to report ready, at
+	// start and on reload; default 30s.
+	ReadyTimeout time.Duration
 
-	// ConfigureServer, if set, adjusts each worker's http.Server before it
-	// serves: timeouts, limits, ErrorLog.
-	ConfigureServer func(*http.Server)
+	// ShutdownDelay makes a graceful stop a lame duck first: the admin
+	// endpoint's /readyz answers 503 at once, and the workers go on
+	// serving this long — while a load balancer or Kubernetes takes the
+	// server out of rotation — before they drain. Default 0: drain at once.
+	ShutdownDelay time.Duration
 
 	// Reconfigure, if set, is called in the master on HUP (and Reload) for
 	// the options of the new generation: worker count, strategy and its
@@ -191,13 +210,26 @@ type Server struct {
 	// read its flags, environment and configuration file again.
 	Reconfigure func() (*Server, error)
 
-	// OnWorkerStart, if set, runs in each worker before it reports ready:
-	// open a database pool once per worker, warm a cache. An error fails
-	// that worker, and so the start (Start returns it) or the reload (the
-	// running generation serves on). OnWorkerStop runs in each worker once
-	// it has finished its connections, before it exits.
-	OnWorkerStart func(WorkerInfo) error
-	OnWorkerStop  func(WorkerInfo)
+	// ---- Watching it run ----
+	//
+	// PIDFile, if set, receives the master's pid.
+	PIDFile string
+
+	// AccessLog, if set, is a file the workers append one line per request
+	// to, in the Common Log Format ("-": standard output).
+	AccessLog string
+
+	// Admin, if set, is a loopback address or unix socket where the master
+	// serves /metrics (Prometheus), /status, /healthz and /readyz.
+	Admin string
+
+	// Metrics, if set, is the program's own Prometheus registry (say
+	// prometheus.DefaultGatherer), one per worker process. On every scrape
+	// of the admin endpoint's /metrics the master gathers it from each live
+	// worker and labels each series with the worker's slot (herd_slot): a
+	// handler's counter, N counters in N processes, is seen whole, and
+	// sum by (...) adds the slots up, resets included.
+	Metrics prometheus.Gatherer
 
 	// Logger receives the master's and workers' events; default slog.Default().
 	Logger *slog.Logger

@@ -124,6 +124,10 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 		Accept: accept.Options{Threads: s.Threads, MultiAccept: s.MultiAccept, WorkerConnections: s.WorkerConnections,
 			MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder},
 	}
+	if s.Static == nil && cfg.Strategy == "" {
+		cfg.Strategy = "go" // see Server.Strategy
+	}
+	cfg.WorkerProcs = s.WorkerProcs
 	if st := s.Static; st != nil {
 		cfg.StaticRoot = st.Root
 		cfg.Static = httpd.Options{FollowSymlinks: st.FollowSymlinks, Autoindex: st.Autoindex,

@@ -3,6 +3,7 @@
 package herd_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -336,7 +337,73 @@ func hooksServer() *herd.Server {
 		return nil
 	}
 	s.OnWorkerStop = func(w herd.WorkerInfo) { note("stop", w) }
+	// /hijack takes the connection over, as a WebSocket server does; the
+	// server no longer tracks it, and RegisterOnShutdown is how the
+	// program closes it when the worker drains.
+	var mu sync.Mutex
+	var hijacked []net.Conn
+	s.ConfigureServer = func(srv *http.Server) {
+		srv.RegisterOnShutdown(func() {
+			os.WriteFile(filepath.Join(dir, "on-shutdown"), nil, 0o644)
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range hijacked {
+				c.Close()
+			}
+		})
+	}
+	inner := s.Handler
+	s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/hijack" {
+			inner.ServeHTTP(w, r)
+			return
+		}
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		rw.WriteString("hijacked\n")
+		rw.Flush()
+		mu.Lock()
+		hijacked = append(hijacked, c)
+		mu.Unlock()
+	})
 	return s
+}
+
+// A drain runs the functions the program gave RegisterOnShutdown: here one
+// closes a hijacked connection, which the server no longer tracks and the
+// drain would otherwise wait for until its timeout.
+func TestRegisterOnShutdownRuns(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HERD_TEST_SERVER", "hooks")
+	t.Setenv("HERD_TEST_DIR", dir)
+	srv := hooksServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", srv.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	if line, err := br.ReadString('\n'); line != "hijacked\n" {
+		t.Fatalf("read %q, %v", line, err)
+	}
+	start := time.Now()
+	srv.Shutdown(context.Background())
+	if d := time.Since(start); d > 800*time.Millisecond {
+		t.Errorf("stopped after %v: the drain waited for the hijacked connection (1s drain timeout)", d)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "on-shutdown")); err != nil {
+		t.Error("the RegisterOnShutdown function did not run")
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("the hijacked connection: %v, want EOF (closed by the hook)", err)
+	}
 }
 
 // Workers know who they are, run OnWorkerStart before they are ready and

@@ -13,3 +13,12 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 
 # ratio A B: A/B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# ctx_switches PID: voluntary + involuntary context switches of every thread
+# of PID and all its descendants.
+ctx_switches() {
+	local pid=$1 total=0 t
+	for t in $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'); do total=$((total + t)); done
+	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(ctx_switches "$c"))); done
+	echo "$total"
+}

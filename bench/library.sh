@@ -27,46 +27,59 @@ trap cleanup EXIT
 (cd bench/library && go build -o "$dir/library" .)
 
 base=$((20000 + RANDOM % 10000))
-declare -A port=([plain]=$base [herd]=$((base + 1)) [fasthttp]=$((base + 2)))
-servers=(plain herd fasthttp)
+# herd: herd.Server with its defaults (for a Handler: the "go" strategy,
+# one P per worker); herd-x: the same with strategy exclusive (and the Ps
+# its accepting thread needs); fasthttp: its prefork.
+declare -A port=([plain]=$base [herd]=$((base + 1)) [herd-x]=$((base + 2)) [fasthttp]=$((base + 3)))
+declare -A args=([plain]="-mode plain" [herd]="-mode herd" [herd-x]="-mode herd -strategy exclusive" [fasthttp]="-mode fasthttp")
+servers=(plain herd herd-x fasthttp)
 for s in "${servers[@]}"; do
-	setsid "$dir/library" -mode "$s" -listen "127.0.0.1:${port[$s]}" -pid "$dir/herd.pid" >"$dir/$s.log" 2>&1 &
+	# shellcheck disable=SC2086
+	setsid "$dir/library" ${args[$s]} -listen "127.0.0.1:${port[$s]}" -pid "$dir/$s.pid" >"$dir/$s.log" 2>&1 &
 	pids+=($!)
-	declare "pid_$s=$!"
+	declare "pid_${s//-/_}=$!"
 done
 for s in "${servers[@]}"; do
 	for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:${port[$s]}/hello" && break; sleep 0.1; done
 done
 
 scenarios=("close|-c8|/hello|new connection per request, hello" "keepalive|-c64|/hello|keep-alive, hello (64)" "4k|-c64|/4k|keep-alive, 4 KiB (64)")
-declare -A rps cpu
+declare -A rps cpu cs
 for round in $(seq "$ROUNDS"); do
 	for sc in "${scenarios[@]}"; do
 		IFS='|' read -r name args path _ <<<"$sc"
 		for s in "${servers[@]}"; do
-			pid_var="pid_$s"
+			pid_var="pid_${s//-/_}"
 			extra=()
 			[ "$name" = close ] && extra=(-H "Connection: close")
-			before=$(cpu_ticks "${!pid_var}")
+			before=$(cpu_ticks "${!pid_var}") csb=$(ctx_switches "${!pid_var}")
 			# shellcheck disable=SC2086
 			out=$(wrk -t1 $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$s]}$path")
-			after=$(cpu_ticks "${!pid_var}")
+			after=$(cpu_ticks "${!pid_var}") csa=$(ctx_switches "${!pid_var}")
 			r=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 			n=$(awk '/requests in/ {print $1}' <<<"$out")
 			rps[$s,$name]+="$r "
 			cpu[$s,$name]+="$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {printf "%.1f", t * 10000 / n}') "
+			cs[$s,$name]+="$(awk -v t=$((csa - csb)) -v n="$n" 'BEGIN {printf "%.3f", t / n}') "
 			echo "round $round/$ROUNDS  $name  $s  $r req/s" >&2
 		done
 	done
 done
 
-printf '\n%-36s %9s %9s %9s %11s %14s %21s\n' "requests/s ($ROUNDS rounds)" plain herd fasthttp herd/plain fasthttp/herd "CPU µs/req p · h · f"
+printf '\n%-36s %9s %9s %9s %9s %11s %13s %14s %26s\n' "requests/s ($ROUNDS rounds)" plain herd herd-x fasthttp herd/plain herd-x/plain fasthttp/herd "CPU µs/req p · h · x · f"
 for sc in "${scenarios[@]}"; do
 	IFS='|' read -r name _ _ label <<<"$sc"
-	p=$(median <<<"${rps[plain,$name]}") h=$(median <<<"${rps[herd,$name]}") f=$(median <<<"${rps[fasthttp,$name]}")
-	printf '%-36s %9.0f %9.0f %9.0f %11s %14s %21s\n' "$label" "$p" "$h" "$f" \
-		"$(ratio "$h" "$p")" "$(ratio "$f" "$h")" \
-		"$(median <<<"${cpu[plain,$name]}") · $(median <<<"${cpu[herd,$name]}") · $(median <<<"${cpu[fasthttp,$name]}")"
+	p=$(median <<<"${rps[plain,$name]}") h=$(median <<<"${rps[herd,$name]}") x=$(median <<<"${rps[herd-x,$name]}") f=$(median <<<"${rps[fasthttp,$name]}")
+	printf '%-36s %9.0f %9.0f %9.0f %9.0f %11s %13s %14s %26s\n' "$label" "$p" "$h" "$x" "$f" \
+		"$(ratio "$h" "$p")" "$(ratio "$x" "$p")" "$(ratio "$f" "$h")" \
+		"$(median <<<"${cpu[plain,$name]}") · $(median <<<"${cpu[herd,$name]}") · $(median <<<"${cpu[herd-x,$name]}") · $(median <<<"${cpu[fasthttp,$name]}")"
 done
-echo "(plain: one net/http process; herd: herd.Server with its defaults ($(nproc) workers); fasthttp: prefork, $(nproc) children;"
+printf '\n%-36s %9s %9s %9s %9s\n' "context switches per request" plain herd herd-x fasthttp
+for sc in "${scenarios[@]}"; do
+	IFS='|' read -r name _ _ label <<<"$sc"
+	printf '%-36s %9s %9s %9s %9s\n' "$label" "$(median <<<"${cs[plain,$name]}")" "$(median <<<"${cs[herd,$name]}")" \
+		"$(median <<<"${cs[herd-x,$name]}")" "$(median <<<"${cs[fasthttp,$name]}")"
+done
+echo "(plain: one net/http process; herd: herd.Server with its defaults ($(nproc) workers: strategy go, one P each);"
+echo " herd-x: the same with --strategy exclusive; fasthttp: prefork, $(nproc) children;"
 echo " wrk -t1 on the same cores; CPU = utime+stime of the process tree per request)"

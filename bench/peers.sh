@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# herd against nginx on the same machine, same files, same worker count,
-# measured with wrk in interleaved rounds; prints medians, herd/nginx ratios
-# of requests/s, and CPU per request. Loopback only; every run is bounded by
-# DURATION.
+# herd against the static servers Debian ships, on the same machine, same
+# files, same worker count, measured with wrk in interleaved rounds; prints
+# medians, herd against nginx and against the best peer of each row, and
+# CPU per request. Loopback only; every run is bounded by DURATION.
 #
-# Two nginx servers run: "nginx" as the issue configures it (sendfile,
-# tcp_nopush, open_file_cache) and "nginx+d", the same with "listen ...
-# deferred" (TCP_DEFER_ACCEPT), which herd turns on by default — so the
-# table shows what herd's default buys and what its engine does against an
-# nginx given the same socket option.
+# The peers, configured as an operator who knows each would:
+# - "nginx": sendfile, tcp_nopush, tcp_nodelay, open_file_cache, access log
+#   off, WORKERS worker processes; "nginx+d", the same with "listen ...
+#   deferred" (TCP_DEFER_ACCEPT), which herd turns on by default.
+# - "h2o": num-threads WORKERS (h2o is one process with threads), file.dir,
+#   no access log.
+# - "lighttpd": server.max-worker WORKERS (forked workers),
+#   network-backend sendfile, keep-alive requests unbounded as nginx's, no
+#   access log.
 #
 #   bench/peers.sh                   # defaults below
 #   ROUNDS=5 DURATION=10s bench/peers.sh
@@ -20,6 +24,8 @@ ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${ST
 
 need=()
 command -v nginx >/dev/null || need+=(nginx)
+command -v h2o >/dev/null || need+=(h2o)
+command -v lighttpd >/dev/null || need+=(lighttpd)
 command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -29,6 +35,7 @@ dir=$(mktemp -d)
 chmod 755 "$dir"
 cleanup() {
 	for p in "$dir"/nginx*.pid; do [ -f "$p" ] && kill -QUIT "$(cat "$p")" 2>/dev/null; done
+	for p in "$dir"/h2o.pid "$dir"/lighttpd.pid; do [ -f "$p" ] && kill -TERM "$(cat "$p")" 2>/dev/null; done
 	[ -f "$dir/herd.pid" ] && kill -TERM "$(cat "$dir/herd.pid")" 2>/dev/null || true
 	sleep 0.5
 	rm -rf "$dir"
@@ -41,8 +48,9 @@ head -c 1048576 /dev/urandom > "$dir/www/1m.bin"
 chmod 755 "$dir/www"; chmod 644 "$dir/www"/*
 
 base=$((20000 + RANDOM % 10000))
-declare -A port=([nginx]=$base [nginx+d]=$((base + 1)) [herd]=$((base + 2)))
-servers=(nginx nginx+d herd)
+declare -A port=([nginx]=$base [nginx+d]=$((base + 1)) [h2o]=$((base + 2)) [lighttpd]=$((base + 3)) [herd]=$((base + 4)))
+servers=(nginx nginx+d h2o lighttpd herd)
+peers=(nginx nginx+d h2o lighttpd)
 
 # nginx_conf NAME LISTEN-OPTIONS
 nginx_conf() {
@@ -63,10 +71,42 @@ CONF
 }
 nginx_conf nginx ""
 nginx_conf nginx+d " deferred"
+cat > "$dir/h2o.conf" <<CONF
+num-threads: $WORKERS
+user: $(id -un)
+pid-file: $dir/h2o.pid
+error-log: $dir/h2o.error.log
+listen:
+  host: 127.0.0.1
+  port: ${port[h2o]}
+hosts:
+  default:
+    paths:
+      /:
+        file.dir: $dir/www
+CONF
+h2o -c "$dir/h2o.conf" >"$dir/h2o.log" 2>&1 &
+cat > "$dir/lighttpd.conf" <<CONF
+server.document-root = "$dir/www"
+server.bind = "127.0.0.1"
+server.port = ${port[lighttpd]}
+server.pid-file = "$dir/lighttpd.pid"
+server.errorlog = "$dir/lighttpd.error.log"
+server.max-worker = $WORKERS
+server.network-backend = "sendfile"
+server.max-keep-alive-requests = 1000000
+server.max-keep-alive-idle = 75
+mimetype.assign = (".txt" => "text/plain", ".bin" => "application/octet-stream")
+CONF
+lighttpd -D -f "$dir/lighttpd.conf" >"$dir/lighttpd.log" 2>&1 &
 go build -o "$dir/herd" ./cmd/herd
 "$dir/herd" serve "$dir/www" --listen "127.0.0.1:${port[herd]}" --workers "$WORKERS" --strategy "$STRATEGY" \
 	--pid "$dir/herd.pid" 2>"$dir/herd.log" &
 for _ in $(seq 50); do [ -s "$dir/herd.pid" ] && grep -q "herd ready" "$dir/herd.log" && break; sleep 0.1; done
+for server in "${servers[@]}"; do
+	for _ in $(seq 50); do [ -s "$dir/$server.pid" ] && curl -s -o /dev/null "http://127.0.0.1:${port[$server]}/hello.txt" && break; sleep 0.1; done
+	curl -sf -o /dev/null "http://127.0.0.1:${port[$server]}/hello.txt" || { echo "$server does not serve: $(cat "$dir/$server"*.log 2>/dev/null | tail -3)" >&2; exit 1; }
+done
 
 scenarios=(
 	"close|-c8|/hello.txt|new connection per request, 13 B"
@@ -102,17 +142,22 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
-printf '\n%-34s %9s %9s %9s %7s %9s %17s\n' "requests/s ($WORKERS workers, $ROUNDS rounds)" nginx nginx+d herd "herd/" "herd/" "CPU µs/request"
-printf '%-34s %9s %9s %9s %7s %9s %17s\n' "" "" "" "" nginx nginx+d "nginx nginx+d herd"
+printf '\n%-34s %9s %9s %9s %9s %9s %7s %7s %7s  %s\n' "requests/s ($WORKERS workers, $ROUNDS rounds)" nginx nginx+d h2o lighttpd herd "herd/" "herd/" "herd/" "CPU µs/request"
+printf '%-34s %9s %9s %9s %9s %9s %7s %7s %7s  %s\n' "" "" "" "" "" "" nginx nginx+d best "nginx nginx+d h2o lighttpd herd"
 for sc in "${scenarios[@]}"; do
 	IFS='|' read -r name _ _ label <<<"$sc"
 	declare -A m=() c=()
+	best=0
 	for server in "${servers[@]}"; do
 		m[$server]=$(median <<<"${rps[$server,$name]}")
 		c[$server]=$(median <<<"${cpu[$server,$name]}")
 	done
-	printf '%-34s %9.0f %9.0f %9.0f %7s %9s %17s\n' "$label" "${m[nginx]}" "${m[nginx+d]}" "${m[herd]}" \
-		"$(ratio "${m[herd]}" "${m[nginx]}")" "$(ratio "${m[herd]}" "${m[nginx+d]}")" "${c[nginx]} ${c[nginx+d]} ${c[herd]}"
+	for server in "${peers[@]}"; do best=$(awk -v a="$best" -v b="${m[$server]}" 'BEGIN {print (b > a) ? b : a}'); done
+	printf '%-34s %9.0f %9.0f %9.0f %9.0f %9.0f %7s %7s %7s  %s\n' "$label" "${m[nginx]}" "${m[nginx+d]}" "${m[h2o]}" "${m[lighttpd]}" "${m[herd]}" \
+		"$(ratio "${m[herd]}" "${m[nginx]}")" "$(ratio "${m[herd]}" "${m[nginx+d]}")" "$(ratio "${m[herd]}" "$best")" \
+		"${c[nginx]} ${c[nginx+d]} ${c[h2o]} ${c[lighttpd]} ${c[herd]}"
 done
 echo "(herd --strategy $STRATEGY, defaults otherwise; nginx $(nginx -v 2>&1 | cut -d/ -f2), sendfile on, tcp_nopush on, open_file_cache;"
-echo " nginx+d: the same with listen ... deferred; wrk -t1 on the same cores; CPU = server utime+stime per request)"
+echo " nginx+d: the same with listen ... deferred; h2o $(h2o --version 2>/dev/null | head -1 | awk '{print $3}'), num-threads $WORKERS;"
+echo " lighttpd $(lighttpd -v 2>/dev/null | head -1 | cut -d/ -f2 | cut -d' ' -f1), max-worker $WORKERS, sendfile;"
+echo " wrk -t1 on the same cores; CPU = server utime+stime per request; best = the best peer of the row)"

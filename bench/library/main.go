@@ -25,6 +25,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address")
 	pid := flag.String("pid", "", "herd: pid file")
 	strategy := flag.String("strategy", "", "herd: accept strategy (default: the library's)")
+	procs := flag.Int("procs", 0, "herd: each worker's GOMAXPROCS (default: the library's)")
 	flag.Parse()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { w.Write(hello) })
@@ -33,7 +34,7 @@ func main() {
 	case "plain":
 		log.Fatal(http.ListenAndServe(*listen, mux))
 	case "herd":
-		srv := &herd.Server{Listen: []string{*listen}, Handler: mux, PIDFile: *pid, Strategy: *strategy}
+		srv := &herd.Server{Listen: []string{*listen}, Handler: mux, PIDFile: *pid, Strategy: *strategy, WorkerProcs: *procs}
 		log.Fatal(srv.ListenAndServe())
 	case "fasthttp":
 		s := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {

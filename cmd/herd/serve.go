@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd"
+	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/httpd"
 )
 
@@ -145,6 +146,11 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	} else {
 		sub, _ := fs.Sub(defaultRoot, "www")
 		srv.Handler = httpd.StaticFS(http.FS(sub), static)
+	}
+	if srv.Strategy == "" && srv.Static == nil {
+		// herd serve's default is the same for both engines (the library
+		// picks "go" for a Handler: see herd.Server.Strategy).
+		srv.Strategy = accept.Default()
 	}
 	srv.ConfigureServer = func(s *http.Server) {
 		s.ReadHeaderTimeout = *headerTO

@@ -232,8 +232,14 @@ func readFile(t *testing.T, path string) string {
 // Shrinking a reuseport server resets no queued connection: the retired
 // slot's socket is steered away from, whose queue its worker accepts, then closed.
 func TestReuseportShrinkDropsNothing(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) { testReuseportShrink(t, engine) })
+	}
+}
+
+func testReuseportShrink(t *testing.T, engine string) {
 	root, _ := docroot(t)
-	h := startHerd(t, root, "--workers", "4", "--strategy", "reuseport")
+	h := startHerd(t, root, "--workers", "4", "--strategy", "reuseport", "--engine", engine)
 	stop := make(chan struct{})
 	done := make(chan loadResult)
 	go func() {
@@ -288,10 +294,19 @@ func TestFdpassResendsWhenWorkerDies(t *testing.T) {
 // Nothing dropped, for every strategy: a client loop of new connections
 // runs across 5 HUP reloads and a USR2 binary upgrade without one failure.
 func TestReloadsAndUpgradeDropNothing(t *testing.T) {
+	type run struct{ name, strategy, engine string }
+	var runs []run
 	for _, name := range herd.Strategies() {
-		t.Run(name, func(t *testing.T) {
+		runs = append(runs, run{name, name, "native"})
+	}
+	// net/http's workers: the library's default strategy, and reuseport
+	// in Go's netpoller.
+	runs = append(runs, run{"nethttp-go", "go", "nethttp"}, run{"nethttp-reuseport", "reuseport", "nethttp"})
+	for _, r := range runs {
+		name := r.strategy
+		t.Run(r.name, func(t *testing.T) {
 			root, _ := docroot(t)
-			h := startHerd(t, append([]string{root, "--workers", "2", "--strategy", name}, strategyArgs(name)...)...)
+			h := startHerd(t, append([]string{root, "--workers", "2", "--strategy", name, "--engine", r.engine}, strategyArgs(name)...)...)
 			stop := make(chan struct{})
 			done := make(chan loadResult)
 			go func() {

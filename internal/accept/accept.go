@@ -127,6 +127,9 @@ type Config struct {
 	// Nonblock: accept4 with SOCK_NONBLOCK, for an engine that wants
 	// non-blocking descriptors (saves it two fcntl calls per connection).
 	Nonblock bool
+	// Loop: the strategy will run inside the engine's event loop (see
+	// httpd.Inline) if it can; reuseport then takes its loop form.
+	Loop bool
 }
 
 // acceptFlags are the flags every strategy's accept4 uses.
@@ -212,7 +215,12 @@ func Names() []string {
 func Waiters(name string, o Options, n int) int {
 	o = o.WithDefaults()
 	switch name {
-	case "accept", "reuseport":
+	case "reuseport":
+		if o.Threads == 1 {
+			return 0 // in Go's netpoller (or the engine's loop)
+		}
+		return o.Threads * n
+	case "accept":
 		return o.Threads * n // one blocking accept4 per listener
 	case "fdpass":
 		return 1 // the control socket's reader, in recvmsg

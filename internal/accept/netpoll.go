@@ -35,6 +35,9 @@ type netpoll struct {
 	stopOnce  sync.Once
 	stopped   atomic.Bool
 	out       exhaustion
+	// acceptQueuedOnStop: once stopped, accept what is already queued
+	// (reuseport: the socket is this slot's alone).
+	acceptQueuedOnStop bool
 }
 
 func newNetpoll(cfg Config) (Strategy, error) {
@@ -90,6 +93,15 @@ func (s *netpoll) Serve(deliver func(fd int)) error {
 	}
 	wg.Wait()
 	close(errs)
+	if s.acceptQueuedOnStop {
+		for _, l := range s.cfg.Listeners {
+			all := s.cfg
+			all.MultiAccept = true // until EAGAIN: the descriptor is non-blocking
+			if k, _ := acceptBurst(l, &all, &s.out, deliver); k > 0 {
+				s.cfg.Stats.Inc(shm.Wakeups)
+			}
+		}
+	}
 	return <-errs
 }
 

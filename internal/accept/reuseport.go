@@ -17,9 +17,11 @@ import (
 //
 // Where a connection is accepted: in the native engine's loop, as nginx
 // does it — the slot's socket is in the loop's own epoll set (Attach,
-// Ready, Detach below), and the loop that accepts serves. For an engine
-// without a loop of its own (net/http, or more than one accepting thread),
-// blocking.go's loop on the slot's socket.
+// Ready, Detach below), and the loop that accepts serves. For net/http,
+// in Go's netpoller (netpoll.go's loop on the slot's socket, which no
+// other worker waits on: no herd), where net/http's own goroutines run:
+// no thread of its own, as fasthttp's prefork children accept. With more
+// than one accepting thread, blocking.go's loop.
 //
 // The interesting half is in the master (internal/master/reuseport.go): it
 // creates and holds each slot's socket, so a worker that reloads or is
@@ -30,12 +32,21 @@ import (
 // worker then accepts what is still queued before it exits
 // (acceptQueuedOnStop, or Detach), and only then is the socket closed.
 func newReuseport(cfg Config) (Strategy, error) {
-	if cfg.Nonblock && cfg.Threads == 1 {
+	if cfg.Loop {
 		// The native engine will run it in its loop.
 		if err := setNonblock(cfg.Listeners); err != nil {
 			return nil, err
 		}
 		return &ownQueue{cfg: cfg}, nil
+	}
+	if cfg.Threads == 1 {
+		s, err := newNetpoll(cfg)
+		if err != nil {
+			return nil, err
+		}
+		n := s.(*netpoll)
+		n.acceptQueuedOnStop = true
+		return n, nil
 	}
 	s, err := newBlocking(cfg)
 	if err != nil {

@@ -41,6 +41,7 @@ type Config struct {
 	DeferAccept   time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
 	Workers       int           // default: the CPUs this process may use
 	Strategy      string        // accept strategy; default accept.Default()
+	WorkerProcs   int           // each worker's GOMAXPROCS: 0 herd's choice (worker's setProcs), negative the runtime's
 	DrainTimeout  time.Duration // how long a stopping worker may finish requests; default 30s
 	ReadyTimeout  time.Duration // how long a new worker may take to report ready; default 30s
 	StopTimeout   time.Duration // after a fast stop, how long before SIGKILL; default 5s

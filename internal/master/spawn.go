@@ -145,7 +145,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey, RedirectHTTPS: m.httpsPort(),
 		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
-		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static,
+		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static, Procs: m.cfg.WorkerProcs,
 	}
 	m.half.spec(&spec)
 	started, err := m.start(&spec, files)

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +31,8 @@ type httpEngine struct {
 	tls      *tls.Config  // if set, connections are TLS (serveTLS)
 	endBase  func()       // cancels the server's base context
 	inflight atomic.Int64 // handlers running
+	fresh    sync.Map     // connections whose first request has not been read
+	freshN   atomic.Int64 // how many
 }
 
 func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
@@ -59,9 +60,29 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 	} else {
 		srv.BaseContext = func(net.Listener) context.Context { return base }
 	}
+	// Connections whose first request has not been read yet are counted,
+	// so the drain knows when http.Server.Shutdown can no longer drop one
+	// (see Run).
+	user := srv.ConnState
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			e.fresh.Store(c, true)
+			e.freshN.Add(1)
+		} else if _, ok := e.fresh.LoadAndDelete(c); ok {
+			e.freshN.Add(-1)
+		}
+		if user != nil {
+			user(c, state)
+		}
+	}
 	e.ln, e.closed, e.endBase = newHandoff(addr), make(chan struct{}), cancel
 	return e
 }
+
+// freshWait bounds how long a drain waits for connections to send their
+// first request before it calls Shutdown: net/http's own Shutdown treats a
+// connection that has sent nothing for 5s as idle.
+const freshWait = 5 * time.Second
 
 // Run serves until drained — every connection the worker accepted is
 // closed — or closed.
@@ -77,6 +98,24 @@ func (e *httpEngine) Run() error {
 	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
+	// Run what the program registered with RegisterOnShutdown (closing
+	// hijacked and upgraded connections, which the server no longer
+	// tracks) through http.Server.Shutdown — but only once no accepted
+	// connection is still to send its first request: Shutdown makes such
+	// a connection hang up without an answer when its request arrives.
+	// With keep-alive off, a connection being answered closes after its
+	// answer and never reads another. Shutdown then closes what is idle
+	// and waits for the rest, as the loop below does too.
+	for end := time.Now().Add(freshWait); e.freshN.Load() > 0 && time.Now().Before(end); {
+		select {
+		case <-e.closed:
+			return nil
+		case <-t.C:
+		}
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go e.srv.Shutdown(ctx)
 	for e.st.Load(shm.Active) > 0 {
 		select {
 		case <-e.closed:
@@ -106,7 +145,8 @@ func (e *httpEngine) Add(fd int) {
 // closed, and every request already accepted, or read from now on, is
 // answered with "Connection: close" — the hand-off hands out what it still
 // holds and then reports closed, and Run waits for the connection count to
-// reach zero. The strategy has stopped before (no more Adds).
+// reach zero, running the program's RegisterOnShutdown functions once it
+// safely can (see Run). The strategy has stopped before (no more Adds).
 func (e *httpEngine) Drain() {
 	e.draining.Store(true)
 	e.srv.SetKeepAlivesEnabled(false)
@@ -192,15 +232,10 @@ func (h *handoff) Close() error { h.finish(); return nil }
 
 func (h *handoff) Addr() net.Addr { return h.addr }
 
-// fdConn turns a freshly accepted, blocking, close-on-exec descriptor into a
-// net.Conn and closes the original. net.FileConn costs a dup(2) and an
-// epoll_ctl(2): the price of handing a raw accept to net/http. (The native
-// engine serves the descriptor itself.)
+// fdConn turns a freshly accepted, non-blocking, close-on-exec descriptor
+// into a net.Conn.
 func fdConn(fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "")
-	c, err := net.FileConn(f)
-	f.Close()
-	return c, err
+	return newSockConn(fd)
 }
 
 // countedConn keeps the scoreboard's Active and BytesOut fields. It must

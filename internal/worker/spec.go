@@ -43,7 +43,10 @@ type Spec struct {
 
 	// Engine "native" serves StaticRoot with internal/httpd's event loop
 	// instead of the program's http.Handler.
-	Engine     string        `json:"engine,omitempty"`
+	Engine string `json:"engine,omitempty"`
+	// Procs is the worker's GOMAXPROCS: 0 for herd's choice (setProcs),
+	// negative for the runtime's default.
+	Procs      int           `json:"procs,omitempty"`
 	StaticRoot string        `json:"static_root,omitempty"`
 	Static     httpd.Options `json:"static,omitempty"`
 }

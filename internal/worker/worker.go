@@ -189,10 +189,13 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		}
 		w.alog = alog
 	}
-	newStrategy := func(ls []accept.Listener, nonblock bool) (accept.Strategy, error) {
+	// Every engine wants its connections non-blocking: the native loop,
+	// and net/http's, whose connections go to Go's netpoller (sockConn).
+	newStrategy := func(ls []accept.Listener, loop bool) (accept.Strategy, error) {
 		return accept.New(spec.Strategy, accept.Config{
 			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
-			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passes: w.ctrl.passes, Nonblock: nonblock,
+			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passes: w.ctrl.passes, Nonblock: true,
+			Loop: loop && spec.Accept.WithDefaults().Threads == 1,
 		})
 	}
 	handler := func() http.Handler {
@@ -212,18 +215,18 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if spec.Engine == "native" {
 			// The engine's loop beats from here on (httpd's tick): a loop
 			// stuck in a call stops the heartbeat, and the master replaces it.
-			eng, inline, err := w.nativeEngine(strat, len(plain), deferredAccept(plain), alog)
+			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog)
 			if err != nil {
 				return err
 			}
-			lanes = append(lanes, lane{name: "native engine", eng: eng, strat: strat, inline: inline})
+			lanes = append(lanes, lane{name: "native engine", eng: eng, strat: strat, inline: inline, listeners: len(plain)})
 		} else {
 			h := handler()
 			if spec.RedirectHTTPS != "" {
 				h = countRequests(redirectHTTPS(spec.RedirectHTTPS), st, nil)
 			}
 			eng := newHTTPEngine(listenerAddr(plain[0].FD), h, opts.Configure, st, log)
-			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving()})
+			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(plain)})
 		}
 	}
 	if len(secure) > 0 {
@@ -235,8 +238,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if err := w.serveTLS(eng, opts.TLSConfig); err != nil {
 			return err
 		}
-		lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving()})
+		lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
 	}
+	w.setProcs(lanes)
 	if lanes[0].beat != nil { // no native loop to beat
 		stopBeat := heartbeat(st, lanes[0].beat)
 		defer stopBeat()
@@ -255,17 +259,18 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 // A lane is one engine and the strategy that feeds it: a worker has one
 // for its plain listeners and one for its TLS listeners.
 type lane struct {
-	name   string
-	eng    engine
-	strat  accept.Strategy
-	inline bool        // the strategy runs inside the engine's loop
-	beat   func() bool // the heartbeat's test, for an engine that does not beat itself
+	name      string
+	eng       engine
+	strat     accept.Strategy
+	inline    bool        // the strategy runs inside the engine's loop
+	listeners int         // how many listeners the lane's strategy accepts on
+	beat      func() bool // the heartbeat's test, for an engine that does not beat itself
 }
 
 // nativeEngine makes the native engine. With one accepting thread, an
 // epoll-based strategy runs inside the engine's own loop (inline): the
 // listener is in the loop's epoll set.
-func (w *proc) nativeEngine(strat accept.Strategy, listeners int, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
+func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
@@ -283,21 +288,48 @@ func (w *proc) nativeEngine(strat accept.Strategy, listeners int, deferred bool,
 	if isInline && spec.Accept.WithDefaults().Threads == 1 {
 		cfg.Inline = inline
 	}
-	// The loop keeps its P while it sleeps in epoll_wait (see httpd's
-	// wait), which would leave the worker's other goroutines — control
-	// socket, signals — without one on a one-CPU machine. A strategy's
-	// waiting threads need one each, and one more must stay idle (see
-	// accept.Waiters). Ps beyond the CPUs cost nothing while they wait.
-	want := 2
-	if cfg.Inline == nil {
-		want += accept.Waiters(spec.Strategy, spec.Accept, listeners)
-	}
-	if n := runtime.GOMAXPROCS(0); n < want {
-		runtime.GOMAXPROCS(want)
-		w.log.Debug("GOMAXPROCS raised: the event loop holds one P while it waits, and each accepting thread needs one", "was", n, "now", want)
-	}
 	eng, err := httpd.New(cfg)
 	return eng, cfg.Inline != nil, err
+}
+
+// setProcs sets the worker's GOMAXPROCS, unless the spec names one.
+//
+// A worker is one of N processes, usually one per CPU, so it needs Ps for
+// its own threads only: every thread that waits in a system call for the
+// strategy (accept.Waiters) needs one, and one more must then stay idle —
+// Go's sysmon otherwise takes the P of every such call after 20µs and
+// wakes every 20µs itself — besides the one that runs the goroutines. The
+// native engine's loop holds a P while it waits (httpd's wait) and needs
+// one more for the rest. A net/http worker with a strategy that waits in
+// Go's netpoller (go) needs one P in all: net/http then runs on one
+// thread, as a prefork worker is meant to; with the default GOMAXPROCS
+// (every CPU, in every worker) its threads wake one another, measured at
+// 0.2-0.4 context switches per keep-alive request against 0.01 (see
+// bench/library.sh).
+func (w *proc) setProcs(lanes []lane) {
+	spec := w.spec
+	want := 1
+	if spec.Procs != 0 {
+		want = spec.Procs // negative: the runtime's own choice
+	} else {
+		waiters := 0
+		for _, l := range lanes {
+			if !l.inline {
+				waiters += accept.Waiters(spec.Strategy, spec.Accept, l.listeners)
+			}
+		}
+		if waiters > 0 {
+			want += waiters + 1
+		}
+		if spec.Engine == "native" {
+			want++ // the loop's held P
+		}
+	}
+	if want > 0 {
+		if n := runtime.GOMAXPROCS(want); n != want {
+			w.log.Debug("GOMAXPROCS set", "was", n, "now", want)
+		}
+	}
 }
 
 // serve runs each lane's engine fed by its strategy (or accepting inline),
