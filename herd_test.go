@@ -309,6 +309,20 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 // hooksServer notes each worker's start and stop in files under
 // HERD_TEST_DIR, answers with its identity, and fails to start in the
 // generation HERD_TEST_FAIL_GEN names.
+// startHooks starts hooksServer, whose workers note what happens to them
+// in the directory it returns.
+func startHooks(t *testing.T) (*herd.Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("HERD_TEST_SERVER", "hooks")
+	t.Setenv("HERD_TEST_DIR", dir)
+	srv := hooksServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return srv, dir
+}
+
 func hooksServer() *herd.Server {
 	dir := os.Getenv("HERD_TEST_DIR")
 	note := func(what string, w herd.WorkerInfo) {
@@ -375,13 +389,7 @@ func hooksServer() *herd.Server {
 // closes a hijacked connection, which the server no longer tracks and the
 // drain would otherwise wait for until its timeout.
 func TestRegisterOnShutdownRuns(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv("HERD_TEST_SERVER", "hooks")
-	t.Setenv("HERD_TEST_DIR", dir)
-	srv := hooksServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
+	srv, dir := startHooks(t)
 	c, err := net.Dial("tcp", srv.Addrs()[0])
 	if err != nil {
 		t.Fatal(err)
@@ -410,13 +418,7 @@ func TestRegisterOnShutdownRuns(t *testing.T) {
 // OnWorkerStop after they finish, across a reload; an OnWorkerStart that
 // fails fails the reload, and the running generation serves on.
 func TestWorkerHooksAndIdentity(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv("HERD_TEST_SERVER", "hooks")
-	t.Setenv("HERD_TEST_DIR", dir)
-	srv := hooksServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
+	srv, dir := startHooks(t)
 	defer srv.Close()
 	has := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
 	for _, f := range []string{"start-0-1-2", "start-1-1-2"} {
@@ -487,13 +489,7 @@ func TestTestBinaryTrap(t *testing.T) {
 // drain timeout, and loses it then (the server's base context ends with
 // serving).
 func TestDrainKeepsRequestContexts(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv("HERD_TEST_SERVER", "hooks")
-	t.Setenv("HERD_TEST_DIR", dir)
-	srv := hooksServer()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
+	srv, dir := startHooks(t)
 	go http.Get("http://" + srv.Addrs()[0] + "/wait")
 	waitActive(srv)
 	start := time.Now()

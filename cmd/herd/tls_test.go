@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,9 +10,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,6 +183,37 @@ func TestTLSCheck(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, tc.want) || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 			t.Errorf("%v: exit %d %q; want one line with %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// Keep-alive over HTTPS: a client's requests go over one connection, one
+// handshake, with either engine (each request's background read ends with
+// a deadline; a worker whose connections' errors were not net.Errors made
+// crypto/tls give up the connection after its first request).
+func TestTLSKeepAlive(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) {
+			root, _ := docroot(t)
+			cert, key := writeCert(t, t.TempDir(), 1)
+			_, tlsAddr := startTLS(t, root, cert, key, "--workers", "1", "--engine", engine)
+			client := tlsClient()
+			client.Transport.(*http.Transport).DisableKeepAlives = false
+			client.Transport.(*http.Transport).TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			for i := range 4 {
+				reused := false
+				trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", "https://"+tlsAddr+"/hello.txt", nil)
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(body) != "hello, herd\n" || (i > 0 && !reused) {
+					t.Fatalf("request %d: %q, connection reused: %v", i+1, body, reused)
+				}
+			}
+		})
 	}
 }
 

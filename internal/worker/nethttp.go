@@ -31,8 +31,21 @@ type httpEngine struct {
 	tls      *tls.Config  // if set, connections are TLS (serveTLS)
 	endBase  func()       // cancels the server's base context
 	inflight atomic.Int64 // handlers running
-	fresh    sync.Map     // connections whose first request has not been read
-	freshN   atomic.Int64 // how many
+	freshN   atomic.Int64 // connections whose first request has not been read
+}
+
+// freshFlag is the flag on a connection that says its first request has
+// not been read yet: a field of countedConn, under crypto/tls's if any (a
+// map of connections would cost a lookup at every request's two state
+// changes).
+func freshFlag(c net.Conn) *atomic.Bool {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	if cc, ok := c.(*countedConn); ok {
+		return &cc.fresh
+	}
+	return nil
 }
 
 func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), st *shm.Record, log *slog.Logger) *httpEngine {
@@ -65,11 +78,13 @@ func newHTTPEngine(addr net.Addr, h http.Handler, configure func(*http.Server), 
 	// (see Run).
 	user := srv.ConnState
 	srv.ConnState = func(c net.Conn, state http.ConnState) {
-		if state == http.StateNew {
-			e.fresh.Store(c, true)
-			e.freshN.Add(1)
-		} else if _, ok := e.fresh.LoadAndDelete(c); ok {
-			e.freshN.Add(-1)
+		if f := freshFlag(c); f != nil {
+			if state == http.StateNew {
+				f.Store(true)
+				e.freshN.Add(1)
+			} else if f.CompareAndSwap(true, false) {
+				e.freshN.Add(-1)
+			}
 		}
 		if user != nil {
 			user(c, state)
@@ -244,8 +259,9 @@ func fdConn(fd int) (net.Conn, error) {
 // behind a plain Write wrapper would silently copy through user space.
 type countedConn struct {
 	net.Conn
-	st   *shm.Record
-	once sync.Once
+	st    *shm.Record
+	once  sync.Once
+	fresh atomic.Bool // the first request has not been read (freshFlag)
 }
 
 // newCountedConn wraps a connection the strategy has already counted as

@@ -50,7 +50,30 @@ func newSockConn(fd int) (*sockConn, error) {
 func (c *sockConn) LocalAddr() net.Addr  { return c.local }
 func (c *sockConn) RemoteAddr() net.Addr { return c.remote }
 
-// Read returns io.EOF at the end, as a net.Conn does (an *os.File does too).
+// Read and Write return errors as net's connections do: a *net.OpError,
+// which is a net.Error (Timeout and Temporary), not the *os.PathError an
+// *os.File returns. crypto/tls keeps a connection usable after a read
+// error only if it is a temporary net.Error, and net/http ends every
+// request's background read with a deadline in the past: with PathErrors
+// every TLS connection broke after its first request (keep-alive over
+// HTTPS fell to one full handshake per request). io.EOF stays io.EOF.
+func (c *sockConn) Read(p []byte) (int, error) {
+	n, err := c.File.Read(p)
+	return n, c.opError("read", err)
+}
+
+func (c *sockConn) Write(p []byte) (int, error) {
+	n, err := c.File.Write(p)
+	return n, c.opError("write", err)
+}
+
+func (c *sockConn) opError(op string, err error) error {
+	var pe *os.PathError
+	if err == nil || err == io.EOF || !errors.As(err, &pe) {
+		return err
+	}
+	return &net.OpError{Op: op, Net: c.local.Network(), Source: c.local, Addr: c.remote, Err: pe.Err}
+}
 
 // CloseWrite shuts the sending side down: net/http's graceful close of a
 // connection with unread input.

@@ -76,6 +76,15 @@ func TestSockConn(t *testing.T) {
 		}
 	}
 
+	// A read cut by a deadline is a temporary net.Error, as net's are:
+	// crypto/tls gives up a connection after any other read error.
+	c.SetReadDeadline(time.Now().Add(-time.Second))
+	_, err = c.Read(make([]byte, 1))
+	//lint:ignore SA1019 crypto/tls asks Temporary, so the test does
+	if ne, ok := err.(net.Error); !ok || !ne.Timeout() || !ne.Temporary() {
+		t.Errorf("read past the deadline: %v (%T), want a temporary net.Error timeout", err, err)
+	}
+
 	client.Write([]byte("ping"))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 4)

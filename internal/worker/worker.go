@@ -299,13 +299,12 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 // strategy (accept.Waiters) needs one, and one more must then stay idle —
 // Go's sysmon otherwise takes the P of every such call after 20µs and
 // wakes every 20µs itself — besides the one that runs the goroutines. The
-// native engine's loop holds a P while it waits (httpd's wait) and needs
-// one more for the rest. A net/http worker with a strategy that waits in
+// native engine's loop holds a P while it waits (httpd's wait); its
+// goroutines' P is then mostly idle and serves as the idle one. A net/http worker with a strategy that waits in
 // Go's netpoller (go) needs one P in all: net/http then runs on one
-// thread, as a prefork worker is meant to; with the default GOMAXPROCS
-// (every CPU, in every worker) its threads wake one another, measured at
-// 0.2-0.4 context switches per keep-alive request against 0.01 (see
-// bench/library.sh).
+// thread, as a prefork worker is meant to (bench/library.sh: 0.02 context
+// switches per keep-alive request, against 0.29 with exclusive's
+// accepting thread and its Ps).
 func (w *proc) setProcs(lanes []lane) {
 	spec := w.spec
 	want := 1
@@ -318,11 +317,12 @@ func (w *proc) setProcs(lanes []lane) {
 				waiters += accept.Waiters(spec.Strategy, spec.Accept, l.listeners)
 			}
 		}
-		if waiters > 0 {
-			want += waiters + 1
-		}
-		if spec.Engine == "native" {
-			want++ // the loop's held P
+		want += waiters
+		switch {
+		case spec.Engine == "native":
+			want++ // the loop's held P; the goroutines' P is mostly idle
+		case waiters > 0:
+			want++ // net/http keeps the goroutines' P busy: one idle beside it
 		}
 	}
 	if want > 0 {
