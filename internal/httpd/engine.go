@@ -68,7 +68,9 @@ type Config struct {
 	Log               *slog.Logger
 
 	// AccessLog, if set, gets one Common Log Format line per answer, in
-	// one Write each, from the loop's thread.
+	// one Write each, from the thread that answered: the loop's, or an
+	// accepting thread's front (front.go) — so Write must be safe for
+	// concurrent use, as OnRequest must be.
 	AccessLog io.Writer
 	// RedirectHTTPS, if set (":443", ":8443"), answers every request with a
 	// permanent redirect to the same host, path and query over HTTPS on
