@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,7 +22,7 @@ import (
 // calls, the epoll_ctl and a close. It sets what net sets on a TCP
 // connection it accepts (TCP_NODELAY, keep-alive probes).
 type sockConn struct {
-	*os.File
+	f             *os.File // not embedded: its Fd method would make the socket blocking, behind the netpoller's back
 	local, remote net.Addr
 }
 
@@ -44,11 +46,19 @@ func newSockConn(fd int) (*sockConn, error) {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
 	}
-	return &sockConn{File: os.NewFile(uintptr(fd), ""), local: local, remote: remote}, nil
+	return &sockConn{f: os.NewFile(uintptr(fd), ""), local: local, remote: remote}, nil
 }
 
-func (c *sockConn) LocalAddr() net.Addr  { return c.local }
-func (c *sockConn) RemoteAddr() net.Addr { return c.remote }
+func (c *sockConn) LocalAddr() net.Addr                { return c.local }
+func (c *sockConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *sockConn) Close() error                       { return c.f.Close() }
+func (c *sockConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
+func (c *sockConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
+func (c *sockConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+
+// SyscallConn gives the descriptor to code that sets socket options, as
+// a *net.TCPConn's does.
+func (c *sockConn) SyscallConn() (syscall.RawConn, error) { return c.f.SyscallConn() }
 
 // Read and Write return errors as net's connections do: a *net.OpError,
 // which is a net.Error (Timeout and Temporary), not the *os.PathError an
@@ -58,12 +68,12 @@ func (c *sockConn) RemoteAddr() net.Addr { return c.remote }
 // every TLS connection broke after its first request (keep-alive over
 // HTTPS fell to one full handshake per request). io.EOF stays io.EOF.
 func (c *sockConn) Read(p []byte) (int, error) {
-	n, err := c.File.Read(p)
+	n, err := c.f.Read(p)
 	return n, c.opError("read", err)
 }
 
 func (c *sockConn) Write(p []byte) (int, error) {
-	n, err := c.File.Write(p)
+	n, err := c.f.Write(p)
 	return n, c.opError("write", err)
 }
 
@@ -82,7 +92,7 @@ func (c *sockConn) CloseWrite() error {
 }
 
 func (c *sockConn) control(f func(fd int) error) error {
-	rc, err := c.File.SyscallConn()
+	rc, err := c.f.SyscallConn()
 	if err != nil {
 		return err
 	}
@@ -114,7 +124,7 @@ func (c *sockConn) ReadFrom(r io.Reader) (int64, error) {
 	if err != nil {
 		return io.Copy(writerOnly{c}, r)
 	}
-	crc, err := c.File.SyscallConn()
+	crc, err := c.f.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
