@@ -50,13 +50,14 @@ type kernelCount struct {
 	stderr *tailBuffer
 }
 
-// perfProbe remembers whether perf can count syscall tracepoints here.
+// perfProbe remembers whether perf can count syscall tracepoints here: a
+// property of the machine, asked once per process.
 var perfProbe = sync.OnceValue(func() bool {
 	return exec.Command("perf", "stat", "-a", "-e", "syscalls:sys_enter_accept4", "--", "true").Run() == nil
 })
 
-// startKernelCount starts counting for the threads of pids (and their
-// processes' threads), with perf if it can, else with strace, else
+// startKernelCount starts counting for the processes pids and every
+// thread they have or start, with perf if it can, else with strace, else
 // returns an error saying neither is there.
 func startKernelCount(pids []int) (*kernelCount, error) {
 	if len(pids) == 0 {
