@@ -276,6 +276,12 @@ func TestFdpassResendsWhenWorkerDies(t *testing.T) {
 	// A stopped process neither reads its control socket nor acknowledges:
 	// what the master sends it stays in flight.
 	must(t, syscall.Kill(victim, syscall.SIGSTOP))
+	// Only once it has stopped: a connection it took in the meantime and
+	// was stopped serving would die with it, as with any worker killed
+	// mid-request (the master closes its copy once a worker has taken one).
+	for deadline := time.Now().Add(5 * time.Second); procState(victim) != "T" && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	done := make(chan loadResult)
 	go func() {
 		done <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 4, 40, 30*time.Second, nil)
@@ -289,6 +295,19 @@ func TestFdpassResendsWhenWorkerDies(t *testing.T) {
 	if !h.logged("fdpass: re-sending connections", 5*time.Second) {
 		t.Errorf("no connection was in flight to the stopped worker, so nothing was tested:\n%s", h.Log())
 	}
+}
+
+// procState is a process's state letter from /proc/PID/stat ("T": stopped).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2 : i+3]
+	}
+	return ""
 }
 
 // Nothing dropped, for every strategy: a client loop of new connections

@@ -53,8 +53,13 @@ func (f *fdpass) Serve(deliver func(fd int)) error {
 	st := f.cfg.Stats
 	stop := f.cfg.Passes(func(p Passed) {
 		st.Inc(shm.Wakeups)
-		st.Store(shm.Passed, p.Seq) // taken: the master may close its copy
-		accepted(st, p.FD, deliver)
+		// Active before Passed: from the moment the master may close its
+		// copy, the worker shows that it holds a connection (herd bench
+		// --chaos kills only workers that hold none).
+		st.Inc(shm.Active)
+		st.Store(shm.Passed, p.Seq)
+		st.Inc(shm.Accepts)
+		deliver(p.FD)
 	})
 	<-f.stop
 	stop()
