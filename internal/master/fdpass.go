@@ -231,7 +231,7 @@ func (d *dispatcher) send(p *proc, fd int) bool {
 }
 
 // whenIdle calls fn (in a new goroutine) once nothing sent to the retired
-// worker p is waiting for its acknowledgement — at once if nothing is. The
+// worker p is still to be taken by it — at once if nothing is. The
 // master stops a worker only then, so a stopping worker never has to drop
 // a descriptor that reached it too late to be served.
 func (d *dispatcher) whenIdle(p *proc, fn func()) {
@@ -295,8 +295,8 @@ func (d *dispatcher) exited(p *proc) {
 }
 
 // stopWorker stops sending to p; a graceful stop waits until p has taken
-// what was already sent (a second at most: a worker that never
-// acknowledges).
+// what was already sent (a second at most: a worker that never takes
+// it).
 func (d *dispatcher) stopWorker(p *proc, sig unix.Signal) {
 	d.retire(p)
 	if sig != unix.SIGQUIT {

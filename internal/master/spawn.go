@@ -282,7 +282,7 @@ func (m *Master) reap(p *proc, err error) {
 	delete(m.procs, p)
 	m.live.remove(p)
 	// The control socket stays open until the strategy's half is done
-	// with the worker (fdpass takes back what it did not acknowledge).
+	// with the worker (fdpass takes back what it did not take).
 	m.half.exited(p)
 	p.ctrl.Close()
 	m.board.Release(p.rec)
