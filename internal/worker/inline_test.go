@@ -43,3 +43,23 @@ func TestInlineStrategies(t *testing.T) {
 		}
 	}
 }
+
+// herd serve's TLS workers collect garbage a fifth as often, unless GOGC
+// says otherwise; a program's workers keep the runtime's default.
+func TestGCPercent(t *testing.T) {
+	for _, tc := range []struct {
+		env, engine string
+		tls         bool
+		want        int
+		set         bool
+	}{
+		{"", "native", true, 400, true},
+		{"100", "native", true, 0, false},
+		{"", "native", false, 0, false},
+		{"", "", true, 0, false},
+	} {
+		if got, set := gcPercent(tc.env, tc.engine, tc.tls); got != tc.want || set != tc.set {
+			t.Errorf("gcPercent(%q, %q, %v) = %d, %v; want %d, %v", tc.env, tc.engine, tc.tls, got, set, tc.want, tc.set)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,6 +242,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
 	}
 	w.setProcs(lanes)
+	if pct, ok := gcPercent(os.Getenv("GOGC"), spec.Engine, len(secure) > 0); ok {
+		debug.SetGCPercent(pct)
+	}
 	if lanes[0].beat != nil { // no native loop to beat
 		stopBeat := heartbeat(st, lanes[0].beat)
 		defer stopBeat()
@@ -330,6 +334,22 @@ func (w *proc) setProcs(lanes []lane) {
 			w.log.Debug("GOMAXPROCS set", "was", n, "now", want)
 		}
 	}
+}
+
+// gcPercent is the GOGC a worker sets, if any: none when the environment
+// names one (the operator's, or the program's), and 400 for a herd serve
+// worker (the native engine) with TLS listeners. Its own heap is small —
+// the engine allocates almost nothing — and its garbage is crypto/tls's,
+// made at every handshake: collecting a fifth as often gave 7-15% more
+// full handshakes per second (wrk -t1 -c8 "Connection: close" over HTTPS,
+// 2 workers, GOGC=100 against 400 side by side, 3 rounds), for a heap of a
+// few megabytes more per worker. A program's own workers keep the
+// runtime's default: their heap is the program's.
+func gcPercent(env, engine string, tls bool) (int, bool) {
+	if env != "" || engine != "native" || !tls {
+		return 0, false
+	}
+	return 400, true
 }
 
 // serve runs each lane's engine fed by its strategy (or accepting inline),
