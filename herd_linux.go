@@ -15,6 +15,7 @@ import (
 	"github.com/herd-run/herd/internal/accept"
 	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/master"
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"github.com/herd-run/herd/internal/worker"
 	"golang.org/x/sys/unix"
@@ -109,8 +110,11 @@ func (s *Server) Check() error {
 
 func (s *Server) masterConfig(log *slog.Logger) master.Config {
 	listen := s.Listen
-	if len(listen) == 0 && len(s.TLSListen) == 0 && os.Getenv("LISTEN_FDS") == "" {
-		listen = []string{":8080"} // unless systemd passes sockets
+	if len(listen) == 0 && len(s.TLSListen) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(proto.UpgradeEnv) == "" {
+		// Unless systemd passes sockets, or an upgrading master passes
+		// its own (which systemd may have given it): those are taken as
+		// they are.
+		listen = []string{":8080"}
 	}
 	tlsProgram := s.TLSConfig != nil && (len(s.TLSConfig.Certificates) > 0 || s.TLSConfig.GetCertificate != nil ||
 		s.TLSConfig.GetConfigForClient != nil)

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/master"
 )
 
 // Socket activation: under systemd-socket-activate (Debian's systemd
@@ -95,4 +97,61 @@ func TestSystemdNotify(t *testing.T) {
 		t.Errorf("unexpected notification %q (from a worker?)", m)
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// Socket activation with HTTPS: systemd passes :80-like and :443-like
+// sockets, the second named "https" (FileDescriptorName=https); herd
+// serves TLS on that one and plain HTTP on the other, and still does after
+// a binary upgrade (the new master learns which inherited sockets are TLS
+// from the old one).
+func TestSocketActivationTLS(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate not installed (.ci/run installs systemd)")
+	}
+	root, _ := docroot(t)
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		must(t, err)
+		defer l.Close()
+		return l.Addr().String()
+	}
+	plainAddr, tlsAddr := free(), free()
+	cert, key := writeCert(t, t.TempDir(), 1)
+	first := make(chan bool, 1)
+	go func() { // the first connection starts herd
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if code, _, err := get(tlsClient(), "https://"+tlsAddr+"/hello.txt"); err == nil && code == 200 {
+				first <- true
+				return
+			}
+		}
+		first <- false
+	}()
+	h := startWrapped(t, []string{activate, "-l", plainAddr, "-l", tlsAddr, "--fdname=http:https", "-E", "HERD_TEST_MAIN=1"},
+		root, "--workers", "2", "--tls-cert", cert, "--tls-key", key)
+	if !<-first {
+		t.Fatalf("no HTTPS answer on the socket named https:\n%s", h.Log())
+	}
+	check := func(when string) {
+		t.Helper()
+		if code, body, err := get(tlsClient(), "https://"+tlsAddr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+			t.Errorf("%s: HTTPS on %s: %d %q %v", when, tlsAddr, code, body, err)
+		}
+		if code, body, err := get(client(), "http://"+plainAddr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+			t.Errorf("%s: plain HTTP on %s: %d %q %v", when, plainAddr, code, body, err)
+		}
+	}
+	check("started")
+	old := h.pid()
+	must(t, syscall.Kill(old, syscall.SIGUSR2))
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if pid, err := master.ReadPIDFile(h.pidFile); err == nil && pid != old && !alive(old) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the upgrade did not finish:\n%s", h.Log())
+		}
+	}
+	check("upgraded")
 }

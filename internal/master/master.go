@@ -210,13 +210,23 @@ func (m *Master) open() error {
 		if cfg.Strategy == "reuseport" {
 			return errors.New("reuseport makes its own sockets; it cannot use systemd's")
 		}
-		if m.sockets, err = activated(); err != nil {
+		plain, secure, err := activated()
+		if err != nil {
 			return err
 		}
-		for _, s := range m.sockets {
+		// Plain first, then TLS: a worker knows its TLS listeners by
+		// position (Config.addresses).
+		m.sockets = append(plain, secure...)
+		for _, s := range plain {
 			m.cfg.Listen = append(m.cfg.Listen, s.Addr)
 		}
-		m.log.Info("using sockets from systemd", "listen", strings.Join(m.cfg.Listen, ","))
+		for _, s := range secure {
+			m.cfg.TLSListen = append(m.cfg.TLSListen, s.Addr)
+		}
+		if err := checkTLS(m.cfg); err != nil {
+			return err // checked before open against no TLS listener at all
+		}
+		m.log.Info("using sockets from systemd", "listen", strings.Join(m.cfg.Listen, ","), "tls", strings.Join(m.cfg.TLSListen, ","))
 	} else if in != nil {
 		if err := m.adopt(in); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/herd-run/herd/internal/proto"
 	"golang.org/x/sys/unix"
 )
 
@@ -241,6 +242,11 @@ func prepareAccessLog(path string, c *Credentials) error {
 // came from.
 func checkTLS(cfg Config) error {
 	files := cfg.TLSCert != "" || cfg.TLSKey != ""
+	if len(cfg.addresses()) == 0 && (os.Getenv("LISTEN_FDS") != "" || os.Getenv(proto.UpgradeEnv) != "") && (files || cfg.TLSProgram) {
+		// systemd's sockets, or an upgrading master's from systemd, may
+		// include TLS ones (named "https"): open checks again once it has them.
+		return nil
+	}
 	switch {
 	case len(cfg.TLSListen) == 0 && cfg.RedirectHTTPS:
 		return errors.New("tls: --redirect-https needs a TLS listener (--tls-listen)")

@@ -4,6 +4,7 @@ package master
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -18,33 +19,42 @@ func notify(state string) {
 	daemon.SdNotify(false, state)
 }
 
+// tlsSocketNames are the FileDescriptorName= values (LISTEN_FDNAMES) that
+// make an activated socket a TLS listener: a .socket unit for :443 names
+// its sockets "https".
+var tlsSocketNames = []string{"https", "tls"}
+
 // activated returns the listening sockets systemd passed (socket
-// activation: LISTEN_FDS, LISTEN_PID), or nil when there are none. It is
-// used only when no --listen address is given.
-func activated() ([]*Socket, error) {
+// activation: LISTEN_FDS, LISTEN_PID), plain ones and TLS ones (named in
+// tlsSocketNames), or none. It is used only when no address is given.
+func activated() (plain, secure []*Socket, err error) {
 	files := activation.Files(true) // unsets LISTEN_*: workers must not see them
-	var out []*Socket
 	for _, f := range files {
 		// Keep the descriptor bare (see Socket): take it from the *os.File
 		// without Fd, which would make the socket blocking, and without
 		// Close, which would close it.
 		rc, err := f.SyscallConn()
 		if err != nil {
-			return nil, fmt.Errorf("socket activation: %w", err)
+			return nil, nil, fmt.Errorf("socket activation: %w", err)
 		}
 		var fd int
 		rc.Control(func(x uintptr) { fd, err = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0) })
 		if err != nil {
-			return nil, fmt.Errorf("socket activation: dup: %w", err)
+			return nil, nil, fmt.Errorf("socket activation: dup: %w", err)
 		}
+		name := f.Name()
 		f.Close()
 		sa, err := getsockname(fd)
 		if err != nil {
-			return nil, fmt.Errorf("socket activation: fd %d: %w", fd, err)
+			return nil, nil, fmt.Errorf("socket activation: fd %d: %w", fd, err)
 		}
-		out = append(out, &Socket{Addr: sa, fd: fd})
+		if slices.Contains(tlsSocketNames, name) {
+			secure = append(secure, &Socket{Addr: sa, fd: fd})
+		} else {
+			plain = append(plain, &Socket{Addr: sa, fd: fd})
+		}
 	}
-	return out, nil
+	return plain, secure, nil
 }
 
 func getsockname(fd int) (string, error) {

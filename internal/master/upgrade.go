@@ -35,6 +35,7 @@ import (
 // proto.UpgradeEnv.
 type inheritance struct {
 	Listen  []string      `json:"listen"`             // addresses, in fd order from proto.FirstInheritedFD
+	TLS     int           `json:"tls,omitempty"`      // how many of them, at the end, are TLS listeners
 	Reuse   map[int][]int `json:"reuse,omitempty"`    // reuseport: slot → fd indexes
 	AdminFD int           `json:"admin_fd,omitempty"` // the admin endpoint's socket, if any
 	ReadyFD int           `json:"ready_fd"`           // write "ready" here once serving
@@ -65,6 +66,7 @@ func (m *Master) startUpgrade() {
 	for _, s := range m.sockets {
 		in.Listen = append(in.Listen, s.Addr)
 	}
+	in.TLS = len(m.cfg.TLSListen) // the last ones (Config.addresses)
 	if slots := m.half.slots(); slots != nil {
 		in.Reuse = map[int][]int{}
 		for _, slot := range slices.Sorted(maps.Keys(slots)) {
@@ -231,7 +233,13 @@ func (m *Master) adopt(in *inheritance) error {
 		return errors.New("upgrade: between reuseport and another strategy the sockets differ; restart instead")
 	}
 	if len(m.cfg.addresses()) == 0 {
-		m.cfg.Listen = in.Listen
+		// Sockets systemd gave the old master: the new one has no
+		// addresses of its own, and learns which are TLS from the old.
+		n := len(in.Listen) - min(max(in.TLS, 0), len(in.Listen))
+		m.cfg.Listen, m.cfg.TLSListen = in.Listen[:n], in.Listen[n:]
+		if err := checkTLS(m.cfg); err != nil {
+			return fmt.Errorf("upgrade: %w", err)
+		}
 	}
 	addrs := m.cfg.addresses()
 	match := make([]int, len(addrs)) // configured j → inherited k, or -1
