@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,13 +436,7 @@ func polledListeners(t *testing.T, pid int, addr string) []int {
 // old addresses by position and silently serve the old port.
 func TestUpgradeFollowsEditedListen(t *testing.T) {
 	root, _ := docroot(t)
-	port := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		must(t, err)
-		defer l.Close()
-		return l.Addr().String()
-	}
-	a, b := port(), port()
+	a, b := freeAddr(t), freeAddr(t)
 	cfg := filepath.Join(t.TempDir(), "herd.toml")
 	write := func(addrs ...string) {
 		must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("workers = 1\nlisten = [\"%s\"]\n", strings.Join(addrs, `", "`))), 0o644))

@@ -110,13 +110,7 @@ func TestSocketActivationTLS(t *testing.T) {
 		t.Skip("systemd-socket-activate not installed (.ci/run installs systemd)")
 	}
 	root, _ := docroot(t)
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		must(t, err)
-		defer l.Close()
-		return l.Addr().String()
-	}
-	plainAddr, tlsAddr := free(), free()
+	plainAddr, tlsAddr := freeAddr(t), freeAddr(t)
 	cert, key := writeCert(t, t.TempDir(), 1)
 	first := make(chan bool, 1)
 	go func() { // the first connection starts herd
