@@ -94,13 +94,7 @@ func (s *netpoll) Serve(deliver func(fd int)) error {
 	wg.Wait()
 	close(errs)
 	if s.acceptQueuedOnStop {
-		for _, l := range s.cfg.Listeners {
-			all := s.cfg
-			all.MultiAccept = true // until EAGAIN: the descriptor is non-blocking
-			if k, _ := acceptBurst(l, &all, &s.out, deliver); k > 0 {
-				s.cfg.Stats.Inc(shm.Wakeups)
-			}
-		}
+		acceptQueued(&s.cfg, &s.out, deliver)
 	}
 	return <-errs
 }

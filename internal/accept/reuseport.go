@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/herd-run/herd/internal/shm"
-	"golang.org/x/sys/unix"
 )
 
 // Strategy "reuseport": one SO_REUSEPORT socket per worker slot (seeds 002
@@ -37,7 +36,7 @@ func newReuseport(cfg Config) (Strategy, error) {
 		if err := setNonblock(cfg.Listeners); err != nil {
 			return nil, err
 		}
-		return &ownQueue{cfg: cfg}, nil
+		return &ownQueue{&epollStrategy{cfg: cfg, name: "reuseport"}}, nil
 	}
 	if cfg.Threads == 1 {
 		s, err := newNetpoll(cfg)
@@ -57,54 +56,38 @@ func newReuseport(cfg Config) (Strategy, error) {
 	return b, nil
 }
 
-// ownQueue is reuseport inside an engine's loop: the worker's own sockets,
-// level-triggered, with no one else waiting on them.
+// ownQueue is reuseport inside an engine's loop: epoll.go's inline form on
+// the worker's own sockets — level-triggered, not exclusive, since no one
+// else waits on them — which, leaving, empties their queues.
 type ownQueue struct {
-	cfg Config
-	out exhaustion
+	*epollStrategy
 }
 
-// Serve and Stop: an ownQueue is only ever run inline.
+// Serve and Stop: an ownQueue is only ever run inline (it has no stop
+// event for accepting threads).
 func (q *ownQueue) Serve(func(fd int)) error {
 	return fmt.Errorf("reuseport: made for an engine's loop, not for accepting threads")
 }
 func (q *ownQueue) Stop() {}
 
-func (q *ownQueue) Attach(ep int, base int32) error {
-	for i, l := range q.cfg.Listeners {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: base + int32(i)}
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.FD, &ev); err != nil {
-			return fmt.Errorf("reuseport: watch %s: %w", l.Addr, err)
-		}
-	}
-	return nil
-}
-
-func (q *ownQueue) Ready(ep int, i int, deliver func(fd int)) error {
-	st := q.cfg.Stats
-	st.Inc(shm.Wakeups)
-	k, err := acceptBurst(q.cfg.Listeners[i], &q.cfg, &q.out, deliver)
-	if err != nil {
-		return fmt.Errorf("reuseport: %w", err)
-	}
-	if k == 0 {
-		st.Inc(shm.Spurious) // a connection reset while queued
-	}
-	return nil
-}
-
 // Detach leaves the sockets and, unless the worker closes at once, first
 // accepts what is queued on them: no other worker will.
 func (q *ownQueue) Detach(ep int, deliver func(fd int)) {
-	for _, l := range q.cfg.Listeners {
-		unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, l.FD, nil)
-		if deliver == nil {
-			continue
-		}
-		all := q.cfg
-		all.MultiAccept = true // until EAGAIN
-		if k, _ := acceptBurst(l, &all, &q.out, deliver); k > 0 {
-			q.cfg.Stats.Inc(shm.Wakeups)
+	q.epollStrategy.Detach(ep, deliver)
+	if deliver != nil {
+		acceptQueued(&q.cfg, &q.out, deliver)
+	}
+}
+
+// acceptQueued accepts what is already queued on cfg's listeners, which
+// are non-blocking, until EAGAIN: a reuseport slot's socket is its
+// worker's alone, and is closed after a stopping worker has gone.
+func acceptQueued(cfg *Config, out *exhaustion, deliver func(fd int)) {
+	all := *cfg
+	all.MultiAccept = true
+	for _, l := range cfg.Listeners {
+		if k, _ := acceptBurst(l, &all, out, deliver); k > 0 {
+			cfg.Stats.Inc(shm.Wakeups)
 		}
 	}
 }
