@@ -11,17 +11,11 @@
 #   REQUESTS=3000 STRATEGIES=accept,flock,mutex,reuseport,fdpass,exclusive,epoll,go bench/lab-peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 REQUESTS=${REQUESTS:-3000}
 STRATEGIES=${STRATEGIES:-accept,flock,mutex,reuseport,fdpass,exclusive,nginx,epoll,go}
 
-need=()
-command -v uwsgi >/dev/null || need+=(uwsgi uwsgi-plugin-python3)
-command -v nginx >/dev/null || need+=(nginx)
-command -v gunicorn >/dev/null || need+=(gunicorn)
-command -v perf >/dev/null || need+=(linux-perf)
-if [ ${#need[@]} -gt 0 ]; then
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing uwsgi=uwsgi,uwsgi-plugin-python3 nginx gunicorn perf=linux-perf
 
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT

@@ -22,3 +22,19 @@ ctx_switches() {
 	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(ctx_switches "$c"))); done
 	echo "$total"
 }
+
+# install_missing COMMAND[=PACKAGES]...: installs from Debian the packages
+# of every COMMAND not on the PATH (PACKAGES defaults to COMMAND; several
+# are separated by commas).
+install_missing() {
+	local need=() c pkgs
+	for c in "$@"; do
+		if ! command -v "${c%%=*}" >/dev/null; then
+			IFS=, read -r -a pkgs <<<"${c#*=}"
+			need+=("${pkgs[@]}")
+		fi
+	done
+	if [ ${#need[@]} -gt 0 ]; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+	fi
+}

@@ -22,14 +22,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${STRATEGY:-exclusive}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v h2o >/dev/null || need+=(h2o)
-command -v lighttpd >/dev/null || need+=(lighttpd)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx h2o lighttpd wrk curl
 
 dir=$(mktemp -d)
 chmod 755 "$dir"
