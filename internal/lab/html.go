@@ -59,7 +59,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 			barChart("accept4 calls per connection, counted by the kernel", "every server alike; above 1.0: processes woken for a connection another took",
 				labels, kernel(func(k *KernelCounts) uint64 { return k.Accept4 }), "%.3f", "#1e8449"),
 			barChart("Wakeups per connection", "voluntary context switches of all the server's threads (/proc): sleeps a wakeup ended, any reason",
-				labels, pick(func(x Run) float64 { return float64(x.CtxSwitchesVoluntary) / float64(max(1, x.Requests+x.Errors)) }), "%.2f", "#a93226"))
+				labels, pick(Run.WakeupsPerRequest), "%.2f", "#a93226"))
 	}
 	return page.Execute(w, data)
 }

@@ -194,6 +194,12 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 }
 
+// WakeupsPerRequest is the server's voluntary context switches per
+// request: each a sleep that some wakeup ended, whatever the server.
+func (x Run) WakeupsPerRequest() float64 {
+	return float64(x.CtxSwitchesVoluntary) / float64(max(1, x.Requests+x.Errors))
+}
+
 // Server says whose run it is: "herd", or "peer" for another server.
 func (x Run) Server() string {
 	if x.Peer {
@@ -214,10 +220,10 @@ func (x Run) KernelCell(what string) string {
 	case "failed":
 		return fmt.Sprintf("%.3f", k.PerConn(k.Accept4Failed))
 	case "wakeups":
-		if n := x.Requests + x.Errors; n > 0 {
-			return fmt.Sprintf("%.2f", float64(x.CtxSwitchesVoluntary)/float64(n))
+		if x.Requests+x.Errors == 0 {
+			return "-"
 		}
-		return "-"
+		return fmt.Sprintf("%.2f", x.WakeupsPerRequest())
 	}
 	return k.Method
 }

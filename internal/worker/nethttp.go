@@ -143,7 +143,7 @@ func (e *httpEngine) Run() error {
 
 // Add wraps an accepted descriptor for net/http.
 func (e *httpEngine) Add(fd int) {
-	c, err := fdConn(fd)
+	c, err := newSockConn(fd) // a freshly accepted, non-blocking descriptor
 	if err != nil {
 		e.st.Add(shm.Active, -1)
 		e.log.Warn("wrap accepted connection", "err", err)
@@ -246,12 +246,6 @@ func (h *handoff) finish() { h.once.Do(func() { close(h.finished) }) }
 func (h *handoff) Close() error { h.finish(); return nil }
 
 func (h *handoff) Addr() net.Addr { return h.addr }
-
-// fdConn turns a freshly accepted, non-blocking, close-on-exec descriptor
-// into a net.Conn.
-func fdConn(fd int) (net.Conn, error) {
-	return newSockConn(fd)
-}
 
 // countedConn keeps the scoreboard's Active and BytesOut fields. It must
 // keep ReadFrom reachable: net/http's response writer hands a file body to
