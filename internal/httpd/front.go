@@ -45,7 +45,8 @@ func (e *Engine) Add(fd int) {
 		e.poke()
 		return
 	}
-	f.busySince.Store(time.Now().UnixNano())
+	f.tick() // the front's clock: the answer's Date, durations, and this
+	f.busySince.Store(f.now.UnixNano())
 	f.serveFirst(fd)
 	f.busySince.Store(0)
 	e.mu.Lock()
@@ -92,7 +93,8 @@ func (e *Engine) takeFront() *Engine {
 }
 
 // serveFirst answers what the connection fd brought, on the calling
-// thread, and passes it to the loop if it is still open afterwards.
+// thread, and passes it to the loop if it is still open afterwards. The
+// front's clock has been read (tick).
 func (f *Engine) serveFirst(fd int) {
 	if !f.cfg.Nonblocking {
 		if err := unix.SetNonblock(fd, true); err != nil {
@@ -101,7 +103,6 @@ func (f *Engine) serveFirst(fd int) {
 			return
 		}
 	}
-	f.tick()
 	if f.now.Sub(f.lastCheck) >= 500*time.Millisecond {
 		f.files.refreshRoot() // the loop's sweep logs a root that changed or went
 		f.lastCheck = f.now
