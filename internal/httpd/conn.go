@@ -3,6 +3,7 @@
 package httpd
 
 import (
+	"crypto/tls"
 	"time"
 
 	"github.com/herd-run/herd/internal/shm"
@@ -55,6 +56,12 @@ type conn struct {
 	logging     bool      // logLine holds the start of this answer's access log line
 	logLine     []byte    // "peer - - [time] "request" ", completed when the answer ends
 	peer        string    // the client's address, once the access log asked
+
+	// A TLS connection's (tls.go): the bytes pass through crypto/tls.
+	tls        *tls.Conn
+	sock       *tlsSocket
+	sealed     int   // bytes of out sealed into records
+	fileSealed int64 // file bytes sealed, not yet counted as sent
 }
 
 // consumed reports whether everything the client sent has been read and
@@ -77,6 +84,9 @@ func (e *Engine) serve(c *conn, events uint32) {
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
 		c.dry = false
+		if c.sock != nil {
+			c.sock.dry = false
+		}
 	}
 	if c.writing() {
 		if events&unix.EPOLLOUT == 0 || !e.flush(c) {
@@ -211,9 +221,18 @@ func (e *Engine) read(c *conn) bool {
 		copy(grown, c.rbuf)
 		c.rbuf = grown
 	}
-	n, err := rawRead(c.fd, c.rbuf[len(c.rbuf):cap(c.rbuf)])
+	var n int
+	var err error
+	if c.tls != nil {
+		n, err = c.readTLS(c.rbuf[len(c.rbuf):cap(c.rbuf)])
+	} else {
+		n, err = rawRead(c.fd, c.rbuf[len(c.rbuf):cap(c.rbuf)])
+	}
 	switch {
 	case err == unix.EAGAIN:
+		// Over TLS, only now is everything the client sent known to be
+		// read: crypto/tls may hold records after a short read.
+		c.dry = c.tls != nil
 		if c.eof && len(c.rbuf) == 0 {
 			e.closeConn(c)
 		}
@@ -227,7 +246,7 @@ func (e *Engine) read(c *conn) bool {
 	if len(c.rbuf) == 0 {
 		c.since = e.now // a new request starts: the header timeout runs
 	}
-	c.dry = n < cap(c.rbuf)-len(c.rbuf)
+	c.dry = c.tls == nil && n < cap(c.rbuf)-len(c.rbuf)
 	c.rbuf = c.rbuf[:len(c.rbuf)+n]
 	return true
 }
@@ -235,6 +254,9 @@ func (e *Engine) read(c *conn) bool {
 // flush sends what is pending. false: the socket is full (EPOLLOUT will
 // call again) or the connection was closed.
 func (e *Engine) flush(c *conn) bool {
+	if c.tls != nil {
+		return e.flushTLS(c)
+	}
 	for c.outOff < len(c.out) {
 		flags := unix.MSG_NOSIGNAL
 		if c.file != nil || (c.close && c.consumed()) {
@@ -276,9 +298,15 @@ func (e *Engine) flush(c *conn) bool {
 		c.since = e.now
 		e.cfg.Stats.Add(shm.BytesOut, int64(n))
 	}
+	return e.answered(c)
+}
+
+// answered ends an answer that was sent whole, and closes the connection
+// if it is to close. false: the connection was closed.
+func (e *Engine) answered(c *conn) bool {
 	if c.interim {
 		c.interim = false
-		c.out, c.outOff = c.out[:0], 0
+		c.out, c.outOff, c.sealed = c.out[:0], 0, 0
 		return true
 	}
 	e.finishAnswer(c)
@@ -286,9 +314,15 @@ func (e *Engine) flush(c *conn) bool {
 		e.files.release(c.file)
 		c.file = nil
 	}
-	c.out, c.outOff = c.out[:0], 0
+	c.out, c.outOff, c.sealed = c.out[:0], 0, 0
 	c.since = e.now
 	if c.close || e.draining.Load() {
+		if c.tls != nil {
+			if !e.settleTLS(c) {
+				return false
+			}
+			e.closeNotify(c)
+		}
 		if !c.consumed() {
 			e.linger(c)
 		} else {
@@ -373,6 +407,7 @@ func (e *Engine) closeConn(c *conn) {
 	}
 	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)
+	c.tls, c.sock = nil, nil
 	if len(e.free) < 1024 && cap(c.rbuf) <= 8<<10 && cap(c.out) <= 8<<10 {
 		e.free = append(e.free, c)
 	}

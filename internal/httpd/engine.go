@@ -3,6 +3,7 @@
 package httpd
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -90,6 +91,14 @@ type Config struct {
 	// a copy of each (fdpass: the master, until it sees one taken), so
 	// closing one must shut the connection down.
 	Passed bool
+	// TLS, if set, makes every connection TLS (tls.go): handshakes on
+	// goroutines of their own, then served by the loop over crypto/tls.
+	TLS *tls.Config
+	// HTTP2, if set, takes the TLS connections that negotiate "h2" by
+	// ALPN, handshake done; it must close them. Without it, offer only
+	// "http/1.1" in TLS.NextProtos.
+	HTTP2 func(*tls.Conn)
+
 	// ReadFirst: connections arrive with their first bytes already
 	// received (the listeners have TCP_DEFER_ACCEPT), so the loop reads and
 	// answers at once and registers a connection with epoll only if it is
@@ -162,6 +171,11 @@ type Engine struct {
 
 	postReads bool    // accepting under a Cycler: first reads wait in posted
 	posted    []*conn // for the mutex to be released
+	handshakes int          // TLS handshakes under way (under mu)
+	handshaken []handshaken // TLS connections ready for the loop (under mu)
+	stopped    bool         // the loop has ended (under mu): handshakes close what they finish
+	sealBuf    []byte       // a file body's plaintext, read to be sealed (TLS)
+
 	full      bool    // at WorkerConnections: logged once per episode
 	rootGone  bool    // the root's path fails to open: logged once per episode
 }
@@ -308,7 +322,7 @@ func (e *Engine) Run() error {
 func (e *Engine) noPending() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.pending) == 0 && len(e.adopted) == 0
+	return len(e.pending) == 0 && len(e.adopted) == 0 && e.handshakes == 0 && len(e.handshaken) == 0
 }
 
 // tick refreshes the clock and, once a second, the Date header and the
@@ -333,8 +347,8 @@ func (e *Engine) tick() {
 
 func (e *Engine) takePending() {
 	e.mu.Lock()
-	fds, adopted := e.pending, e.adopted
-	e.pending, e.adopted = nil, nil
+	fds, adopted, secured := e.pending, e.adopted, e.handshaken
+	e.pending, e.adopted, e.handshaken = nil, nil, nil
 	e.mu.Unlock()
 	for _, fd := range fds {
 		e.addConn(fd)
@@ -342,10 +356,17 @@ func (e *Engine) takePending() {
 	for _, c := range adopted {
 		e.adopt(c)
 	}
+	for _, h := range secured {
+		e.adoptTLS(h)
+	}
 }
 
 // addConn starts serving an accepted descriptor, on the loop's thread.
 func (e *Engine) addConn(fd int) {
+	if e.cfg.TLS != nil {
+		e.startHandshake(fd)
+		return
+	}
 	if e.atLimit() {
 		unix.Close(fd)
 		e.cfg.Stats.Add(shm.Active, -1)
@@ -486,6 +507,11 @@ func (e *Engine) shutdown() {
 		e.closeConn(c)
 	}
 	e.adopted = nil
+	for _, h := range e.handshaken {
+		rawClose(h.fd)
+		e.cfg.Stats.Add(shm.Active, -1)
+	}
+	e.handshaken, e.stopped = nil, true
 	for _, f := range e.made {
 		f.files.close()
 	}

@@ -37,6 +37,10 @@ import (
 // goroutine but the loop's: the calling thread answers what it brought
 // (see above), and the loop takes it only if it stays open.
 func (e *Engine) Add(fd int) {
+	if e.cfg.TLS != nil {
+		e.startHandshake(fd) // the handshake's goroutine, then the loop
+		return
+	}
 	f := e.takeFront()
 	if f == nil { // no front could be made (the root is gone): the loop serves it
 		e.mu.Lock()

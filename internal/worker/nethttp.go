@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/shm"
 )
 
@@ -143,7 +144,7 @@ func (e *httpEngine) Run() error {
 
 // Add wraps an accepted descriptor for net/http.
 func (e *httpEngine) Add(fd int) {
-	c, err := newSockConn(fd) // a freshly accepted, non-blocking descriptor
+	c, err := httpd.NetConn(fd) // a freshly accepted, non-blocking descriptor
 	if err != nil {
 		e.st.Add(shm.Active, -1)
 		e.log.Warn("wrap accepted connection", "err", err)
@@ -151,6 +152,10 @@ func (e *httpEngine) Add(fd int) {
 	}
 	e.ln.push(newCountedConn(c, e.st))
 }
+
+// pushTLS hands net/http a TLS connection whose handshake is done (the
+// native engine's HTTP/2 connections). Its socket counts itself out.
+func (e *httpEngine) pushTLS(c *tls.Conn) { e.ln.push(c) }
 
 // Drain finishes what was accepted. It does not use http.Server.Shutdown:
 // Shutdown makes a connection that was accepted but whose request has not

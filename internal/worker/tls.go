@@ -11,15 +11,17 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/herd-run/herd/internal/httpd"
 )
 
-// serveTLS makes eng serve TLS with Go's crypto/tls: the certificate from
-// the spec's files and the program's own tls.Config (if any), TLS 1.2 and
-// 1.3 with Go's defaults (which Mozilla's "intermediate" profile agrees
-// with), HTTP/2 negotiated by ALPN with HTTP/1.1 after it, and the session
-// ticket keys the master sends, so that a session resumes on whichever
-// worker the next connection reaches.
-func (w *proc) serveTLS(eng *httpEngine, base *tls.Config) error {
+// tlsConfig is the worker's TLS configuration, for Go's crypto/tls: the
+// certificate from the spec's files and the program's own tls.Config (if
+// any), TLS 1.2 and 1.3 with Go's defaults (which Mozilla's "intermediate"
+// profile agrees with), HTTP/2 negotiated by ALPN with HTTP/1.1 after it,
+// and the session ticket keys the master sends, so that a session resumes
+// on whichever worker the next connection reaches.
+func (w *proc) tlsConfig(base *tls.Config) (*tls.Config, error) {
 	cfg := &tls.Config{}
 	if base != nil {
 		cfg = base.Clone()
@@ -27,12 +29,12 @@ func (w *proc) serveTLS(eng *httpEngine, base *tls.Config) error {
 	if w.spec.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(w.spec.TLSCert, w.spec.TLSKey)
 		if err != nil {
-			return fmt.Errorf("tls: %w", err)
+			return nil, fmt.Errorf("tls: %w", err)
 		}
 		cfg.Certificates = append(cfg.Certificates, cert)
 	}
 	if len(cfg.Certificates) == 0 && cfg.GetCertificate == nil && cfg.GetConfigForClient == nil {
-		return errors.New("tls: no certificate")
+		return nil, errors.New("tls: no certificate")
 	}
 	if cfg.MinVersion == 0 {
 		cfg.MinVersion = tls.VersionTLS12
@@ -53,8 +55,41 @@ func (w *proc) serveTLS(eng *httpEngine, base *tls.Config) error {
 			cfg.SetSessionTicketKeys(keys)
 		}
 	}()
-	eng.tls = cfg
-	return nil
+	return cfg, nil
+}
+
+// withHTTP2 is a TLS lane of the native engine: the loop serves HTTP/1.1
+// over TLS, and hands the connections that negotiate HTTP/2 to net/http
+// beside it (httpd.Config.HTTP2).
+type withHTTP2 struct {
+	native *httpd.Engine
+	h2     *httpEngine
+}
+
+func (l *withHTTP2) Add(fd int) { l.native.Add(fd) }
+
+// Run serves until both have finished. net/http drains only once the loop
+// has: until then a handshake under way may still hand it a connection.
+func (l *withHTTP2) Run() error {
+	h2done := make(chan error, 1)
+	go func() { h2done <- l.h2.Run() }()
+	err := l.native.Run()
+	if err != nil {
+		l.h2.Close()
+	} else {
+		l.h2.Drain()
+	}
+	if herr := <-h2done; err == nil && herr != http.ErrServerClosed {
+		err = herr
+	}
+	return err
+}
+
+func (l *withHTTP2) Drain() { l.native.Drain() } // and net/http after it (Run)
+
+func (l *withHTTP2) Close() {
+	l.native.Close()
+	l.h2.Close()
 }
 
 // decodeTicketKeys reads a proto.TicketKeys text: 32-byte keys, newest first.

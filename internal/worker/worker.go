@@ -12,13 +12,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -216,7 +214,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if spec.Engine == "native" {
 			// The engine's loop beats from here on (httpd's tick): a loop
 			// stuck in a call stops the heartbeat, and the master replaces it.
-			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog)
+			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -226,20 +224,32 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			if spec.RedirectHTTPS != "" {
 				h = countRequests(redirectHTTPS(spec.RedirectHTTPS), st, nil)
 			}
-			eng := newHTTPEngine(listenerAddr(plain[0].FD), h, opts.Configure, st, log)
+			eng := newHTTPEngine(httpd.LocalAddr(plain[0].FD), h, opts.Configure, st, log)
 			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(plain)})
 		}
 	}
 	if len(secure) > 0 {
-		strat, err := newStrategy(secure, false)
+		tlsCfg, err := w.tlsConfig(opts.TLSConfig)
 		if err != nil {
 			return err
 		}
-		eng := newHTTPEngine(listenerAddr(secure[0].FD), handler(), opts.Configure, st, log)
-		if err := w.serveTLS(eng, opts.TLSConfig); err != nil {
+		strat, err := newStrategy(secure, spec.Engine == "native")
+		if err != nil {
 			return err
 		}
-		lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
+		eng := newHTTPEngine(httpd.LocalAddr(secure[0].FD), handler(), opts.Configure, st, log)
+		if spec.Engine == "native" {
+			// HTTP/1.1 over TLS in a loop of its own; net/http beside it
+			// for HTTP/2 (httpd/tls.go).
+			native, inline, err := w.nativeEngine(strat, false, alog, tlsCfg, eng.pushTLS)
+			if err != nil {
+				return err
+			}
+			lanes = append(lanes, lane{name: "native tls engine", eng: &withHTTP2{native, eng}, strat: strat, inline: inline, listeners: len(secure)})
+		} else {
+			eng.tls = tlsCfg
+			lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
+		}
 	}
 	w.setProcs(lanes)
 	if pct, ok := gcPercent(os.Getenv("GOGC"), spec.Engine, len(secure) > 0); ok {
@@ -274,16 +284,23 @@ type lane struct {
 // nativeEngine makes the native engine. With one accepting thread, an
 // epoll-based strategy runs inside the engine's own loop (inline): the
 // listener is in the loop's epoll set.
-func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog) (*httpd.Engine, bool, error) {
+//
+// With secure set it serves TLS, and hands the connections that negotiate
+// HTTP/2 to http2.
+func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog, secure *tls.Config, http2 func(*tls.Conn)) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
 		WorkerConnections: spec.Accept.WithDefaults().WorkerConnections, Stats: w.st, Log: w.log,
-		Nonblocking:   true, // accepted with SOCK_NONBLOCK, here or by the master (fdpass)
-		Passed:        spec.Strategy == "fdpass",
-		ReadFirst:     deferred,
-		OnRequest:     recycler(spec, w.ctrl),
-		RedirectHTTPS: spec.RedirectHTTPS,
+		Nonblocking: true, // accepted with SOCK_NONBLOCK, here or by the master (fdpass)
+		Passed:      spec.Strategy == "fdpass",
+		ReadFirst:   deferred,
+		OnRequest:   recycler(spec, w.ctrl),
+		TLS:         secure,
+		HTTP2:       http2,
+	}
+	if secure == nil {
+		cfg.RedirectHTTPS = spec.RedirectHTTPS
 	}
 	if alog != nil {
 		cfg.AccessLog = alog
@@ -303,8 +320,9 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 // strategy (accept.Waiters) needs one, and one more must then stay idle —
 // Go's sysmon otherwise takes the P of every such call after 20µs and
 // wakes every 20µs itself — besides the one that runs the goroutines. The
-// native engine's loop holds a P while it waits (httpd's wait); its
-// goroutines' P is then mostly idle and serves as the idle one. A net/http worker with a strategy that waits in
+// native engine's loops (one per lane: plain, TLS) each hold a P while
+// they wait (httpd's wait); the goroutines' P — TLS handshakes run there —
+// serves as the idle one. A net/http worker with a strategy that waits in
 // Go's netpoller (go) needs one P in all: net/http then runs on one
 // thread, as a prefork worker is meant to (bench/library.sh: 0.02 context
 // switches per keep-alive request, against 0.29 with exclusive's
@@ -324,7 +342,7 @@ func (w *proc) setProcs(lanes []lane) {
 		want += waiters
 		switch {
 		case spec.Engine == "native":
-			want++ // the loop's held P; the goroutines' P is mostly idle
+			want += len(lanes) // each loop's held P; the goroutines' P is mostly idle (but for TLS handshakes)
 		case waiters > 0:
 			want++ // net/http keeps the goroutines' P busy: one idle beside it
 		}
@@ -501,30 +519,4 @@ func deferredAccept(listeners []accept.Listener) bool {
 		}
 	}
 	return len(listeners) > 0
-}
-
-func listenerAddr(fd int) net.Addr {
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return &net.TCPAddr{}
-	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port, Zone: zoneName(a.ZoneId)}
-	case *unix.SockaddrUnix:
-		return &net.UnixAddr{Name: a.Name, Net: "unix"}
-	}
-	return &net.TCPAddr{}
-}
-
-func zoneName(id uint32) string {
-	if id == 0 {
-		return ""
-	}
-	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
-		return ifi.Name
-	}
-	return strconv.Itoa(int(id))
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package httpd
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,6 +25,17 @@ import (
 type sockConn struct {
 	f             *os.File // not embedded: its Fd method would make the socket blocking, behind the netpoller's back
 	local, remote net.Addr
+}
+
+// NetConn makes an accepted, non-blocking socket a net.Conn in Go's
+// netpoller (see sockConn). The connection owns fd from then on; on error
+// fd is closed.
+func NetConn(fd int) (net.Conn, error) {
+	c, err := newSockConn(fd)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func newSockConn(fd int) (*sockConn, error) {
@@ -167,6 +179,16 @@ func (c *sockConn) ReadFrom(r io.Reader) (int64, error) {
 
 type writerOnly struct{ io.Writer }
 
+// LocalAddr is the address the socket fd is bound to, as net names it; an
+// empty TCP address if it cannot be read.
+func LocalAddr(fd int) net.Addr {
+	a, err := sockAddr(unix.Getsockname(fd))
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	return a
+}
+
 func sockAddr(sa unix.Sockaddr, err error) (net.Addr, error) {
 	if err != nil {
 		return nil, err
@@ -183,5 +205,15 @@ func sockAddr(sa unix.Sockaddr, err error) (net.Addr, error) {
 	case *unix.SockaddrUnix:
 		return &net.UnixAddr{Name: a.Name, Net: "unix"}, nil
 	}
-	return nil, errors.New("worker: accepted socket of an unknown family")
+	return nil, errors.New("httpd: socket of an unknown family")
+}
+
+func zoneName(id uint32) string {
+	if id == 0 {
+		return ""
+	}
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifi.Name
+	}
+	return strconv.Itoa(int(id))
 }
