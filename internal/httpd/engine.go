@@ -169,15 +169,15 @@ type Engine struct {
 	logTime []byte // the access log's [time], refreshed with date
 	events  []unix.EpollEvent
 
-	postReads bool    // accepting under a Cycler: first reads wait in posted
-	posted    []*conn // for the mutex to be released
+	postReads  bool         // accepting under a Cycler: first reads wait in posted
+	posted     []*conn      // for the mutex to be released
 	handshakes int          // TLS handshakes under way (under mu)
 	handshaken []handshaken // TLS connections ready for the loop (under mu)
 	stopped    bool         // the loop has ended (under mu): handshakes close what they finish
 	sealBuf    []byte       // a file body's plaintext, read to be sealed (TLS)
 
-	full      bool    // at WorkerConnections: logged once per episode
-	rootGone  bool    // the root's path fails to open: logged once per episode
+	full     bool // at WorkerConnections: logged once per episode
+	rootGone bool // the root's path fails to open: logged once per episode
 }
 
 // New opens the root and the epoll instance. Run serves.
