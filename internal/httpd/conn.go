@@ -50,18 +50,15 @@ type conn struct {
 	since       time.Time
 	lingerStart time.Time
 	requests    int
-	status      int       // of the answer being sent, for the access log
-	answering   bool      // an answer was counted and not yet finished (finishAnswer)
-	started     time.Time // when its request was read, on the loop's clock
-	logging     bool      // logLine holds the start of this answer's access log line
-	logLine     []byte    // "peer - - [time] "request" ", completed when the answer ends
-	peer        string    // the client's address, once the access log asked
+	answerLog          // of the answer being sent
+	peer        string // the client's address, once the access log asked
 
 	// A TLS connection's (tls.go): the bytes pass through crypto/tls.
 	tls        *tls.Conn
 	sock       *tlsSocket
-	sealed     int   // bytes of out sealed into records
-	fileSealed int64 // file bytes sealed, not yet counted as sent
+	sealed     int     // bytes of out sealed into records
+	fileSealed int64   // file bytes sealed, not yet counted as sent
+	h2         *h2conn // HTTP/2 (h2.go), negotiated by ALPN
 }
 
 // consumed reports whether everything the client sent has been read and
@@ -87,6 +84,10 @@ func (e *Engine) serve(c *conn, events uint32) {
 		if c.sock != nil {
 			c.sock.dry = false
 		}
+	}
+	if c.h2 != nil {
+		e.serveH2(c)
+		return
 	}
 	if c.writing() {
 		if events&unix.EPOLLOUT == 0 || !e.flush(c) {
@@ -387,6 +388,9 @@ func (e *Engine) closeConn(c *conn) {
 		return
 	}
 	e.finishAnswer(c) // an answer cut short is counted and logged with what was sent
+	if c.h2 != nil {
+		e.closeH2(c)
+	}
 	delete(e.conns, c.fd)
 	if c.file != nil {
 		e.files.release(c.file)
@@ -407,7 +411,7 @@ func (e *Engine) closeConn(c *conn) {
 	}
 	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)
-	c.tls, c.sock = nil, nil
+	c.tls, c.sock, c.h2 = nil, nil, nil
 	if len(e.free) < 1024 && cap(c.rbuf) <= 8<<10 && cap(c.out) <= 8<<10 {
 		e.free = append(e.free, c)
 	}
@@ -420,7 +424,7 @@ func (e *Engine) newConn(fd int) *conn {
 	if n := len(e.free); n > 0 {
 		c := e.free[n-1]
 		e.free = e.free[:n-1]
-		*c = conn{fd: fd, since: e.now, rbuf: c.rbuf[:0], out: c.out[:0], logLine: c.logLine[:0]}
+		*c = conn{fd: fd, since: e.now, rbuf: c.rbuf[:0], out: c.out[:0], answerLog: answerLog{logLine: c.logLine[:0]}}
 		return c
 	}
 	return &conn{fd: fd, since: e.now, rbuf: make([]byte, 0, 2048), out: make([]byte, 0, 512)}

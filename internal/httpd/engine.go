@@ -92,12 +92,9 @@ type Config struct {
 	// closing one must shut the connection down.
 	Passed bool
 	// TLS, if set, makes every connection TLS (tls.go): handshakes on
-	// goroutines of their own, then served by the loop over crypto/tls.
+	// goroutines of their own, then served by the loop over crypto/tls,
+	// in HTTP/2 (h2.go) if NextProtos offers "h2" and the client takes it.
 	TLS *tls.Config
-	// HTTP2, if set, takes the TLS connections that negotiate "h2" by
-	// ALPN, handshake done; it must close them. Without it, offer only
-	// "http/1.1" in TLS.NextProtos.
-	HTTP2 func(*tls.Conn)
 
 	// ReadFirst: connections arrive with their first bytes already
 	// received (the listeners have TCP_DEFER_ACCEPT), so the loop reads and
@@ -464,6 +461,8 @@ func (e *Engine) sweep() {
 			if e.now.Sub(c.since) > lingerTimeout || e.now.Sub(c.lingerStart) > lingerTime {
 				e.closeConn(c)
 			}
+		case c.h2 != nil:
+			e.sweepH2(c)
 		case c.writing():
 			if e.now.Sub(c.since) > e.cfg.SendTimeout {
 				e.closeConn(c)
@@ -486,6 +485,10 @@ func (e *Engine) sweep() {
 // answered (closing it is the drop net/http's Shutdown makes).
 func (e *Engine) closeIdle() {
 	for _, c := range e.conns {
+		if c.h2 != nil {
+			e.serveH2(c) // GOAWAY, and a close once its streams are answered
+			continue
+		}
 		if !c.writing() && !c.lingering && len(c.rbuf) == 0 && c.requests > 0 {
 			e.closeConn(c)
 		}

@@ -71,29 +71,43 @@ func (e *Engine) startLog(c *conn, req *request) {
 	c.logLine, c.logging = b, true
 }
 
-// finishAnswer ends c's answer, sent or cut short: its status and duration
-// go to the scoreboard (the master's /metrics), and its access log line is
+// answerLog is what an answer's end needs for the metrics and the access
+// log: a connection's (HTTP/1) or a stream's (HTTP/2).
+type answerLog struct {
+	status    int       // of the answer being sent
+	answering bool      // an answer was counted and not yet finished (finishAnswer)
+	started   time.Time // when its request was read, on the loop's clock
+	logging   bool      // logLine holds the start of this answer's access log line
+	logLine   []byte    // "peer - - [time] "request" ", completed when the answer ends
+}
+
+// finishAnswer ends c's answer, sent or cut short (see endAnswer).
+func (e *Engine) finishAnswer(c *conn) {
+	e.endAnswer(&c.answerLog, int64(max(0, min(c.outOff, len(c.out))-c.headLen))+c.fileSent)
+}
+
+// endAnswer ends an answer, sent or cut short: its status and duration go
+// to the scoreboard (the master's /metrics), and its access log line is
 // written with the body bytes that reached the socket — all of them, or as
 // many as were sent before the connection was lost. Durations are on the
 // loop's clock, refreshed each time it wakes.
-func (e *Engine) finishAnswer(c *conn) {
-	if !c.answering {
+func (e *Engine) endAnswer(a *answerLog, body int64) {
+	if !a.answering {
 		return
 	}
-	c.answering = false
-	e.cfg.Stats.Observe(c.status, e.now.Sub(c.started))
-	if !c.logging {
+	a.answering = false
+	e.cfg.Stats.Observe(a.status, e.now.Sub(a.started))
+	if !a.logging {
 		return
 	}
-	c.logging = false
-	body := int64(max(0, min(c.outOff, len(c.out))-c.headLen)) + c.fileSent
-	b := append(c.logLine, ' ')
-	b = strconv.AppendInt(b, int64(c.status), 10)
+	a.logging = false
+	b := append(a.logLine, ' ')
+	b = strconv.AppendInt(b, int64(a.status), 10)
 	b = append(b, ' ')
-	b = strconv.AppendInt(b, int64(body), 10)
+	b = strconv.AppendInt(b, body, 10)
 	b = append(b, '\n')
 	e.cfg.AccessLog.Write(b)
-	c.logLine = b[:0]
+	a.logLine = b[:0]
 }
 
 // peerHost is the client's address for the access log, "-" if not IP.

@@ -31,13 +31,11 @@ import (
 // SSL_read and SSL_write; what Go's crypto/tls cannot do is resume a
 // handshake that would block, hence the goroutine for that part only.
 //
-// A connection that negotiates HTTP/2 by ALPN is not the loop's: it goes,
-// handshake done, to Config.HTTP2 (net/http's HTTP/2 server, in a herd
-// worker) over the netpoller's duplicate.
+// A connection that negotiates HTTP/2 by ALPN is the loop's too (h2.go).
 
 // tlsSocket is the net.Conn under a native TLS connection.
 type tlsSocket struct {
-	nc    net.Conn // the duplicate in Go's netpoller: the handshake's (and HTTP/2's); nil once the loop owns fd
+	nc    net.Conn // the duplicate in Go's netpoller, for the handshake; nil once the loop owns fd
 	fd    int      // the socket, the loop's after the handshake
 	dry   bool     // the last read came back short or would block: nothing more until EPOLLIN
 	out   []byte   // sealed records not yet sent (the loop's)
@@ -92,8 +90,8 @@ func (s *tlsSocket) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Close is called for a connection handed to HTTP2 (net/http closes it):
-// the loop closes its own connections itself.
+// Close ends a handshake that failed: once the loop owns the socket it
+// closes it itself.
 func (s *tlsSocket) Close() error {
 	if s.nc == nil {
 		return nil
@@ -156,7 +154,7 @@ func (e *Engine) startHandshake(fd int) {
 }
 
 // handshake runs fd's TLS handshake, bounded by the header timeout, and
-// hands the connection to the loop, or to HTTP2 if it negotiated "h2".
+// hands the connection to the loop.
 func (e *Engine) handshake(fd int) {
 	var done *handshaken
 	defer func() {
@@ -200,13 +198,6 @@ func (e *Engine) handshake(fd int) {
 		s.Close() // the duplicate, and the connection's count
 		return
 	}
-	nc.SetDeadline(time.Time{})
-	if e.cfg.HTTP2 != nil && tc.ConnectionState().NegotiatedProtocol == "h2" {
-		rawClose(fd) // the duplicate serves on
-		s.fd = -1
-		e.cfg.HTTP2(tc)
-		return
-	}
 	s.nc = nil
 	nc.Close() // out of the netpoller: the socket is the loop's
 	done = &handshaken{fd: fd, tls: tc, sock: s}
@@ -238,6 +229,11 @@ func (e *Engine) adoptTLS(h handshaken) {
 	}
 	// crypto/tls may hold the first request already: it came with the
 	// handshake's last flight, and no edge will announce it.
+	if h.tls.ConnectionState().NegotiatedProtocol == "h2" {
+		e.startH2(c)
+		e.serveH2(c)
+		return
+	}
 	e.onReadable(c)
 }
 

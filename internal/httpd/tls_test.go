@@ -171,50 +171,6 @@ func TestTLSSlowReader(t *testing.T) {
 	}
 }
 
-// A connection that negotiates HTTP/2 is handed over, handshake done; one
-// that offers nothing or http/1.1 is served by the loop.
-func TestTLSHandsHTTP2Over(t *testing.T) {
-	root, _ := siteRoot(t)
-	handed := make(chan *tls.Conn, 1)
-	cert := testCert(t)
-	addr, st := testEngine(t, root, func(c *Config) {
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-		c.HTTP2 = func(tc *tls.Conn) { handed <- tc }
-	})
-	c := dialTLS(t, addr, "h2", "http/1.1")
-	var tc *tls.Conn
-	select {
-	case tc = <-handed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the h2 connection was not handed over")
-	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		t.Errorf("handed over with ALPN %q", p)
-	}
-	// The handed connection works through Go's netpoller: what the client
-	// writes, it reads.
-	io.WriteString(c, "ping")
-	buf := make([]byte, 4)
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("handed connection read %q, %v", buf, err)
-	}
-	if n := st.Load(shm.Active); n != 1 {
-		t.Errorf("%d active, want the handed connection counted", n)
-	}
-	tc.Close()
-	waitIdle(t, st)
-
-	for _, protos := range [][]string{nil, {"http/1.1"}} {
-		c := dialTLS(t, addr, protos...)
-		io.WriteString(c, get("/hello.txt"))
-		resps, bodies := readAnswers(t, bufio.NewReader(c), 1)
-		if resps[0].StatusCode != 200 || string(bodies[0]) != "Hello, world\n" {
-			t.Errorf("ALPN %v: %d %q", protos, resps[0].StatusCode, bodies[0])
-		}
-	}
-}
-
 // Plain HTTP sent to a TLS listener gets a 400 that says so, in the
 // clear; a client that never finishes its handshake is closed after the
 // header timeout; neither stays counted.

@@ -153,10 +153,6 @@ func (e *httpEngine) Add(fd int) {
 	e.ln.push(newCountedConn(c, e.st))
 }
 
-// pushTLS hands net/http a TLS connection whose handshake is done (the
-// native engine's HTTP/2 connections). Its socket counts itself out.
-func (e *httpEngine) pushTLS(c *tls.Conn) { e.ln.push(c) }
-
 // Drain finishes what was accepted. It does not use http.Server.Shutdown:
 // Shutdown makes a connection that was accepted but whose request has not
 // been read yet hang up without an answer (net/http's conn.serve returns

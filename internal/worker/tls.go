@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/herd-run/herd/internal/httpd"
 )
 
 // tlsConfig is the worker's TLS configuration, for Go's crypto/tls: the
@@ -56,40 +54,6 @@ func (w *proc) tlsConfig(base *tls.Config) (*tls.Config, error) {
 		}
 	}()
 	return cfg, nil
-}
-
-// withHTTP2 is a TLS lane of the native engine: the loop serves HTTP/1.1
-// over TLS, and hands the connections that negotiate HTTP/2 to net/http
-// beside it (httpd.Config.HTTP2).
-type withHTTP2 struct {
-	native *httpd.Engine
-	h2     *httpEngine
-}
-
-func (l *withHTTP2) Add(fd int) { l.native.Add(fd) }
-
-// Run serves until both have finished. net/http drains only once the loop
-// has: until then a handshake under way may still hand it a connection.
-func (l *withHTTP2) Run() error {
-	h2done := make(chan error, 1)
-	go func() { h2done <- l.h2.Run() }()
-	err := l.native.Run()
-	if err != nil {
-		l.h2.Close()
-	} else {
-		l.h2.Drain()
-	}
-	if herr := <-h2done; err == nil && herr != http.ErrServerClosed {
-		err = herr
-	}
-	return err
-}
-
-func (l *withHTTP2) Drain() { l.native.Drain() } // and net/http after it (Run)
-
-func (l *withHTTP2) Close() {
-	l.native.Close()
-	l.h2.Close()
 }
 
 // decodeTicketKeys reads a proto.TicketKeys text: 32-byte keys, newest first.

@@ -214,7 +214,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if spec.Engine == "native" {
 			// The engine's loop beats from here on (httpd's tick): a loop
 			// stuck in a call stops the heartbeat, and the master replaces it.
-			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog, nil, nil)
+			eng, inline, err := w.nativeEngine(strat, deferredAccept(plain), alog, nil)
 			if err != nil {
 				return err
 			}
@@ -237,16 +237,15 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		eng := newHTTPEngine(httpd.LocalAddr(secure[0].FD), handler(), opts.Configure, st, log)
 		if spec.Engine == "native" {
-			// HTTP/1.1 over TLS in a loop of its own; net/http beside it
-			// for HTTP/2 (httpd/tls.go).
-			native, inline, err := w.nativeEngine(strat, false, alog, tlsCfg, eng.pushTLS)
+			// HTTP/1.1 and HTTP/2 over TLS in a loop of its own (httpd/tls.go).
+			eng, inline, err := w.nativeEngine(strat, false, alog, tlsCfg)
 			if err != nil {
 				return err
 			}
-			lanes = append(lanes, lane{name: "native tls engine", eng: &withHTTP2{native, eng}, strat: strat, inline: inline, listeners: len(secure)})
+			lanes = append(lanes, lane{name: "native tls engine", eng: eng, strat: strat, inline: inline, listeners: len(secure)})
 		} else {
+			eng := newHTTPEngine(httpd.LocalAddr(secure[0].FD), handler(), opts.Configure, st, log)
 			eng.tls = tlsCfg
 			lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
 		}
@@ -285,9 +284,8 @@ type lane struct {
 // epoll-based strategy runs inside the engine's own loop (inline): the
 // listener is in the loop's epoll set.
 //
-// With secure set it serves TLS, and hands the connections that negotiate
-// HTTP/2 to http2.
-func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog, secure *tls.Config, http2 func(*tls.Conn)) (*httpd.Engine, bool, error) {
+// With secure set it serves TLS.
+func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLog, secure *tls.Config) (*httpd.Engine, bool, error) {
 	spec := w.spec
 	cfg := httpd.Config{
 		Options: spec.Static, Root: spec.StaticRoot,
@@ -297,7 +295,6 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 		ReadFirst:   deferred,
 		OnRequest:   recycler(spec, w.ctrl),
 		TLS:         secure,
-		HTTP2:       http2,
 	}
 	if secure == nil {
 		cfg.RedirectHTTPS = spec.RedirectHTTPS
