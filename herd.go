@@ -74,8 +74,9 @@ type Server struct {
 
 	// TLSListen lists the addresses served over TLS (HTTPS), beside the
 	// plain ones in Listen: ":443" next to ":80". Connections on them are
-	// served by crypto/tls and net/http in the workers, with HTTP/2 by
-	// ALPN, and session tickets that resume on any worker. The certificate
+	// served with crypto/tls in the workers — a Handler by net/http, Static
+	// by the native engine — with HTTP/2 by ALPN, and session tickets that
+	// resume on any worker. The certificate
 	// comes from TLSCertFile and TLSKeyFile (PEM, re-read by every new
 	// generation: HUP reloads it), from TLSConfig, or both.
 	TLSListen               []string

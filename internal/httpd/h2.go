@@ -488,6 +488,9 @@ func h2Head(b []byte, fields []hpack.HeaderField) (_ []byte, ok bool) {
 	var method, path, authority string
 	regular, hasHost := false, false
 	for _, f := range fields {
+		if strings.ContainsAny(f.Value, "\r\n\x00") {
+			return b, false
+		}
 		if strings.HasPrefix(f.Name, ":") {
 			if regular {
 				return b, false
@@ -523,7 +526,7 @@ func h2Head(b []byte, fields []hpack.HeaderField) (_ []byte, ok bool) {
 				return b, false
 			}
 		}
-		if strings.ContainsAny(f.Value, "\r\n\x00") || f.Name != strings.ToLower(f.Name) {
+		if f.Name != strings.ToLower(f.Name) {
 			return b, false
 		}
 	}

@@ -369,3 +369,52 @@ func TestH2HeaderListBounded(t *testing.T) {
 		t.Errorf("the next block: %v, %d fields, tooLarge=%v", err, len(h.fields), h.tooLarge)
 	}
 }
+
+// An HTTP/2 request becomes the HTTP/1.1 head it stands for, and nothing
+// a client sends can add a line to it or smuggle a field HTTP/2 forbids.
+func TestH2Head(t *testing.T) {
+	req := func(extra ...hpack.HeaderField) []hpack.HeaderField {
+		return append([]hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "example.com"}, {Name: ":path", Value: "/a?b"}}, extra...)
+	}
+	for _, tc := range []struct {
+		name   string
+		fields []hpack.HeaderField
+		want   string // "" = malformed
+	}{
+		{"plain", req(hpack.HeaderField{Name: "range", Value: "bytes=0-1"}),
+			"GET /a?b HTTP/1.1\r\nhost: example.com\r\nrange: bytes=0-1\r\n\r\n"},
+		{"host beside :authority", req(hpack.HeaderField{Name: "host", Value: "h"}), "GET /a?b HTTP/1.1\r\nhost: h\r\n\r\n"},
+		{"te: trailers", req(hpack.HeaderField{Name: "te", Value: "trailers"}), "GET /a?b HTTP/1.1\r\nhost: example.com\r\nte: trailers\r\n\r\n"},
+		{"CRLF in a value", req(hpack.HeaderField{Name: "x", Value: "1\r\nrange: bytes=0-0"}), ""},
+		{"LF in the path", []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":path", Value: "/\nx: y"}}, ""},
+		{"NUL in a value", req(hpack.HeaderField{Name: "x", Value: "a\x00"}), ""},
+		{"upper-case name", req(hpack.HeaderField{Name: "Range", Value: "bytes=0-1"}), ""},
+		{"connection-specific", req(hpack.HeaderField{Name: "connection", Value: "close"}), ""},
+		{"transfer-encoding", req(hpack.HeaderField{Name: "transfer-encoding", Value: "chunked"}), ""},
+		{"te other than trailers", req(hpack.HeaderField{Name: "te", Value: "gzip"}), ""},
+		{"pseudo after a field", append(req(hpack.HeaderField{Name: "x", Value: "1"}), hpack.HeaderField{Name: ":path", Value: "/"}), ""},
+		{"two paths", req(hpack.HeaderField{Name: ":path", Value: "/b"}), ""},
+		{"unknown pseudo", req(hpack.HeaderField{Name: ":protocol", Value: "x"}), ""},
+		{"no path", []hpack.HeaderField{{Name: ":method", Value: "GET"}}, ""},
+	} {
+		got, ok := h2Head(nil, tc.fields)
+		if (tc.want == "") == ok || (ok && string(got) != tc.want) {
+			t.Errorf("%s: %q ok=%v, want %q", tc.name, got, ok, tc.want)
+		}
+	}
+}
+
+// At most 128 streams are open at once: the 129th is refused alone.
+func TestH2StreamLimit(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := h2Engine(t, root, nil)
+	r := dialH2(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}) // every answer waits
+	for i := range uint32(129) {
+		r.get(2*i+1, "/big.bin")
+	}
+	rst := r.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if rst.StreamID != 257 || rst.ErrCode != http2.ErrCodeRefusedStream {
+		t.Errorf("RST_STREAM %d %v, want 257 REFUSED_STREAM", rst.StreamID, rst.ErrCode)
+	}
+}
