@@ -258,8 +258,6 @@ func checkTLS(cfg Config) error {
 		return errors.New("tls: --tls-listen needs --tls-cert and --tls-key")
 	case files && (cfg.TLSCert == "" || cfg.TLSKey == ""):
 		return errors.New("tls: --tls-cert and --tls-key go together")
-	case cfg.Strategy == "fdpass":
-		return errors.New("tls: the fdpass strategy cannot serve TLS listeners (its workers cannot tell which listener a connection came from)")
 	}
 	if files {
 		if _, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {

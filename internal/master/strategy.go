@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/herd-run/herd/internal/shm"
 	"github.com/herd-run/herd/internal/worker"
 	"golang.org/x/sys/unix"
 )
@@ -110,11 +111,18 @@ func (h *flockHalf) open() error {
 		return fmt.Errorf("flock: lock file: %w", err)
 	}
 	h.path = f.Name()
-	if err := h.m.creds.chown(h.path); err != nil { // workers open it as themselves
-		f.Close()
-		return fmt.Errorf("flock: lock file: %w", err)
+	f.Close()
+	// The TLS listeners have a lock of their own (see
+	// shm.TLSAcceptMutex): the same name with ".tls".
+	for _, p := range []string{h.path, h.path + ".tls"} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			return fmt.Errorf("flock: lock file: %w", err)
+		}
+		if err := h.m.creds.chown(p); err != nil { // workers open it as themselves
+			return fmt.Errorf("flock: lock file: %w", err)
+		}
 	}
-	return f.Close()
+	return nil
 }
 
 func (h *flockHalf) spec(s *worker.Spec) { s.LockFile = h.path }
@@ -122,6 +130,7 @@ func (h *flockHalf) spec(s *worker.Spec) { s.LockFile = h.path }
 func (h *flockHalf) close() {
 	if h.path != "" {
 		os.Remove(h.path)
+		os.Remove(h.path + ".tls")
 	}
 }
 
@@ -132,7 +141,9 @@ func (h *flockHalf) close() {
 type mutexHalf struct{ shared }
 
 func (h mutexHalf) exited(p *proc) {
-	if h.m.board.AcceptMutex().ForceUnlock(p.pid()) {
-		h.m.log.Warn("freed the accept mutex held by a dead worker", "pid", p.pid())
+	for _, m := range []*shm.Mutex{h.m.board.AcceptMutex(), h.m.board.TLSAcceptMutex()} {
+		if m.ForceUnlock(p.pid()) {
+			h.m.log.Warn("freed the accept mutex held by a dead worker", "pid", p.pid())
+		}
 	}
 }

@@ -29,11 +29,20 @@ type Mutex struct {
 	waiters *atomic.Uint32
 }
 
-// AcceptMutex is the scoreboard's accept mutex.
-func (s *Scoreboard) AcceptMutex() *Mutex {
+// AcceptMutex is the scoreboard's accept mutex, for the plain listeners.
+func (s *Scoreboard) AcceptMutex() *Mutex { return s.mutex(hMutex, hMutexWaiters) }
+
+// TLSAcceptMutex is the TLS listeners' accept mutex. The listeners of
+// each kind are served by a loop of their own in every worker, and a lock
+// serialises accept on the listeners its holder watches: with one lock
+// for both, a loop holding it for the plain listeners would leave TLS
+// connections waiting for it in every worker.
+func (s *Scoreboard) TLSAcceptMutex() *Mutex { return s.mutex(hTLSMutex, hTLSMutexWaiters) }
+
+func (s *Scoreboard) mutex(word, waiters int) *Mutex {
 	return &Mutex{
-		word:    (*atomic.Uint32)(unsafe.Pointer(&s.mem[hMutex*8])),
-		waiters: (*atomic.Uint32)(unsafe.Pointer(&s.mem[hMutexWaiters*8])),
+		word:    (*atomic.Uint32)(unsafe.Pointer(&s.mem[word*8])),
+		waiters: (*atomic.Uint32)(unsafe.Pointer(&s.mem[waiters*8])),
 	}
 }
 

@@ -28,7 +28,7 @@ const (
 	RecordSize = 384
 	headerSize = 512
 	magic      = 0x68657264_73636231 // "herdscb1"
-	layout     = 2
+	layout     = 3
 )
 
 // Field names one uint64 of a worker record.
@@ -99,9 +99,11 @@ const (
 	hRetiredTimeouts
 	hRetiredRequests
 	hRetiredBytes
-	hMutex        // the accept mutex's futex word (low 32 bits): holder's pid
-	hMutexWaiters // processes sleeping on it
-	hRetired      // the retired totals of every field, at hRetired+field
+	hMutex           // the accept mutex's futex word (low 32 bits): holder's pid
+	hMutexWaiters    // processes sleeping on it
+	hTLSMutex        // the TLS listeners' accept mutex, likewise
+	hTLSMutexWaiters //
+	hRetired         // the retired totals of every field, at hRetired+field
 )
 
 // Worker states stored in the State field.

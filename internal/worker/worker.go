@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -190,10 +191,18 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	}
 	// Every engine wants its connections non-blocking: the native loop,
 	// and net/http's, whose connections go to Go's netpoller (sockConn).
-	newStrategy := func(ls []accept.Listener, loop bool) (accept.Strategy, error) {
+	// The TLS listeners' strategy has locks of its own (shm.TLSAcceptMutex).
+	newStrategy := func(ls []accept.Listener, loop, secure bool) (accept.Strategy, error) {
+		lockFile, mutex := spec.LockFile, board.AcceptMutex()
+		if secure {
+			mutex = board.TLSAcceptMutex()
+			if lockFile != "" {
+				lockFile += ".tls"
+			}
+		}
 		return accept.New(spec.Strategy, accept.Config{
 			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
-			LockFile: spec.LockFile, Mutex: board.AcceptMutex(), Passes: w.ctrl.passes, Nonblock: true,
+			LockFile: lockFile, Mutex: mutex, Passes: w.ctrl.passes, Nonblock: true,
 			Loop: loop && spec.Accept.WithDefaults().Threads == 1,
 		})
 	}
@@ -207,7 +216,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
 	var lanes []lane
 	if len(plain) > 0 {
-		strat, err := newStrategy(plain, spec.Engine == "native")
+		strat, err := newStrategy(plain, spec.Engine == "native", false)
 		if err != nil {
 			return err
 		}
@@ -233,8 +242,12 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		strat, err := newStrategy(secure, spec.Engine == "native")
-		if err != nil {
+		var strat accept.Strategy
+		if spec.Strategy == "fdpass" && len(lanes) > 0 {
+			// One stream of descriptors from the master for every
+			// listener: the plain lane's strategy takes them and sends
+			// this lane its own (feedBySocket).
+		} else if strat, err = newStrategy(secure, spec.Engine == "native", true); err != nil {
 			return err
 		}
 		if spec.Engine == "native" {
@@ -249,6 +262,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			eng.tls = tlsCfg
 			lanes = append(lanes, lane{name: "tls server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(secure)})
 		}
+	}
+	if len(lanes) == 2 && lanes[1].strat == nil {
+		lanes[0].feed = feedBySocket(plain, secure, lanes[0].eng.Add, lanes[1].eng.Add)
 	}
 	w.setProcs(lanes)
 	if pct, ok := gcPercent(os.Getenv("GOGC"), spec.Engine, len(secure) > 0); ok {
@@ -275,9 +291,10 @@ type lane struct {
 	name      string
 	eng       engine
 	strat     accept.Strategy
-	inline    bool        // the strategy runs inside the engine's loop
-	listeners int         // how many listeners the lane's strategy accepts on
-	beat      func() bool // the heartbeat's test, for an engine that does not beat itself
+	inline    bool         // the strategy runs inside the engine's loop
+	feed      func(fd int) // where the strategy's connections go, if not to eng.Add
+	listeners int          // how many listeners the lane's strategy accepts on
+	beat      func() bool  // the heartbeat's test, for an engine that does not beat itself
 }
 
 // nativeEngine makes the native engine. With one accepting thread, an
@@ -332,7 +349,7 @@ func (w *proc) setProcs(lanes []lane) {
 	} else {
 		waiters := 0
 		for _, l := range lanes {
-			if !l.inline {
+			if !l.inline && l.strat != nil {
 				waiters += accept.Waiters(spec.Strategy, spec.Accept, l.listeners)
 			}
 		}
@@ -391,9 +408,13 @@ func (w *proc) serve(lanes []lane) error {
 			close(done[i])
 		}()
 		accepting[i] = make(chan error, 1)
-		if !l.inline {
+		if !l.inline && l.strat != nil {
+			feed := l.feed
+			if feed == nil {
+				feed = l.eng.Add
+			}
 			go func() {
-				err := l.strat.Serve(l.eng.Add)
+				err := l.strat.Serve(feed)
 				accepting[i] <- err
 				if err != nil {
 					failed <- failure{"accept strategy " + w.spec.Strategy, err}
@@ -423,7 +444,7 @@ func (w *proc) serve(lanes []lane) error {
 
 	w.st.Store(shm.State, shm.StateStopping)
 	for i, l := range lanes {
-		if !l.inline {
+		if !l.inline && l.strat != nil {
 			l.strat.Stop()
 			if err := <-accepting[i]; err != nil {
 				w.log.Warn("accept strategy stopped with error", "err", err)
@@ -516,4 +537,59 @@ func deferredAccept(listeners []accept.Listener) bool {
 		}
 	}
 	return len(listeners) > 0
+}
+
+// feedBySocket sends each connection the master passes (fdpass) to the
+// lane of the listener it arrived on, told by its local address: the
+// master accepts on every listener and sends one stream of descriptors.
+// A listener on the exact address wins over one on the wildcard address
+// of the same port; a connection that matches none goes to the plain lane.
+func feedBySocket(plain, secure []accept.Listener, toPlain, toSecure func(fd int)) func(fd int) {
+	type route struct {
+		addr   net.Addr
+		secure bool
+	}
+	var routes []route
+	for _, l := range plain {
+		routes = append(routes, route{httpd.LocalAddr(l.FD), false})
+	}
+	for _, l := range secure {
+		routes = append(routes, route{httpd.LocalAddr(l.FD), true})
+	}
+	return func(fd int) {
+		local := httpd.LocalAddr(fd)
+		best, secureConn := 0, false
+		for _, r := range routes {
+			if m := addrMatch(r.addr, local); m > best {
+				best, secureConn = m, r.secure
+			}
+		}
+		if secureConn {
+			toSecure(fd)
+		} else {
+			toPlain(fd)
+		}
+	}
+}
+
+// addrMatch scores how well a listener's address ln names a connection's
+// local address: 2 exactly, 1 by port on a wildcard address, 0 not at all.
+func addrMatch(ln, local net.Addr) int {
+	switch l := ln.(type) {
+	case *net.TCPAddr:
+		c, ok := local.(*net.TCPAddr)
+		switch {
+		case !ok || c.Port != l.Port:
+			return 0
+		case l.IP.Equal(c.IP):
+			return 2
+		case l.IP.IsUnspecified():
+			return 1
+		}
+	case *net.UnixAddr:
+		if c, ok := local.(*net.UnixAddr); ok && c.Name == l.Name {
+			return 2
+		}
+	}
+	return 0
 }
