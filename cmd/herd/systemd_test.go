@@ -102,7 +102,7 @@ func TestSystemdNotify(t *testing.T) {
 // Socket activation with HTTPS: systemd passes :80-like and :443-like
 // sockets, the second named "https" (FileDescriptorName=https); herd
 // serves TLS on that one and plain HTTP on the other, and still does after
-// a binary upgrade (the new master learns which inherited sockets are TLS
+// a reload and a binary upgrade (the new master learns which inherited sockets are TLS
 // from the old one).
 func TestSocketActivationTLS(t *testing.T) {
 	activate, err := exec.LookPath("systemd-socket-activate")
@@ -137,6 +137,14 @@ func TestSocketActivationTLS(t *testing.T) {
 		}
 	}
 	check("started")
+	// HUP judges the new configuration with the sockets that serve on:
+	// the certificate has a TLS listener, systemd's, though no
+	// --tls-listen names it (it was refused as "no TLS listener").
+	must(t, syscall.Kill(h.pid(), syscall.SIGHUP))
+	if !h.logged("reload done", 10*time.Second) || strings.Contains(h.Log(), "invalid") {
+		t.Fatalf("HUP with activated TLS sockets:\n%s", h.Log())
+	}
+	check("reloaded")
 	old := h.pid()
 	must(t, syscall.Kill(old, syscall.SIGUSR2))
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,12 @@ type fileCache struct {
 	valid   time.Duration
 	max     int
 	entries map[string]*file
+
+	// noOpenat2: openat2 answered ENOSYS (a kernel before 5.6, or a
+	// seccomp filter that does not know the call): files are opened
+	// through fsRoot, Go's os.Root on the same directory, instead.
+	noOpenat2 bool
+	fsRoot    *os.Root
 
 	// shortLogged: running out of descriptors was logged; reset when a
 	// file opens again, so each episode is logged once.
@@ -102,8 +109,74 @@ func (c *fileCache) refreshRoot() (changed bool, err error) {
 			c.drop(f)
 		}
 	}
+	if c.fsRoot != nil {
+		c.fsRoot.Close()
+		c.fsRoot = nil
+	}
 	c.root, c.rootID = fd, [2]uint64{st.Dev, st.Ino}
 	return true, nil
+}
+
+// openAt opens name under the root with flags: with openat2, so that the
+// kernel refuses any resolution that leaves the root — ".." and symlinks
+// included, containment that no string check can match — unless
+// following symlinks is allowed. Where openat2 is missing it is Go's
+// os.Root that walks the path, a component at a time with O_NOFOLLOW,
+// resolving symlinks itself and refusing what leaves the root. (herd's
+// own systemd unit found it missing: systemd 252's SystemCallFilter=
+// answers ENOSYS for the call, and every file was a 500.)
+func (c *fileCache) openAt(name string, flags int) (int, error) {
+	if !c.noOpenat2 {
+		how := unix.OpenHow{Flags: uint64(flags), Resolve: unix.RESOLVE_NO_MAGICLINKS}
+		if !c.follow {
+			how.Resolve |= unix.RESOLVE_BENEATH
+		}
+		fd, err := unix.Openat2(c.root, name, &how)
+		switch err {
+		case unix.ENOSYS:
+			c.noOpenat2 = true
+		case unix.EXDEV, unix.ELOOP:
+			return -1, errEscape
+		default:
+			return fd, err
+		}
+	}
+	if c.follow {
+		fd, err := unix.Openat(c.root, name, flags, 0)
+		if err == unix.ELOOP {
+			err = errEscape // as openat2 answers it
+		}
+		return fd, err
+	}
+	if c.fsRoot == nil {
+		r, err := os.OpenRoot("/proc/self/fd/" + strconv.Itoa(c.root)) // the very directory c.root is
+		if err != nil {
+			if r, err = os.OpenRoot(c.path); err != nil {
+				return -1, err
+			}
+		}
+		c.fsRoot = r
+	}
+	f, err := c.fsRoot.OpenFile(name, flags, 0)
+	if err != nil {
+		var errno unix.Errno
+		if !errors.As(err, &errno) || errno == unix.ELOOP || errno == unix.EXDEV {
+			return -1, errEscape // os.Root's "path escapes from parent"
+		}
+		return -1, errno
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	// A copy of the descriptor: Fd would make it blocking, and the *os.File
+	// closes its own.
+	if err := rc.Control(func(x uintptr) { fd, derr = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }
 
 // open returns the file at name (relative, cleaned, no ".."), a directory
@@ -183,18 +256,8 @@ func (c *fileCache) unchanged(f *file) bool {
 // (pread and sendfile from a disk file do not return EAGAIN), so it stays.
 func (c *fileCache) load(name string, now time.Time) *file {
 	f := &file{name: name, fd: -1, checked: now}
-	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK, Resolve: unix.RESOLVE_NO_MAGICLINKS}
-	if !c.follow {
-		// The kernel refuses any resolution that leaves the root, ".." and
-		// symlinks included: containment that no string check can match.
-		how.Resolve |= unix.RESOLVE_BENEATH
-	}
-	fd, err := unix.Openat2(c.root, name, &how)
-	switch {
-	case err == unix.EXDEV || err == unix.ELOOP:
-		f.err = errEscape
-		return f
-	case err != nil:
+	fd, err := c.openAt(name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK)
+	if err != nil {
 		f.err = err
 		return f
 	}
@@ -243,11 +306,7 @@ type dirEntry struct {
 // readDir lists the directory name, sorted by name, opened with the same
 // containment as files. Entries that vanish while being read are left out.
 func (c *fileCache) readDir(name string) ([]dirEntry, error) {
-	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NONBLOCK, Resolve: unix.RESOLVE_NO_MAGICLINKS}
-	if !c.follow {
-		how.Resolve |= unix.RESOLVE_BENEATH
-	}
-	fd, err := unix.Openat2(c.root, name, &how)
+	fd, err := c.openAt(name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NONBLOCK)
 	if err != nil {
 		return nil, err
 	}
@@ -295,6 +354,9 @@ func (c *fileCache) close() {
 		c.drop(f)
 	}
 	unix.Close(c.root)
+	if c.fsRoot != nil {
+		c.fsRoot.Close()
+	}
 }
 
 func contentType(name string) string {

@@ -46,6 +46,7 @@ func (m *Master) reconfigure() bool {
 	if m.cfg.Reload == nil {
 		return true
 	}
+	cur := m.cfg
 	next, err := m.cfg.Reload()
 	var creds *Credentials
 	if err == nil {
@@ -55,7 +56,11 @@ func (m *Master) reconfigure() bool {
 		creds, _, err = resolveIdentities(next)
 	}
 	if err == nil {
-		err = checkFiles(next, creds)
+		// Judged with the sockets that serve on (they are kept, below):
+		// systemd's, say, of which some are TLS with no --tls-listen.
+		check := next
+		check.Listen, check.TLSListen = cur.Listen, cur.TLSListen
+		err = checkFiles(check, creds)
 	}
 	if err == nil {
 		err = prepareAccessLog(next.AccessLog, creds)
@@ -64,7 +69,6 @@ func (m *Master) reconfigure() bool {
 		m.log.Error("HUP: the configuration is invalid; the running workers keep serving", "err", err)
 		return false
 	}
-	cur := m.cfg
 	var kept []string
 	keep := func(name string, same bool) {
 		if !same {
