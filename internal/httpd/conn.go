@@ -282,7 +282,7 @@ func (e *Engine) flush(c *conn) bool {
 	}
 	for c.file != nil && c.off < c.end {
 		off := c.off
-		n, err := unix.Sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, 1<<30)))
+		n, err := e.sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, 1<<30)))
 		if err == unix.EAGAIN {
 			return e.watchWrites(c)
 		}

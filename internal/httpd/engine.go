@@ -172,6 +172,7 @@ type Engine struct {
 	handshaken []handshaken // TLS connections ready for the loop (under mu)
 	stopped    bool         // the loop has ended (under mu): handshakes close what they finish
 	sealBuf    []byte       // a file body's plaintext, read to be sealed (TLS)
+	rawFile    int8         // sendfile is made raw (1) or not (-1); 0: not decided yet
 
 	full     bool // at WorkerConnections: logged once per episode
 	rootGone bool // the root's path fails to open: logged once per episode
