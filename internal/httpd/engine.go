@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime"
 	"sync"
@@ -166,13 +167,15 @@ type Engine struct {
 	logTime []byte // the access log's [time], refreshed with date
 	events  []unix.EpollEvent
 
-	postReads  bool         // accepting under a Cycler: first reads wait in posted
-	posted     []*conn      // for the mutex to be released
-	handshakes int          // TLS handshakes under way (under mu)
-	handshaken []handshaken // TLS connections ready for the loop (under mu)
-	stopped    bool         // the loop has ended (under mu): handshakes close what they finish
-	sealBuf    []byte       // a file body's plaintext, read to be sealed (TLS)
-	rawFile    int8         // sendfile is made raw (1) or not (-1); 0: not decided yet
+	postReads  bool                    // accepting under a Cycler: first reads wait in posted
+	posted     []*conn                 // for the mutex to be released
+	handshakes int                     // TLS handshakes under way (under mu)
+	handshaken []handshaken            // TLS connections ready for the loop (under mu)
+	shaking    map[*tlsSocket]net.Conn // the handshakes under way, with their netpoller connections (under mu)
+	shakers    sync.WaitGroup          // the handshakes' goroutines
+	stopped    bool                    // the loop has ended (under mu): handshakes close what they finish
+	sealBuf    []byte                  // a file body's plaintext, read to be sealed (TLS)
+	rawFile    int8                    // sendfile is made raw (1) or not (-1); 0: not decided yet
 
 	full     bool // at WorkerConnections: logged once per episode
 	rootGone bool // the root's path fails to open: logged once per episode
@@ -500,6 +503,7 @@ func (e *Engine) shutdown() {
 	for _, c := range e.conns {
 		e.closeConn(c)
 	}
+	e.stopHandshakes()
 	e.mu.Lock()
 	for _, fd := range e.pending {
 		unix.Close(fd)

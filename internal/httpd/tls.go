@@ -146,20 +146,49 @@ type handshaken struct {
 
 // startHandshake begins serving a TLS connection: its handshake, on a
 // goroutine of its own. From any goroutine.
+//
+// Handshakes under way are bounded by WorkerConnections, as the loop's
+// connections are: each holds a goroutine and two descriptors, and a
+// client that sends a byte and stalls holds them until the header timeout.
 func (e *Engine) startHandshake(fd int) {
 	e.mu.Lock()
-	e.handshakes++
+	refuse := e.stopped || e.handshakes >= e.cfg.WorkerConnections
+	if !refuse {
+		e.handshakes++
+		e.shakers.Add(1)
+	}
 	e.mu.Unlock()
+	if refuse {
+		rawClose(fd)
+		e.cfg.Stats.Add(shm.Active, -1)
+		return
+	}
 	go e.handshake(fd)
+}
+
+// stopHandshakes ends the handshakes under way, for a loop that is
+// ending, and waits for their goroutines: each closes its connection and
+// counts it out.
+func (e *Engine) stopHandshakes() {
+	e.mu.Lock()
+	e.stopped = true
+	for _, nc := range e.shaking {
+		nc.Close()
+	}
+	e.mu.Unlock()
+	e.shakers.Wait()
 }
 
 // handshake runs fd's TLS handshake, bounded by the header timeout, and
 // hands the connection to the loop.
 func (e *Engine) handshake(fd int) {
+	defer e.shakers.Done()
 	var done *handshaken
+	var sock *tlsSocket
 	defer func() {
 		e.mu.Lock()
 		e.handshakes--
+		delete(e.shaking, sock)
 		if done != nil && e.stopped {
 			done = nil
 			rawClose(fd)
@@ -186,6 +215,16 @@ func (e *Engine) handshake(fd int) {
 		return
 	}
 	s := &tlsSocket{nc: nc, fd: fd, stats: e.cfg.Stats}
+	e.mu.Lock()
+	if e.shaking == nil {
+		e.shaking = map[*tlsSocket]net.Conn{}
+	}
+	e.shaking[s], sock = nc, s
+	stopped := e.stopped
+	e.mu.Unlock()
+	if stopped {
+		nc.Close() // the loop ended while this one started
+	}
 	tc := tls.Server(s, e.cfg.TLS)
 	nc.SetDeadline(time.Now().Add(e.cfg.HeaderTimeout))
 	if err := tc.Handshake(); err != nil {

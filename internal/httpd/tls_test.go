@@ -295,3 +295,27 @@ func TestTLSAccessLogCountsWhatWasSent(t *testing.T) {
 		t.Errorf("the cut transfer is logged as %q, want what was sent:\n%s", m, b)
 	}
 }
+
+// Handshakes under way count against WorkerConnections: clients that
+// send a byte and stall cannot make the worker hold a goroutine and two
+// descriptors each without end; one over the limit is closed at once.
+func TestTLSHandshakesBounded(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, st := tlsEngine(t, root, func(c *Config) { c.WorkerConnections = 3 })
+	for range 3 {
+		c := dial(t, addr, 10*time.Second)
+		c.Write([]byte{0x16}) // the first byte of a ClientHello, and no more
+	}
+	for end := time.Now().Add(5 * time.Second); st.Load(shm.Active) != 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d active, want the 3 stalled handshakes", st.Load(shm.Active))
+		}
+	}
+	extra := dial(t, addr, 10*time.Second)
+	extra.Write([]byte{0x16})
+	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err := extra.Read(make([]byte, 1))
+	if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
+		t.Errorf("a handshake over the limit: %v, want the server's close (EOF or reset) at once", err)
+	}
+}
