@@ -286,7 +286,7 @@ func TestH2AccessLog(t *testing.T) {
 	client.CloseIdleConnections()
 	waitIdle(t, st)
 	b, _ := os.ReadFile(logFile.Name())
-	for _, want := range []string{`"GET /hello.txt HTTP/1.1" 200 13`, fmt.Sprintf(`"GET /big.bin HTTP/1.1" 200 %d`, len(bigFile)), `"GET /missing HTTP/1.1" 404 `} {
+	for _, want := range []string{`"GET /hello.txt HTTP/2.0" 200 13`, fmt.Sprintf(`"GET /big.bin HTTP/2.0" 200 %d`, len(bigFile)), `"GET /missing HTTP/2.0" 404 `} {
 		if !regexp.MustCompile(regexp.QuoteMeta(want)).Match(b) {
 			t.Errorf("no %s in the access log:\n%s", want, b)
 		}

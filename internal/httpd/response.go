@@ -66,7 +66,11 @@ func (e *Engine) startLog(c *conn, req *request) {
 	if req == nil {
 		b = append(b, `"-"`...)
 	} else {
-		b = strconv.AppendQuote(b, string(req.method)+" "+string(req.target)+" HTTP/1."+strconv.Itoa(req.minor))
+		proto := "HTTP/1." + strconv.Itoa(req.minor)
+		if c.h2 != nil {
+			proto = "HTTP/2.0" // as nginx logs it; the head was written out as HTTP/1.1 for the parser
+		}
+		b = strconv.AppendQuote(b, string(req.method)+" "+string(req.target)+" "+proto)
 	}
 	c.logLine, c.logging = b, true
 }
