@@ -215,7 +215,19 @@ func New(cfg Config) (*Engine, error) {
 		draining: new(atomic.Bool), done: make(chan struct{}), events: make([]unix.EpollEvent, 256)}, nil
 }
 
-func (e *Engine) poke() { unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
+// poke wakes the loop, unless it has ended: its eventfd's number may
+// belong to another descriptor by then.
+func (e *Engine) poke() {
+	e.mu.Lock()
+	e.pokeLocked()
+	e.mu.Unlock()
+}
+
+func (e *Engine) pokeLocked() {
+	if !e.stopped {
+		unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
+}
 
 // Drain makes the engine finish: idle keep-alive connections are closed,
 // a connection busy with a request gets its answer with "Connection:

@@ -32,23 +32,38 @@ func testEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Rec
 	return serveListener(t, l, root, tune)
 }
 
-// serveListener is testEngine on a listener the test has set up.
-func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)) (string, *shm.Record) {
+// runEngine runs an engine with cfg and a scoreboard record of its own
+// (cfg.Stats), until the test ends.
+func runEngine(t *testing.T, cfg Config) (*Engine, *shm.Record) {
 	t.Helper()
 	region, err := shm.Create("test", shm.Size(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	board, _ := shm.NewScoreboard(region.Bytes(), 1)
-	st := board.Record(board.Claim(0, 1, 0))
-	cfg := Config{Root: root, Stats: st}
+	cfg.Stats = board.Record(board.Claim(0, 1, 0))
+	eng, err := New(cfg)
+	if err != nil {
+		region.Close()
+		t.Fatal(err)
+	}
+	go eng.Run()
+	t.Cleanup(func() {
+		eng.Close()
+		<-eng.Done()
+		region.Close()
+	})
+	return eng, cfg.Stats
+}
+
+// serveListener is testEngine on a listener the test has set up.
+func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)) (string, *shm.Record) {
+	t.Helper()
+	cfg := Config{Root: root}
 	if tune != nil {
 		tune(&cfg)
 	}
-	eng, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var err error
 	if cfg.ReadFirst { // as the master sets up the listener for it
 		rc, _ := l.(*net.TCPListener).SyscallConn()
 		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1) })
@@ -56,7 +71,7 @@ func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)
 			t.Fatal(err)
 		}
 	}
-	go eng.Run()
+	eng, st := runEngine(t, cfg)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -73,12 +88,7 @@ func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)
 			eng.Add(fd)
 		}
 	}()
-	t.Cleanup(func() {
-		l.Close()
-		eng.Close()
-		<-eng.Done()
-		region.Close()
-	})
+	t.Cleanup(func() { l.Close() }) // before the engine's cleanup: cleanups run last first
 	return l.Addr().String(), st
 }
 

@@ -81,19 +81,7 @@ func openFDs(t *testing.T) int {
 // (shutdown), or the client waits for the master.
 func TestPassedConnectionEndsWhileCopyHeld(t *testing.T) {
 	root, _ := siteRoot(t)
-	region, err := shm.Create("test", shm.Size(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer region.Close()
-	board, _ := shm.NewScoreboard(region.Bytes(), 1)
-	st := board.Record(board.Claim(0, 1, 0))
-	eng, err := New(Config{Root: root, Stats: st, Passed: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.Run()
-	defer func() { eng.Close(); <-eng.Done() }()
+	eng, st := runEngine(t, Config{Root: root, Passed: true})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

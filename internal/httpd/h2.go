@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
 )
@@ -715,25 +714,13 @@ func (e *Engine) h2Fill(c *conn) bool {
 // socket takes them. false: the socket is full (EPOLLOUT calls again) or
 // the connection was closed.
 func (e *Engine) flushH2(c *conn) bool {
-	h, s := c.h2, c.sock
+	h := c.h2
 	for {
-		for s.sent < len(s.out) {
-			n, err := rawSend(c.fd, s.out[s.sent:], unix.MSG_NOSIGNAL)
-			if err == unix.EAGAIN {
-				return e.watchWrites(c)
-			}
-			if err != nil && err != unix.EINTR {
-				e.closeConn(c)
-				return false
-			}
-			s.sent += max(n, 0)
-			c.since = e.now
-			e.cfg.Stats.Add(shm.BytesOut, int64(max(n, 0)))
+		if !e.sendSealed(c) {
+			return false
 		}
-		s.out, s.sent = s.out[:0], 0
 		if h.sealed < len(h.out) {
-			if _, err := c.tls.Write(h.out[h.sealed:]); err != nil {
-				e.closeConn(c)
+			if !e.seal(c, h.out[h.sealed:]) {
 				return false
 			}
 			h.sealed = len(h.out)

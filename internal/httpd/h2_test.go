@@ -222,20 +222,8 @@ func TestH2FlowControlAndFrames(t *testing.T) {
 func TestH2DrainSendsGoAway(t *testing.T) {
 	root, _ := siteRoot(t)
 	cert := testCert(t)
-	region, err := shm.Create("test", shm.Size(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer region.Close()
-	board, _ := shm.NewScoreboard(region.Bytes(), 1)
-	st := board.Record(board.Claim(0, 1, 0))
-	eng, err := New(Config{Root: root, Stats: st, TLS: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.Run()
-	defer eng.Close()
-	server, client := socketPair(t)
+	eng, st := runEngine(t, Config{Root: root, TLS: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}}})
+	server, client := acceptedSock(t)
 	st.Inc(shm.Active)
 	eng.Add(server)
 	tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})

@@ -197,9 +197,7 @@ func (e *Engine) handshake(fd int) {
 		if done != nil {
 			e.handshaken = append(e.handshaken, *done)
 		}
-		if !e.stopped {
-			e.poke() // under mu: the loop closes its eventfd only after it stopped
-		}
+		e.pokeLocked()
 		e.mu.Unlock()
 	}()
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -300,27 +298,14 @@ const sealBatch = 64 << 10
 // and sent as the socket takes them. What the access log counts as sent
 // advances by batches, once a batch has left whole.
 func (e *Engine) flushTLS(c *conn) bool {
-	s := c.sock
 	for {
-		for s.sent < len(s.out) {
-			n, err := rawSend(c.fd, s.out[s.sent:], unix.MSG_NOSIGNAL)
-			if err == unix.EAGAIN {
-				return e.watchWrites(c)
-			}
-			if err != nil && err != unix.EINTR {
-				e.closeConn(c)
-				return false
-			}
-			s.sent += max(n, 0)
-			c.since = e.now
-			e.cfg.Stats.Add(shm.BytesOut, int64(max(n, 0)))
+		if !e.sendSealed(c) {
+			return false
 		}
-		s.out, s.sent = s.out[:0], 0
 		c.outOff, c.fileSent = c.sealed, c.fileSent+c.fileSealed
 		c.fileSealed = 0
 		if c.sealed < len(c.out) {
-			if _, err := c.tls.Write(c.out[c.sealed:]); err != nil {
-				e.closeConn(c)
+			if !e.seal(c, c.out[c.sealed:]) {
 				return false
 			}
 			c.sealed = len(c.out)
@@ -340,8 +325,7 @@ func (e *Engine) flushTLS(c *conn) bool {
 			e.closeConn(c) // the file shrank under us: the answer cannot be completed
 			return false
 		}
-		if _, err := c.tls.Write(e.sealBuf[:n]); err != nil {
-			e.closeConn(c)
+		if !e.seal(c, e.sealBuf[:n]) {
 			return false
 		}
 		c.off += int64(n)
@@ -361,6 +345,37 @@ func (e *Engine) settleTLS(c *conn) bool {
 	}
 	e.read(c)
 	return e.conns[c.fd] == c
+}
+
+// sendSealed sends the records sealed for c. false: the socket is full
+// (EPOLLOUT calls again) or the connection was closed.
+func (e *Engine) sendSealed(c *conn) bool {
+	s := c.sock
+	for s.sent < len(s.out) {
+		n, err := rawSend(c.fd, s.out[s.sent:], unix.MSG_NOSIGNAL)
+		if err == unix.EAGAIN {
+			return e.watchWrites(c)
+		}
+		if err != nil && err != unix.EINTR {
+			e.closeConn(c)
+			return false
+		}
+		s.sent += max(n, 0)
+		c.since = e.now
+		e.cfg.Stats.Add(shm.BytesOut, int64(max(n, 0)))
+	}
+	s.out, s.sent = s.out[:0], 0
+	return true
+}
+
+// seal seals p into records for c (sendSealed sends them). false: the
+// connection was closed.
+func (e *Engine) seal(c *conn, p []byte) bool {
+	if _, err := c.tls.Write(p); err != nil {
+		e.closeConn(c)
+		return false
+	}
+	return true
 }
 
 // closeNotify tells a TLS client the connection ends here (a close_notify

@@ -199,20 +199,8 @@ func TestTLSHandshakeFailures(t *testing.T) {
 func TestTLSDrainWaitsForHandshakes(t *testing.T) {
 	root, _ := siteRoot(t)
 	cert := testCert(t)
-	region, err := shm.Create("test", shm.Size(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer region.Close()
-	board, _ := shm.NewScoreboard(region.Bytes(), 1)
-	st := board.Record(board.Claim(0, 1, 0))
-	eng, err := New(Config{Root: root, Stats: st, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.Run()
-	defer eng.Close()
-	server, client := socketPair(t)
+	eng, st := runEngine(t, Config{Root: root, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	server, client := acceptedSock(t)
 	st.Inc(shm.Active)
 	eng.Add(server)
 	time.Sleep(50 * time.Millisecond) // the handshake waits for the client
@@ -233,39 +221,6 @@ func TestTLSDrainWaitsForHandshakes(t *testing.T) {
 	if n := st.Load(shm.Active); n != 0 {
 		t.Errorf("%d connections still counted after the drain", n)
 	}
-}
-
-// socketPair is a connected TCP pair on loopback: the server's end as a
-// non-blocking descriptor, as a strategy hands it over.
-func socketPair(t *testing.T) (int, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	client, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	sc, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := sc.(*net.TCPConn).File()
-	sc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := dupFD(f)
-	if err == nil {
-		err = unix.SetNonblock(fd, true)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fd, client
 }
 
 // The access log counts the body bytes that left over TLS: a transfer cut
