@@ -254,7 +254,7 @@ func (e *Engine) Run() error {
 	defer e.shutdown()
 	lastSweep := time.Now()
 	attached, busy := false, false
-	holdP := canHoldP(runtime.GOMAXPROCS(0)) // see wait
+	holdP := CanHoldP(runtime.GOMAXPROCS(0)) // see wait
 	cycler, _ := e.cfg.Inline.(Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {

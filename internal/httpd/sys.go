@@ -50,7 +50,7 @@ func rawSend(fd int, p []byte, flags int) (int, error) {
 func (e *Engine) sendfile(out, in int, off *int64, count int) (int, error) {
 	if e.rawFile == 0 {
 		e.rawFile = -1
-		if canHoldP(runtime.GOMAXPROCS(0)) {
+		if CanHoldP(runtime.GOMAXPROCS(0)) {
 			e.rawFile = 1
 		}
 	}
@@ -95,7 +95,7 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 //
 // It relies on that signal: with asynchronous preemption turned off
 // (GODEBUG=asyncpreemptoff=1) a stop-the-world would wait for the sleep to
-// end, so canHoldP says no and the ordinary wait is used. And a held wait
+// end, so CanHoldP says no and the ordinary wait is used. And a held wait
 // is never longer than maxHeldWait, which bounds that wait even if a
 // signal is lost.
 //
@@ -122,10 +122,11 @@ func wait(ep int, events []unix.EpollEvent, msec int, holdP, busy bool) (int, er
 // maxHeldWait bounds, in milliseconds, an epoll_wait that keeps its P.
 const maxHeldWait = 100
 
-// canHoldP reports whether the loop may keep its P in epoll_wait: the
-// process has a second P for its other goroutines, and the runtime can
-// preempt a thread by signal (see wait).
-func canHoldP(procs int) bool {
+// CanHoldP reports whether a goroutine may keep its P in a raw blocking
+// wait, as the loop does in epoll_wait: the process has a second P for its
+// other goroutines, and the runtime can preempt a thread by signal (see
+// wait).
+func CanHoldP(procs int) bool {
 	return procs >= 2 && !asyncPreemptOff(os.Getenv("GODEBUG"))
 }
 

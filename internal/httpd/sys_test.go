@@ -18,8 +18,8 @@ func TestCanHoldP(t *testing.T) {
 		{4, "asyncpreemptoff=0", true},
 	} {
 		t.Setenv("GODEBUG", tc.godebug)
-		if got := canHoldP(tc.procs); got != tc.want {
-			t.Errorf("canHoldP(%d) with GODEBUG=%q = %v", tc.procs, tc.godebug, got)
+		if got := CanHoldP(tc.procs); got != tc.want {
+			t.Errorf("CanHoldP(%d) with GODEBUG=%q = %v", tc.procs, tc.godebug, got)
 		}
 	}
 }

@@ -266,7 +266,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	if len(lanes) == 2 && lanes[1].strat == nil {
 		lanes[0].feed = feedBySocket(plain, secure, lanes[0].eng.Add, lanes[1].eng.Add)
 	}
-	w.setProcs(lanes)
+	if w.setProcs(lanes) {
+		go anchor(nil, 50)
+	}
 	if pct, ok := gcPercent(os.Getenv("GOGC"), spec.Engine, len(secure) > 0); ok {
 		debug.SetGCPercent(pct)
 	}
@@ -337,11 +339,11 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 // native engine's loops (one per lane: plain, TLS) each hold a P while
 // they wait (httpd's wait); the goroutines' P — TLS handshakes run there —
 // serves as the idle one. A net/http worker with a strategy that waits in
-// Go's netpoller (go) needs one P in all: net/http then runs on one
-// thread, as a prefork worker is meant to (bench/library.sh: 0.02 context
-// switches per keep-alive request, against 0.29 with exclusive's
-// accepting thread and its Ps).
-func (w *proc) setProcs(lanes []lane) {
+// Go's netpoller (go) needs one P for its goroutines: net/http then runs
+// on one thread, as a prefork worker is meant to. A net/http worker also
+// gets a P held by anchor (anchor.go), so that sysmon never finds every P
+// idle. It returns whether to start the anchor.
+func (w *proc) setProcs(lanes []lane) (anchored bool) {
 	spec := w.spec
 	want := 1
 	if spec.Procs != 0 {
@@ -360,12 +362,17 @@ func (w *proc) setProcs(lanes []lane) {
 		case waiters > 0:
 			want++ // net/http keeps the goroutines' P busy: one idle beside it
 		}
+		if spec.Engine != "native" && httpd.CanHoldP(want+1) {
+			want++ // the anchor's
+			anchored = true
+		}
 	}
 	if want > 0 {
 		if n := runtime.GOMAXPROCS(want); n != want {
 			w.log.Debug("GOMAXPROCS set", "was", n, "now", want)
 		}
 	}
+	return anchored
 }
 
 // gcPercent is the GOGC a worker sets, if any: none when the environment
