@@ -118,10 +118,11 @@ type Server struct {
 	// needs, not one P per CPU in each of N processes — one to run
 	// goroutines, one more for each thread the strategy keeps waiting in a
 	// system call plus one idle beside them, one more for the native
-	// engine's loop. A Handler's worker with the default strategy gets 1:
-	// net/http on one thread (bench/library.sh measured 0.02 context
-	// switches per keep-alive request, against 0.11 for one plain net/http
-	// process).
+	// engine's loop. A Handler's worker with the default strategy gets 2:
+	// net/http on one thread, and one P held in a wait so that the Go
+	// runtime's sysmon never finds every P idle (bench/library.sh: 0.31
+	// context switches per new connection, against 1.15 for one plain
+	// net/http process). Set, it is used as it is, without that held P.
 	// Negative: the runtime's default.
 	WorkerProcs int
 
