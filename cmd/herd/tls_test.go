@@ -288,3 +288,46 @@ func testRedirectToHTTPS(t *testing.T, engine string) {
 		t.Errorf("--redirect-https without a TLS listener: exit %d %q", code, errOut)
 	}
 }
+
+// h2specKnown are the h2spec cases herd fails on purpose: a WINDOW_UPDATE
+// that overflows the window of a stream whose answer was already sent
+// whole is ignored, as RFC 9113 6.9 lets a receiver do with frames on a
+// closed stream, where h2spec wants RST_STREAM.
+var h2specKnown = []string{"Sends multiple WINDOW_UPDATE frames increasing the flow control window to above 2^31-1 on a stream"}
+
+// h2spec (the HTTP/2 conformance suite; .ci/run installs it) against the
+// native engine's HTTP/2: every case passes but the known ones.
+func TestH2Spec(t *testing.T) {
+	bin, err := exec.LookPath("h2spec")
+	if err != nil {
+		if gopath, gerr := exec.Command("go", "env", "GOPATH").Output(); gerr == nil {
+			bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "h2spec")
+			_, err = os.Stat(bin)
+		}
+	}
+	if err != nil {
+		t.Skip("h2spec not installed (.ci/run installs it)")
+	}
+	root, _ := docroot(t)
+	cert, key := writeCert(t, t.TempDir(), 1)
+	_, tlsAddr := startTLS(t, root, cert, key, "--workers", "1")
+	host, port, _ := net.SplitHostPort(tlsAddr)
+	out, _ := exec.Command(bin, "-h", host, "-p", port, "-t", "-k", "-P", "/hello.txt", "-o", "2").CombinedOutput()
+	var failed []string
+	for _, line := range strings.Split(string(out), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "× ") {
+			continue
+		}
+		known := false
+		for _, k := range h2specKnown {
+			known = known || strings.Contains(line, k)
+		}
+		if !known {
+			failed = append(failed, line)
+		}
+	}
+	if len(failed) > 0 || !strings.Contains(string(out), "tests,") {
+		t.Errorf("h2spec: %d unexpected failures:\n%s\n\n%s", len(failed), strings.Join(failed, "\n"), out)
+	}
+}

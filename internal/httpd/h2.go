@@ -51,6 +51,7 @@ const (
 	flagPriority   = 0x20
 
 	settingHeaderTableSize   = 0x1
+	settingEnablePush        = 0x2
 	settingMaxConcurrent     = 0x3
 	settingInitialWindowSize = 0x4
 	settingMaxFrameSize      = 0x5
@@ -99,8 +100,29 @@ type h2conn struct {
 	streams  map[uint32]*h2stream // answers still sending
 	ready    []*h2stream          // streams with body left and window to send it, in turn
 	lastID   uint32               // the highest stream the client opened
+	open     map[uint32]*h2recv   // streams whose client has not ended its side (a body may come)
+	selfDep  bool                 // the header block's HEADERS made its stream depend on itself
 	goAway   bool                 // GOAWAY sent: no new streams, close once the open ones end
 	peerGone bool                 // the client sent GOAWAY
+}
+
+// h2recv is what is known of a request body still arriving.
+type h2recv struct {
+	length int64 // its Content-Length, or -1
+	got    int64 // DATA received (padding not counted)
+	reset  bool  // the stream was reset: what still comes is dropped
+}
+
+// resetStream ends stream id with a stream error.
+func (e *Engine) resetStream(c *conn, id uint32, code uint32) {
+	h := c.h2
+	h.out = appendRSTStream(h.out, id, code)
+	if s := h.streams[id]; s != nil {
+		e.endStream(c, s)
+	}
+	if r := h.open[id]; r != nil {
+		r.reset = true
+	}
 }
 
 // h2stream is one answer being sent.
@@ -124,7 +146,8 @@ func (s *h2stream) left() int64 {
 
 // startH2 makes c an HTTP/2 connection and queues the server's preface.
 func (e *Engine) startH2(c *conn) {
-	h := &h2conn{window: h2WindowStart, initWindow: h2WindowStart, maxFrame: h2FrameMax, streams: map[uint32]*h2stream{}}
+	h := &h2conn{window: h2WindowStart, initWindow: h2WindowStart, maxFrame: h2FrameMax,
+		streams: map[uint32]*h2stream{}, open: map[uint32]*h2recv{}}
 	h.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) {
 		// The list is bounded as a head is (MaxHeaderBytes), counted as
 		// SETTINGS_MAX_HEADER_LIST_SIZE counts it: a small block can name
@@ -273,16 +296,38 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 	h := c.h2
 	switch typ {
 	case frameData:
-		if id == 0 {
-			return errProtocol
+		if id == 0 || id > h.lastID {
+			return errProtocol // no stream, or an idle one
+		}
+		size := len(p) // what flow control counts, padding included
+		if flags&flagPadded != 0 {
+			if len(p) < 1 || int(p[0]) >= len(p) {
+				return errProtocol
+			}
+			p = p[1 : len(p)-int(p[0])]
+		}
+		r := h.open[id]
+		if r == nil {
+			return errStreamClosed // the client ended its side already
 		}
 		// A body is dropped; its bytes are given back to both windows, so
 		// the client can go on sending it.
-		if len(p) > 0 {
-			h.out = appendWindowUpdate(h.out, 0, len(p))
+		if size > 0 {
+			h.out = appendWindowUpdate(h.out, 0, size)
 			if flags&flagEndStream == 0 {
-				h.out = appendWindowUpdate(h.out, id, len(p))
+				h.out = appendWindowUpdate(h.out, id, size)
 			}
+		}
+		r.got += int64(len(p))
+		end := flags&flagEndStream != 0
+		if end {
+			delete(h.open, id)
+		}
+		if !r.reset && r.length >= 0 && (r.got > r.length || end && r.got != r.length) {
+			// The body does not match its Content-Length: malformed
+			// (RFC 9113 8.1.1).
+			r.reset = true
+			e.resetStream(c, id, errProtocol)
 		}
 	case frameHeaders:
 		if id == 0 || id%2 == 0 {
@@ -294,10 +339,12 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 			}
 			p = p[1 : len(p)-int(p[0])]
 		}
+		h.selfDep = false
 		if flags&flagPriority != 0 {
 			if len(p) < 5 {
 				return errFrameSize
 			}
+			h.selfDep = binary.BigEndian.Uint32(p)&0x7fffffff == id
 			p = p[5:]
 		}
 		if id <= h.lastID {
@@ -330,6 +377,9 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 		if len(p) != 5 {
 			return errFrameSize
 		}
+		if binary.BigEndian.Uint32(p)&0x7fffffff == id {
+			e.resetStream(c, id, errProtocol) // a stream cannot depend on itself
+		}
 	case frameRSTStream:
 		if id == 0 {
 			return errProtocol
@@ -337,9 +387,13 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 		if len(p) != 4 {
 			return errFrameSize
 		}
+		if id > h.lastID {
+			return errProtocol // an idle stream
+		}
 		if s := h.streams[id]; s != nil {
 			e.endStream(c, s)
 		}
+		delete(h.open, id)
 	case frameSettings:
 		if id != 0 {
 			return errProtocol
@@ -356,6 +410,10 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 		for ; len(p) > 0; p = p[6:] {
 			v := binary.BigEndian.Uint32(p[2:])
 			switch binary.BigEndian.Uint16(p) {
+			case settingEnablePush:
+				if v > 1 {
+					return errProtocol
+				}
 			case settingHeaderTableSize:
 				h.enc.SetMaxDynamicTableSizeLimit(min(v, 4096))
 			case settingInitialWindowSize:
@@ -406,12 +464,16 @@ func (e *Engine) h2Frame(c *conn, typ, flags byte, id uint32, p []byte) uint32 {
 			h.window += inc
 			return 0
 		}
-		if s := h.streams[id]; s != nil {
-			if inc == 0 || s.window+inc > h2MaxWindow {
-				h.out = appendRSTStream(h.out, id, errFlowControl)
-				e.endStream(c, s)
-				return 0
-			}
+		if id > h.lastID {
+			return errProtocol // an idle stream
+		}
+		s := h.streams[id]
+		switch {
+		case inc == 0:
+			e.resetStream(c, id, errProtocol)
+		case s != nil && s.window+inc > h2MaxWindow:
+			e.resetStream(c, id, errFlowControl)
+		case s != nil:
 			s.window += inc
 			e.h2Queue(h, s)
 		}
@@ -436,17 +498,24 @@ func (e *Engine) h2Request(c *conn, id uint32) uint32 {
 		return errCompression // the decoder's state is lost: the connection with it
 	}
 	fields := h.fields
+	if !h.blockEnd {
+		h.open[id] = &h2recv{length: -1}
+	}
 	if h.goAway {
 		return 0 // after GOAWAY, new streams are not answered (the client retries them)
 	}
+	if h.selfDep {
+		e.resetStream(c, id, errProtocol) // a stream cannot depend on itself
+		return 0
+	}
 	if len(h.streams) >= h2Streams {
-		h.out = appendRSTStream(h.out, id, errRefused)
+		e.resetStream(c, id, errRefused)
 		return 0
 	}
 	head, ok := h2Head(h.reqBuf[:0], fields)
 	h.reqBuf = head
 	if !ok && !h.tooLarge {
-		h.out = appendRSTStream(h.out, id, errProtocol) // malformed (RFC 9113 8.1.1)
+		e.resetStream(c, id, errProtocol) // malformed (RFC 9113 8.1.1)
 		return 0
 	}
 	req := &c.req
@@ -454,6 +523,9 @@ func (e *Engine) h2Request(c *conn, id uint32) uint32 {
 	perr := errTooLarge
 	if !h.tooLarge {
 		_, perr = parseInto(req, head)
+	}
+	if r := h.open[id]; r != nil && perr == nil && req.lengths > 0 {
+		r.length = req.length // the DATA to come must add up to it
 	}
 	if perr != nil {
 		c.head = false
@@ -484,7 +556,7 @@ func (h *h2conn) decode() error {
 // forbids (connection-specific), or a value with a line break or NUL,
 // which could otherwise add a line to the head.
 func h2Head(b []byte, fields []hpack.HeaderField) (_ []byte, ok bool) {
-	var method, path, authority string
+	var method, path, authority, scheme string
 	regular, hasHost := false, false
 	for _, f := range fields {
 		if strings.ContainsAny(f.Value, "\r\n\x00") {
@@ -503,7 +575,7 @@ func h2Head(b []byte, fields []hpack.HeaderField) (_ []byte, ok bool) {
 			case ":authority":
 				into = &authority
 			case ":scheme":
-				continue
+				into = &scheme
 			default:
 				return b, false
 			}
@@ -529,7 +601,7 @@ func h2Head(b []byte, fields []hpack.HeaderField) (_ []byte, ok bool) {
 			return b, false
 		}
 	}
-	if method == "" || path == "" {
+	if method == "" || path == "" || scheme == "" {
 		return b, false
 	}
 	b = append(b, method...)

@@ -132,6 +132,7 @@ func dialH2(t *testing.T, addr string, settings ...http2.Setting) *h2Raw {
 	}
 	r := &h2Raw{t: t, c: c, fr: http2.NewFramer(c, c)}
 	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	r.fr.AllowIllegalWrites = true // the point of some tests
 	r.enc = hpack.NewEncoder(&r.buf)
 	io.WriteString(c, http2.ClientPreface)
 	r.fr.WriteSettings(settings...)
@@ -385,6 +386,8 @@ func TestH2Head(t *testing.T) {
 		{"two paths", req(hpack.HeaderField{Name: ":path", Value: "/b"}), ""},
 		{"unknown pseudo", req(hpack.HeaderField{Name: ":protocol", Value: "x"}), ""},
 		{"no path", []hpack.HeaderField{{Name: ":method", Value: "GET"}}, ""},
+		{"no scheme", []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":path", Value: "/"}}, ""},
+		{"two schemes", req(hpack.HeaderField{Name: ":scheme", Value: "http"}), ""},
 	} {
 		got, ok := h2Head(nil, tc.fields)
 		if (tc.want == "") == ok || (ok && string(got) != tc.want) {
@@ -404,5 +407,62 @@ func TestH2StreamLimit(t *testing.T) {
 	rst := r.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
 	if rst.StreamID != 257 || rst.ErrCode != http2.ErrCodeRefusedStream {
 		t.Errorf("RST_STREAM %d %v, want 257 REFUSED_STREAM", rst.StreamID, rst.ErrCode)
+	}
+}
+
+// Stream states and malformed messages (RFC 9113 5.1, 8.1.1), each on a
+// connection of its own: the errors h2spec checks, held here too.
+func TestH2ProtocolErrors(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, _ := h2Engine(t, root, nil)
+	post := func(r *h2Raw, id uint32, length string) {
+		r.buf.Reset()
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "x"}, {Name: ":path", Value: "/hello.txt"}, {Name: "content-length", Value: length}} {
+			r.enc.WriteField(f)
+		}
+		r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.buf.Bytes(), EndHeaders: true})
+	}
+	for _, tc := range []struct {
+		name   string
+		send   func(r *h2Raw)
+		goAway http2.ErrCode // a connection error, or
+		rst    http2.ErrCode // a stream error on stream 1
+	}{
+		{"DATA on an idle stream", func(r *h2Raw) { r.fr.WriteData(1, true, []byte("x")) }, http2.ErrCodeProtocol, 0},
+		{"RST_STREAM on an idle stream", func(r *h2Raw) { r.fr.WriteRSTStream(1, http2.ErrCodeCancel) }, http2.ErrCodeProtocol, 0},
+		{"WINDOW_UPDATE on an idle stream", func(r *h2Raw) { r.fr.WriteWindowUpdate(1, 1) }, http2.ErrCodeProtocol, 0},
+		{"SETTINGS_ENABLE_PUSH 2", func(r *h2Raw) { r.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2}) }, http2.ErrCodeProtocol, 0},
+		{"DATA after END_STREAM", func(r *h2Raw) { r.get(1, "/hello.txt"); r.fr.WriteData(1, true, []byte("x")) }, http2.ErrCodeStreamClosed, 0},
+		{"a body longer than its content-length", func(r *h2Raw) { post(r, 1, "1"); r.fr.WriteData(1, true, []byte("xy")) }, 0, http2.ErrCodeProtocol},
+		{"a body shorter than its content-length", func(r *h2Raw) { post(r, 1, "3"); r.fr.WriteData(1, true, []byte("xy")) }, 0, http2.ErrCodeProtocol},
+		{"a stream that depends on itself", func(r *h2Raw) {
+			r.fr.WritePriority(1, http2.PriorityParam{StreamDep: 1})
+		}, 0, http2.ErrCodeProtocol},
+		{"WINDOW_UPDATE of 0 on a stream", func(r *h2Raw) { post(r, 1, "0"); r.fr.WriteWindowUpdate(1, 0) }, 0, http2.ErrCodeProtocol},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := dialH2(t, addr)
+			tc.send(r)
+			f := r.next(func(f http2.Frame) bool {
+				switch f := f.(type) {
+				case *http2.GoAwayFrame:
+					return true
+				case *http2.RSTStreamFrame:
+					return f.StreamID == 1
+				}
+				return false
+			})
+			switch f := f.(type) {
+			case *http2.GoAwayFrame:
+				if f.ErrCode != tc.goAway || tc.goAway == 0 {
+					t.Errorf("%s: GOAWAY %v, want %v", tc.name, f.ErrCode, map[bool]any{true: "RST_STREAM " + tc.rst.String(), false: tc.goAway}[tc.goAway == 0])
+				}
+			case *http2.RSTStreamFrame:
+				if f.ErrCode != tc.rst || tc.rst == 0 {
+					t.Errorf("%s: RST_STREAM %v, want GOAWAY %v", tc.name, f.ErrCode, tc.goAway)
+				}
+			}
+		})
 	}
 }
