@@ -225,12 +225,14 @@ func (e *Engine) goAway(c *conn, code uint32) {
 }
 
 // h2Fail ends the connection on a connection error: GOAWAY with the code,
-// sent if the socket takes it, then close.
+// sent if the socket takes it, then a lingering close — the client is
+// likely still sending, and a close with unread bytes would reset the
+// connection and destroy the GOAWAY before the client reads it.
 func (e *Engine) h2Fail(c *conn, code uint32) {
 	e.goAway(c, code)
 	e.flushH2(c)
 	if e.conns[c.fd] == c {
-		e.closeConn(c)
+		e.linger(c)
 	}
 }
 
@@ -499,6 +501,12 @@ func (e *Engine) h2Request(c *conn, id uint32) uint32 {
 	}
 	fields := h.fields
 	if !h.blockEnd {
+		// Streams the client has not ended count against the limit too
+		// (RFC 9113 5.1.2), and are remembered, refused ones included, so
+		// that the body still coming is dropped quietly — up to a bound.
+		if len(h.open) >= 2*h2Streams {
+			return errEnhanceYourCalm
+		}
 		h.open[id] = &h2recv{length: -1}
 	}
 	if h.goAway {
@@ -508,7 +516,7 @@ func (e *Engine) h2Request(c *conn, id uint32) uint32 {
 		e.resetStream(c, id, errProtocol) // a stream cannot depend on itself
 		return 0
 	}
-	if len(h.streams) >= h2Streams {
+	if len(h.streams) >= h2Streams || len(h.open) > h2Streams {
 		e.resetStream(c, id, errRefused)
 		return 0
 	}

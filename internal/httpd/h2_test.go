@@ -328,6 +328,7 @@ func TestH2Limits(t *testing.T) {
 	if ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("endless CONTINUATION: GOAWAY %v", ga.ErrCode)
 	}
+	r.c.Close() // the server lingers until the client lets go
 	waitIdle(t, st)
 }
 
@@ -465,4 +466,41 @@ func TestH2ProtocolErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Streams a client opens and never ends count against the limit: past
+// 128 they are refused, and a client that goes on opening them is cut
+// off, so what the connection remembers of them stays bounded.
+func TestH2UnendedStreamsBounded(t *testing.T) {
+	root, _ := siteRoot(t)
+	addr, st := h2Engine(t, root, nil)
+	r := dialH2(t, addr)
+	var refused bool
+	for i := range uint32(400) {
+		r.buf.Reset()
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "x"}, {Name: ":path", Value: "/hello.txt"}} {
+			r.enc.WriteField(f)
+		}
+		if r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 2*i + 1, BlockFragment: r.buf.Bytes(), EndHeaders: true}) != nil {
+			break // cut off
+		}
+	}
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the connection ended without GOAWAY ENHANCE_YOUR_CALM: %v (refused some: %v)", err, refused)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.ErrCode == http2.ErrCodeRefusedStream {
+			refused = true
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeEnhanceYourCalm || !refused {
+				t.Errorf("GOAWAY %v after refusing: %v", ga.ErrCode, refused)
+			}
+			break
+		}
+	}
+	r.c.Close() // the server lingers until the client lets go
+	waitIdle(t, st)
 }
