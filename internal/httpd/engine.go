@@ -223,6 +223,8 @@ func (e *Engine) poke() {
 	e.mu.Unlock()
 }
 
+// pokeLocked is poke for a caller that holds mu (it has just queued
+// something for the loop under it).
 func (e *Engine) pokeLocked() {
 	if !e.stopped {
 		unix.Write(e.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
@@ -374,6 +376,13 @@ func (e *Engine) takePending() {
 	}
 }
 
+// drop closes a connection the engine will not serve, and counts it out
+// (the strategy counted it in when it accepted it).
+func (e *Engine) drop(fd int) {
+	rawClose(fd)
+	e.cfg.Stats.Add(shm.Active, -1)
+}
+
 // addConn starts serving an accepted descriptor, on the loop's thread.
 func (e *Engine) addConn(fd int) {
 	if e.cfg.TLS != nil {
@@ -381,14 +390,12 @@ func (e *Engine) addConn(fd int) {
 		return
 	}
 	if e.atLimit() {
-		unix.Close(fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(fd)
 		return
 	}
 	if !e.cfg.Nonblocking {
 		if err := unix.SetNonblock(fd, true); err != nil {
-			unix.Close(fd)
-			e.cfg.Stats.Add(shm.Active, -1)
+			e.drop(fd)
 			return
 		}
 	}
@@ -518,8 +525,7 @@ func (e *Engine) shutdown() {
 	e.stopHandshakes()
 	e.mu.Lock()
 	for _, fd := range e.pending {
-		unix.Close(fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(fd)
 	}
 	e.pending = nil
 	for _, c := range e.adopted {
@@ -528,10 +534,9 @@ func (e *Engine) shutdown() {
 	}
 	e.adopted = nil
 	for _, h := range e.handshaken {
-		rawClose(h.fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(h.fd)
 	}
-	e.handshaken, e.stopped = nil, true
+	e.handshaken = nil // stopped since stopHandshakes
 	for _, f := range e.made {
 		f.files.close()
 	}

@@ -5,7 +5,6 @@ package httpd
 import (
 	"time"
 
-	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,8 +44,8 @@ func (e *Engine) Add(fd int) {
 	if f == nil { // no front could be made (the root is gone): the loop serves it
 		e.mu.Lock()
 		e.pending = append(e.pending, fd)
+		e.pokeLocked()
 		e.mu.Unlock()
-		e.poke()
 		return
 	}
 	f.tick() // the front's clock: the answer's Date, durations, and this
@@ -102,8 +101,7 @@ func (e *Engine) takeFront() *Engine {
 func (f *Engine) serveFirst(fd int) {
 	if !f.cfg.Nonblocking {
 		if err := unix.SetNonblock(fd, true); err != nil {
-			unix.Close(fd)
-			f.cfg.Stats.Add(shm.Active, -1)
+			f.drop(fd)
 			return
 		}
 	}
@@ -131,8 +129,8 @@ func (f *Engine) serveFirst(fd int) {
 	e := f.loop
 	e.mu.Lock()
 	e.adopted = append(e.adopted, c)
+	e.pokeLocked()
 	e.mu.Unlock()
-	e.poke()
 }
 
 // adopt takes over a connection a front answered first, on the loop's

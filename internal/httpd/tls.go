@@ -159,8 +159,7 @@ func (e *Engine) startHandshake(fd int) {
 	}
 	e.mu.Unlock()
 	if refuse {
-		rawClose(fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(fd)
 		return
 	}
 	go e.handshake(fd)
@@ -191,8 +190,7 @@ func (e *Engine) handshake(fd int) {
 		delete(e.shaking, sock)
 		if done != nil && e.stopped {
 			done = nil
-			rawClose(fd)
-			e.cfg.Stats.Add(shm.Active, -1)
+			e.drop(fd)
 		}
 		if done != nil {
 			e.handshaken = append(e.handshaken, *done)
@@ -200,16 +198,13 @@ func (e *Engine) handshake(fd int) {
 		e.pokeLocked()
 		e.mu.Unlock()
 	}()
+	var nc net.Conn
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		rawClose(fd)
-		e.cfg.Stats.Add(shm.Active, -1)
-		return
+	if err == nil {
+		nc, err = NetConn(dup) // closes dup on error
 	}
-	nc, err := NetConn(dup) // closes dup on error
 	if err != nil {
-		rawClose(fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(fd)
 		return
 	}
 	s := &tlsSocket{nc: nc, fd: fd, stats: e.cfg.Stats}
@@ -254,8 +249,7 @@ func looksLikeHTTP(hdr [5]byte) bool {
 // loop's thread.
 func (e *Engine) adoptTLS(h handshaken) {
 	if e.atLimit() {
-		rawClose(h.fd)
-		e.cfg.Stats.Add(shm.Active, -1)
+		e.drop(h.fd)
 		return
 	}
 	c := e.newConn(h.fd)
