@@ -175,7 +175,7 @@ type Engine struct {
 	shakers    sync.WaitGroup          // the handshakes' goroutines
 	stopped    bool                    // the loop has ended (under mu): handshakes close what they finish
 	sealBuf    []byte                  // a file body's plaintext, read to be sealed (TLS)
-	rawFile    int8                    // sendfile is made raw (1) or not (-1); 0: not decided yet
+	holdP      int8                    // calls that may block keep the P (1) or not (-1); 0: not asked yet (mayHoldP)
 
 	full     bool // at WorkerConnections: logged once per episode
 	rootGone bool // the root's path fails to open: logged once per episode
@@ -256,7 +256,7 @@ func (e *Engine) Run() error {
 	defer e.shutdown()
 	lastSweep := time.Now()
 	attached, busy := false, false
-	holdP := CanHoldP(runtime.GOMAXPROCS(0)) // see wait
+	holdP := e.mayHoldP() // see wait
 	cycler, _ := e.cfg.Inline.(Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {

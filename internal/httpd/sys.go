@@ -48,16 +48,23 @@ func rawSend(fd int, p []byte, flags int) (int, error) {
 // for the call either way, also when the file must come from the disk
 // (as nginx's does without aio): only the handing off of the P is saved.
 func (e *Engine) sendfile(out, in int, off *int64, count int) (int, error) {
-	if e.rawFile == 0 {
-		e.rawFile = -1
-		if CanHoldP(runtime.GOMAXPROCS(0)) {
-			e.rawFile = 1
-		}
-	}
-	if e.rawFile < 0 {
+	if !e.mayHoldP() {
 		return unix.Sendfile(out, in, off, count)
 	}
 	return rawSendfile(out, in, off, count)
+}
+
+// mayHoldP is CanHoldP for this process, asked once per engine (the
+// worker has set GOMAXPROCS before the engine runs): the loop's wait and
+// its sendfile both ask it, and a front's sendfile too.
+func (e *Engine) mayHoldP() bool {
+	if e.holdP == 0 {
+		e.holdP = -1
+		if CanHoldP(runtime.GOMAXPROCS(0)) {
+			e.holdP = 1
+		}
+	}
+	return e.holdP > 0
 }
 
 func rawSendfile(out, in int, off *int64, count int) (int, error) {
