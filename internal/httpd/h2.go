@@ -190,9 +190,7 @@ func (e *Engine) serveH2(c *conn) {
 		if !e.flushH2(c) {
 			return // the socket is full (EPOLLOUT calls again) or closed
 		}
-		if len(h.out)-h.sealed >= h2Backlog {
-			return
-		}
+		// Everything due has been sent: flushH2 returns true only then.
 		if e.h2Done(c) {
 			return
 		}

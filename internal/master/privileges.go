@@ -237,9 +237,7 @@ func prepareAccessLog(path string, c *Credentials) error {
 
 // checkTLS refuses a TLS configuration that cannot be served: TLS listeners
 // without a certificate, a certificate without TLS listeners (never served
-// as plain HTTP without a word), a key that does not match its certificate,
-// and fdpass, whose workers cannot tell which listener a passed connection
-// came from.
+// as plain HTTP without a word), a key that does not match its certificate.
 func checkTLS(cfg Config) error {
 	files := cfg.TLSCert != "" || cfg.TLSKey != ""
 	if len(cfg.addresses()) == 0 && (os.Getenv("LISTEN_FDS") != "" || os.Getenv(proto.UpgradeEnv) != "") && (files || cfg.TLSProgram) {
