@@ -20,9 +20,11 @@ import (
 // worker under `wrk -c64` keep-alive found 14% of its samples in sysmon's
 // nanosleep and futex calls, and a keep-alive request cost 20% more CPU
 // than in one plain net/http process. With a P held, sysmon keeps its
-// backed-off pace (every 10ms): bench/library.sh's keep-alive and
-// new-connection rows gained 17% and 15% against the worker without it
-// (see README, "What prefork costs").
+// backed-off pace (every 10ms). Side by side with the worker without it
+// (bench/library's herd mode, five interleaved rounds of wrk -t1 -d3s:
+// -c64 keep-alive, and -c8 with "Connection: close"), 17% and 16% more
+// requests per second, and less CPU per request than one plain net/http
+// process in both (see README, "What prefork costs").
 //
 // It is the native engine's held epoll_wait (internal/httpd, wait) without
 // the events, and safe for the same reasons, which setProcs checks with
