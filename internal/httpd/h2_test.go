@@ -130,6 +130,12 @@ func dialH2(t *testing.T, addr string, settings ...http2.Setting) *h2Raw {
 	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
 		t.Fatalf("ALPN gave %q", p)
 	}
+	return startH2Raw(t, c, settings...)
+}
+
+// startH2Raw begins HTTP/2 on c, a TLS connection that negotiated it:
+// the client's preface and SETTINGS.
+func startH2Raw(t *testing.T, c *tls.Conn, settings ...http2.Setting) *h2Raw {
 	r := &h2Raw{t: t, c: c, fr: http2.NewFramer(c, c)}
 	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	r.fr.AllowIllegalWrites = true // the point of some tests
@@ -232,11 +238,7 @@ func TestH2DrainSendsGoAway(t *testing.T) {
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	r := &h2Raw{t: t, c: tc, fr: http2.NewFramer(tc, tc)}
-	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	r.enc = hpack.NewEncoder(&r.buf)
-	io.WriteString(tc, http2.ClientPreface)
-	r.fr.WriteSettings()
+	r := startH2Raw(t, tc)
 	r.get(1, "/hello.txt")
 	r.next(func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamEnded() })
 	eng.Drain()
