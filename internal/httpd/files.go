@@ -123,8 +123,9 @@ func (c *fileCache) refreshRoot() (changed bool, err error) {
 // following symlinks is allowed. Where openat2 is missing it is Go's
 // os.Root that walks the path, a component at a time with O_NOFOLLOW,
 // resolving symlinks itself and refusing what leaves the root. (herd's
-// own systemd unit found it missing: systemd 252's SystemCallFilter=
-// answers ENOSYS for the call, and every file was a 500.)
+// own systemd unit found it missing: under its SystemCallFilter=, with
+// this machine's systemd 252, the call answered ENOSYS, and every file
+// was a 500.)
 func (c *fileCache) openAt(name string, flags int) (int, error) {
 	if !c.noOpenat2 {
 		how := unix.OpenHow{Flags: uint64(flags), Resolve: unix.RESOLVE_NO_MAGICLINKS}
