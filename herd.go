@@ -155,15 +155,20 @@ type Server struct {
 	// ---- How a connection reaches one worker (docs/STRATEGIES.md) ----
 	//
 	// Strategy names how connections reach workers: see Strategies.
-	// Default, for a Handler: "go", Go's own netpoller in every worker, so
-	// that net/http takes each connection on the thread that accepted it
-	// and a worker runs on one thread (see WorkerProcs); a strategy with
-	// threads of its own hands every connection across threads to net/http
-	// (bench/library.sh measured the two). Its herd — every idle worker's
-	// netpoller wakes for a connection, one takes it — grows with the
-	// worker count; with many workers, "exclusive" or "reuseport" avoid it.
-	// Default for Static: "exclusive" where the kernel has EPOLLEXCLUSIVE
-	// (Linux 4.5+), inside the native engine's loop; else "accept".
+	// Default, for a Handler: "reuseport" — one SO_REUSEPORT socket per
+	// worker, made by the master and kept across reloads, with Go's own
+	// netpoller waiting on it — so that the kernel spreads connections
+	// evenly over the workers and net/http takes each on the thread that
+	// accepted it, a worker running on one thread (see WorkerProcs). With
+	// a strategy whose workers share one socket through Go's netpoller
+	// ("go"), whichever worker wakes first takes every connection queued:
+	// wrk's 64 keep-alive connections all landed on one of two workers in
+	// some runs, and that worker alone served them, at two thirds of the
+	// rate (bench/library.sh measured both). Where reuseport cannot serve
+	// — a unix socket address, sockets from systemd, an upgrade from a
+	// binary that served "go" — the default is "go". Default for Static:
+	// "exclusive" where the kernel has EPOLLEXCLUSIVE (Linux 4.5+), inside
+	// the native engine's loop; else "accept".
 	Strategy string
 
 	// Threads is the number of accepting threads per worker (per listener
@@ -280,6 +285,9 @@ type Stats struct {
 	Workers    int    `json:"workers"`    // wanted, after TTIN/TTOU
 	Reloads    uint64 `json:"reloads"`
 	Restarts   uint64 `json:"restarts"` // workers replaced after dying
+	// Strategy is the accept strategy the workers use (Server.Strategy,
+	// or the default it resolved to).
+	Strategy string `json:"strategy"`
 	// MutexHolder is the pid holding the accept mutex (strategies mutex
 	// and nginx), or 0.
 	MutexHolder int           `json:"accept_mutex_holder"`

@@ -129,7 +129,9 @@ func (s *Server) masterConfig(log *slog.Logger) master.Config {
 			MutexDelay: s.AcceptMutexDelay, ReorderEvery: s.ExclusiveReorder},
 	}
 	if s.Static == nil && cfg.Strategy == "" {
-		cfg.Strategy = "go" // see Server.Strategy
+		// See Server.Strategy: reuseport where it can serve (TCP
+		// addresses herd binds), else Go's netpoller.
+		cfg.Strategy, cfg.StrategyFallback = "reuseport", "go"
 	}
 	cfg.WorkerProcs = s.WorkerProcs
 	if st := s.Static; st != nil {
@@ -214,7 +216,9 @@ func (s *Server) Stats() Stats {
 	if s.run == nil {
 		return Stats{}
 	}
-	return statsOf(s.run.master.Snapshot())
+	st := statsOf(s.run.master.Snapshot())
+	st.Strategy = s.run.master.Strategy()
+	return st
 }
 
 func statsOf(snap shm.Snapshot) Stats {

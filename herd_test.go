@@ -43,6 +43,8 @@ func TestMain(m *testing.M) {
 			Example()
 		case "slow":
 			slowServer().Start()
+		case "unix":
+			unixServer().Start()
 		case "admin":
 			adminServer().Start()
 		case "nohandler":
@@ -531,5 +533,87 @@ func TestMethodsBeforeStart(t *testing.T) {
 	srv.Reload()
 	if len(srv.Addrs()) != 0 || srv.AdminAddr() != "" || len(srv.Stats().Live) != 0 {
 		t.Error("a server not started reports addresses or workers")
+	}
+}
+
+// unixServer is slowServer on the unix socket HERD_TEST_SOCK.
+func unixServer() *herd.Server {
+	s := slowServer()
+	s.Listen = []string{"unix:" + os.Getenv("HERD_TEST_SOCK")}
+	return s
+}
+
+// The default strategy for a Handler is reuseport, so the kernel spreads
+// connections over the workers: with "go" every worker's netpoller races
+// for a shared socket, and the first awake takes all that are queued — a
+// burst of keep-alive connections (wrk's 64) all landed on one of two
+// workers in some runs. On a unix socket, where reuseport cannot serve,
+// the default is "go".
+func TestDefaultStrategySpreadsConnections(t *testing.T) {
+	t.Setenv("HERD_TEST_SERVER", "slow")
+	srv := slowServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if s := srv.Stats().Strategy; s != "reuseport" {
+		t.Errorf("default strategy for a Handler on TCP: %q, want reuseport", s)
+	}
+	// 32 keep-alive connections at once, each answered and held open:
+	// hashed over two sockets, all 32 on one has odds of 2 in 4 billion.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range 32 {
+		c, err := net.Dial("tcp", srv.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	for _, c := range conns {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	var active []uint64
+	for _, w := range srv.Stats().Live {
+		active = append(active, w.Active)
+	}
+	if len(active) != 2 || active[0] == 0 || active[1] == 0 {
+		t.Errorf("32 keep-alive connections per worker: %v, want both workers holding some", active)
+	}
+
+	sock := filepath.Join(t.TempDir(), "herd.sock")
+	t.Setenv("HERD_TEST_SERVER", "unix")
+	t.Setenv("HERD_TEST_SOCK", sock)
+	us := unixServer()
+	if err := us.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer us.Close()
+	if s := us.Stats().Strategy; s != "go" {
+		t.Errorf("default strategy for a Handler on a unix socket: %q, want go", s)
+	}
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://x/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "done /" {
+		t.Errorf("on the unix socket: %q", b)
 	}
 }

@@ -41,10 +41,16 @@ type Config struct {
 	DeferAccept   time.Duration // TCP_DEFER_ACCEPT on the TCP sockets the master creates; default 1s, negative: off
 	Workers       int           // default: the CPUs this process may use
 	Strategy      string        // accept strategy; default accept.Default()
-	WorkerProcs   int           // each worker's GOMAXPROCS: 0 herd's choice (worker's setProcs), negative the runtime's
-	DrainTimeout  time.Duration // how long a stopping worker may finish requests; default 30s
-	ReadyTimeout  time.Duration // how long a new worker may take to report ready; default 30s
-	StopTimeout   time.Duration // after a fast stop, how long before SIGKILL; default 5s
+	// StrategyFallback, if set, says Strategy is a default rather than the
+	// operator's word: where Strategy cannot serve — it is reuseport, and
+	// an address is a unix socket, the sockets come from systemd, or a
+	// binary upgrade inherits sockets made for another strategy — this one
+	// is used instead of an error (fill, Master.open).
+	StrategyFallback string
+	WorkerProcs      int           // each worker's GOMAXPROCS: 0 herd's choice (worker's setProcs), negative the runtime's
+	DrainTimeout     time.Duration // how long a stopping worker may finish requests; default 30s
+	ReadyTimeout     time.Duration // how long a new worker may take to report ready; default 30s
+	StopTimeout      time.Duration // after a fast stop, how long before SIGKILL; default 5s
 	// ShutdownDelay: a graceful stop first turns readiness off and serves
 	// on this long (a lame duck), for load balancers to stop sending; 0:
 	// drain at once.
@@ -134,6 +140,18 @@ func Check(cfg Config) error {
 	return nil
 }
 
+// reuseportServes reports whether the reuseport strategy can serve addrs:
+// it makes one socket per worker and address, which systemd's sockets
+// (no addresses) and unix sockets cannot be.
+func reuseportServes(addrs []string) bool {
+	for _, a := range addrs {
+		if network, _, err := parseAddr(a); err != nil || network == "unix" {
+			return false
+		}
+	}
+	return len(addrs) > 0
+}
+
 func fill(cfg *Config) error {
 	if len(cfg.addresses()) == 0 && os.Getenv("LISTEN_FDS") == "" && os.Getenv(proto.UpgradeEnv) == "" {
 		return errors.New("no listen address (and no sockets from systemd)")
@@ -155,6 +173,9 @@ func fill(cfg *Config) error {
 	}
 	if cfg.Strategy == "" {
 		cfg.Strategy = accept.Default()
+	}
+	if cfg.Strategy == "reuseport" && cfg.StrategyFallback != "" && !reuseportServes(cfg.addresses()) {
+		cfg.Strategy = cfg.StrategyFallback
 	}
 	if err := accept.Check(cfg.Strategy); err != nil {
 		return err

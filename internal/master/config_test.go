@@ -63,3 +63,46 @@ func TestWorkersFollowUsableCPUs(t *testing.T) {
 		t.Errorf("workers %d with GOMAXPROCS 1 (%v)", cfg.Workers, err)
 	}
 }
+
+// A default strategy that cannot serve gives way to its fallback; the
+// operator's own choice is refused instead (Check) — for reuseport, which
+// makes one socket per worker: not a unix socket, not systemd's sockets,
+// not across an upgrade from a master whose sockets were shared.
+func TestStrategyFallback(t *testing.T) {
+	for _, tc := range []struct {
+		listen   []string
+		fallback string
+		want     string
+	}{
+		{[]string{"127.0.0.1:0"}, "go", "reuseport"},
+		{[]string{"127.0.0.1:0", "unix:/tmp/x.sock"}, "go", "go"},
+		{[]string{"unix:/tmp/x.sock"}, "", "reuseport"}, // refused by Check, below
+	} {
+		cfg := Config{Listen: tc.listen, Path: "/bin/true", Strategy: "reuseport", StrategyFallback: tc.fallback}
+		if err := fill(&cfg); err != nil || cfg.Strategy != tc.want {
+			t.Errorf("%v, fallback %q: strategy %q (%v), want %q", tc.listen, tc.fallback, cfg.Strategy, err, tc.want)
+		}
+	}
+	if err := Check(Config{Listen: []string{"unix:/tmp/x.sock"}, Path: "/bin/true", Strategy: "reuseport"}); err == nil {
+		t.Error("reuseport on a unix socket, chosen by the operator: no error")
+	}
+	// Upgrades: the old master's sockets decide a default.
+	shared, slots := &inheritance{}, &inheritance{Reuse: map[int][]int{0: {0}}}
+	for _, tc := range []struct {
+		strategy, fallback string
+		in                 *inheritance
+		want               string
+	}{
+		{"reuseport", "go", nil, "reuseport"},
+		{"reuseport", "go", shared, "go"},
+		{"reuseport", "go", slots, "reuseport"},
+		{"go", "go", slots, "reuseport"},       // a unix address made the default give way; the old master had slots
+		{"reuseport", "", shared, "reuseport"}, // the operator's: adopt refuses it with a reason
+		{"exclusive", "", slots, "exclusive"},
+	} {
+		cfg := Config{Strategy: tc.strategy, StrategyFallback: tc.fallback}
+		if got := upgradeStrategy(cfg, tc.in); got != tc.want {
+			t.Errorf("%s (fallback %q), inherited %+v: %q, want %q", tc.strategy, tc.fallback, tc.in, got, tc.want)
+		}
+	}
+}

@@ -117,9 +117,37 @@ func (lc socketConfig) Listen(s string) (*Socket, error) {
 func Listen(s string, backlog int) (*Socket, error) { return socketConfig{Backlog: backlog}.Listen(s) }
 
 func (lc socketConfig) listenTCP(addr string) (*Socket, error) {
+	fd, err := bindTCP(addr, lc.ReusePort)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(op string, err error) (*Socket, error) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %s: %w", addr, op, err)
+	}
+	if lc.DeferAccept > 0 {
+		secs := int(max(lc.DeferAccept.Round(time.Second), time.Second) / time.Second)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs); err != nil {
+			return fail("TCP_DEFER_ACCEPT", err)
+		}
+	}
+	if err := unix.Listen(fd, lc.Backlog); err != nil {
+		return fail("listen", err)
+	}
+	bound := addr
+	if got, err := unix.Getsockname(fd); err == nil {
+		bound = sockaddrString(got)
+	}
+	return &Socket{Addr: bound, fd: fd}, nil
+}
+
+// bindTCP makes a TCP socket bound to addr, with SO_REUSEADDR (a restarted
+// server binds at once, past its old connections in TIME_WAIT) and, if
+// reusePort, SO_REUSEPORT.
+func bindTCP(addr string, reusePort bool) (int, error) {
 	ta, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
+		return -1, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	family := unix.AF_INET
 	var sa unix.Sockaddr
@@ -142,16 +170,16 @@ func (lc socketConfig) listenTCP(addr string) (*Socket, error) {
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: socket: %w", addr, err)
+		return -1, fmt.Errorf("listen %s: socket: %w", addr, err)
 	}
-	fail := func(op string, err error) (*Socket, error) {
+	fail := func(op string, err error) (int, error) {
 		unix.Close(fd)
-		return nil, fmt.Errorf("listen %s: %s: %w", addr, op, err)
+		return -1, fmt.Errorf("listen %s: %s: %w", addr, op, err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return fail("SO_REUSEADDR", err)
 	}
-	if lc.ReusePort {
+	if reusePort {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return fail("SO_REUSEPORT", err)
 		}
@@ -164,20 +192,25 @@ func (lc socketConfig) listenTCP(addr string) (*Socket, error) {
 	if err := unix.Bind(fd, sa); err != nil {
 		return fail("bind", err)
 	}
-	if lc.DeferAccept > 0 {
-		secs := int(max(lc.DeferAccept.Round(time.Second), time.Second) / time.Second)
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs); err != nil {
-			return fail("TCP_DEFER_ACCEPT", err)
-		}
+	return fd, nil
+}
+
+// checkFree fails as a plain listen would if a TCP address is in use. A
+// SO_REUSEPORT socket binds beside other listening sockets of the same
+// user that set it too, so without this a second herd (or a second
+// reuseport strategy's master) on a busy port would join the first one's
+// group and share its connections, instead of saying the address is in
+// use. The probe binds without SO_REUSEPORT and never listens, so no
+// connection reaches it. Port 0 is always free.
+func checkFree(addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return nil
 	}
-	if err := unix.Listen(fd, lc.Backlog); err != nil {
-		return fail("listen", err)
+	fd, err := bindTCP(addr, false)
+	if err != nil {
+		return err
 	}
-	bound := addr
-	if got, err := unix.Getsockname(fd); err == nil {
-		bound = sockaddrString(got)
-	}
-	return &Socket{Addr: bound, fd: fd}, nil
+	return unix.Close(fd)
 }
 
 func listenUnix(path string, backlog int) (*Socket, error) {

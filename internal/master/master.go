@@ -195,16 +195,35 @@ func New(cfg Config) (*Master, error) {
 	return m, nil
 }
 
+// upgradeStrategy is the strategy a master that inherits sockets in an
+// upgrade serves with: its configured one, unless that was a default
+// (StrategyFallback) and the old master's sockets were made for the other
+// kind — one per reuseport slot, or one shared — which adopt refuses to
+// mix: the new master then serves on as the old one did.
+func upgradeStrategy(cfg Config, in *inheritance) string {
+	if in == nil || cfg.StrategyFallback == "" || (in.Reuse != nil) == (cfg.Strategy == "reuseport") {
+		return cfg.Strategy
+	}
+	if in.Reuse != nil {
+		return "reuseport"
+	}
+	return cfg.StrategyFallback
+}
+
 // open makes what the master holds for its whole life: the sockets (one set,
 // or one per slot for reuseport), the scoreboard, the lock file for flock,
 // and the pid file last.
 func (m *Master) open() error {
-	cfg := m.cfg
-	m.half = newHalf(m, cfg.Strategy)
+	m.half = newHalf(m, m.cfg.Strategy)
 	in, err := inherited()
 	if err != nil {
 		return err
 	}
+	if s := upgradeStrategy(m.cfg, in); s != m.cfg.Strategy {
+		m.cfg.Strategy = s
+		m.half = newHalf(m, s)
+	}
+	cfg := m.cfg
 	if in == nil && len(cfg.addresses()) == 0 {
 		// No address given: systemd socket activation.
 		if cfg.Strategy == "reuseport" {
@@ -304,6 +323,10 @@ func (m *Master) post(ev event) {
 
 // Snapshot copies the scoreboard.
 func (m *Master) Snapshot() shm.Snapshot { return m.board.Snapshot() }
+
+// Strategy is the accept strategy the workers use: the configured one, or
+// its fallback (Config.StrategyFallback).
+func (m *Master) Strategy() string { return m.cfg.Strategy }
 
 // Run spawns the workers and supervises them until a stop signal has been
 // handled and every worker has exited. It releases the sockets, the

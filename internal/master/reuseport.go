@@ -40,6 +40,13 @@ type reuseportHalf struct {
 // group's sockets in the order they started listening, which the steering
 // program relies on. m.sockets are slot 0's.
 func (h *reuseportHalf) listen() error {
+	for _, a := range h.m.cfg.addresses() {
+		if _, addr, err := parseAddr(a); err == nil {
+			if err := checkFree(addr); err != nil {
+				return err
+			}
+		}
+	}
 	for slot := 0; slot < h.m.cfg.Workers; slot++ {
 		socks, err := h.workerSockets(slot)
 		if err != nil {
