@@ -120,8 +120,8 @@ type Server struct {
 	// system call plus one idle beside them, one more for the native
 	// engine's loop. A Handler's worker with the default strategy gets 2:
 	// net/http on one thread, and one P held in a wait so that the Go
-	// runtime's sysmon never finds every P idle (bench/library.sh: 0.31
-	// context switches per new connection, against 1.15 for one plain
+	// runtime's sysmon never finds every P idle (bench/library.sh: 0.55
+	// context switches per new connection, against 1.18 for one plain
 	// net/http process). Set, it is used as it is, without that held P.
 	// Negative: the runtime's default.
 	WorkerProcs int

@@ -149,7 +149,7 @@ func buildServer(args []string, stderr io.Writer) (srv *herd.Server, check, buil
 	}
 	if srv.Strategy == "" && srv.Static == nil {
 		// herd serve's default is the same for both engines (the library
-		// picks "go" for a Handler: see herd.Server.Strategy).
+		// picks reuseport for a Handler: see herd.Server.Strategy).
 		srv.Strategy = accept.Default()
 	}
 	srv.ConfigureServer = func(s *http.Server) {
