@@ -106,3 +106,28 @@ func TestStrategyFallback(t *testing.T) {
 		}
 	}
 }
+
+// A reload swaps strategies that live in the workers only; a default
+// stays what the master's sockets made it.
+func TestReloadStrategy(t *testing.T) {
+	def := func(s string) Config { return Config{Strategy: s, StrategyFallback: "go"} }
+	set := func(s string) Config { return Config{Strategy: s} }
+	for _, tc := range []struct {
+		cur, next Config
+		want      string
+		swap      bool
+	}{
+		{set("exclusive"), set("accept"), "accept", true},
+		{set("exclusive"), set("reuseport"), "exclusive", false}, // a master half: USR2
+		{set("fdpass"), set("exclusive"), "fdpass", false},
+		{def("go"), def("reuseport"), "go", false}, // upgraded from a master with shared sockets
+		{def("reuseport"), set("exclusive"), "reuseport", false},
+		{def("go"), set("exclusive"), "exclusive", true},
+		{set("go"), set("go"), "go", false},
+	} {
+		got, swap := reloadStrategy(tc.cur, tc.next)
+		if got != tc.want || swap != tc.swap {
+			t.Errorf("%+v → %+v: %q, swap %v; want %q, %v", tc.cur, tc.next, got, swap, tc.want, tc.swap)
+		}
+	}
+}

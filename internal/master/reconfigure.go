@@ -33,6 +33,23 @@ func ownsSockets(strategy string) bool {
 	return strategy == "flock" || strategy == "reuseport" || strategy == "fdpass"
 }
 
+// reloadStrategy is the strategy a reload's workers use, and whether it
+// is another than the running one's. A strategy with a master half cannot
+// be swapped in or out by a reload (the running one is kept). A default
+// (Config.StrategyFallback) follows what the master serves with: the
+// sockets, which a reload keeps, decided it (see upgradeStrategy).
+func reloadStrategy(cur, next Config) (strategy string, swap bool) {
+	switch {
+	case next.Strategy == cur.Strategy:
+		return cur.Strategy, false
+	case next.StrategyFallback != "" && cur.StrategyFallback != "":
+		return cur.Strategy, false
+	case ownsSockets(next.Strategy) || ownsSockets(cur.Strategy):
+		return cur.Strategy, false
+	}
+	return next.Strategy, true
+}
+
 // reconfigure reads the configuration again for a HUP (Config.Reload) and
 // applies to the new generation what a new generation can take: the worker
 // count, the strategy and its options, the document root and the engine's
@@ -85,14 +102,14 @@ func (m *Master) reconfigure() bool {
 	keep("pid", next.PIDFile == cur.PIDFile)
 	next.Listen, next.TLSListen, next.Backlog, next.DeferAccept, next.Admin = cur.Listen, cur.TLSListen, cur.Backlog, cur.DeferAccept, cur.Admin
 	next.SocketMode, next.SocketOwner, next.PIDFile = cur.SocketMode, cur.SocketOwner, cur.PIDFile
-	if next.Strategy != cur.Strategy {
-		if ownsSockets(next.Strategy) || ownsSockets(cur.Strategy) {
-			kept = append(kept, "strategy")
-			next.Strategy = cur.Strategy
-		} else {
-			m.half = newHalf(m, next.Strategy)
-			m.log.Info("HUP: new workers use another strategy", "from", cur.Strategy, "to", next.Strategy)
-		}
+	strategy, swap := reloadStrategy(cur, next)
+	if strategy != next.Strategy && next.StrategyFallback == "" {
+		kept = append(kept, "strategy") // asked for, not a default
+	}
+	next.Strategy = strategy
+	if swap {
+		m.half = newHalf(m, next.Strategy)
+		m.log.Info("HUP: new workers use another strategy", "from", cur.Strategy, "to", next.Strategy)
 	}
 	next.Path, next.Args, next.Env, next.Log, next.Reload, next.self = cur.Path, cur.Args, cur.Env, cur.Log, cur.Reload, cur.self
 	if len(kept) > 0 {
