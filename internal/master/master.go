@@ -44,11 +44,12 @@ import (
 
 // Master is a running master process.
 type Master struct {
-	cfg     Config
-	log     *slog.Logger
-	sockets []*Socket
-	region  *shm.Region
-	board   *shm.Scoreboard
+	cfg      Config
+	strategy atomic.Value // cfg.Strategy, for Strategy from other goroutines: a reload changes cfg
+	log      *slog.Logger
+	sockets  []*Socket
+	region   *shm.Region
+	board    *shm.Scoreboard
 
 	half half // the strategy's part in the master (strategy.go)
 
@@ -223,6 +224,7 @@ func (m *Master) open() error {
 		m.cfg.Strategy = s
 		m.half = newHalf(m, s)
 	}
+	m.strategy.Store(m.cfg.Strategy)
 	cfg := m.cfg
 	if in == nil && len(cfg.addresses()) == 0 {
 		// No address given: systemd socket activation.
@@ -326,7 +328,10 @@ func (m *Master) Snapshot() shm.Snapshot { return m.board.Snapshot() }
 
 // Strategy is the accept strategy the workers use: the configured one, or
 // its fallback (Config.StrategyFallback).
-func (m *Master) Strategy() string { return m.cfg.Strategy }
+func (m *Master) Strategy() string {
+	s, _ := m.strategy.Load().(string)
+	return s
+}
 
 // Run spawns the workers and supervises them until a stop signal has been
 // handled and every worker has exited. It releases the sockets, the

@@ -25,6 +25,7 @@ func (m *Master) settings() settings {
 
 func (m *Master) restore(s settings) {
 	m.cfg, m.workers, m.half, m.creds = s.cfg, s.workers, s.half, s.creds
+	m.strategy.Store(m.cfg.Strategy)
 }
 
 // ownsSockets: strategies whose master half holds state of its own (a lock
@@ -120,6 +121,7 @@ func (m *Master) reconfigure() bool {
 		m.log.Info("HUP: worker count", "from", m.workers, "to", next.Workers)
 	}
 	m.cfg, m.creds, m.workers = next, creds, next.Workers
+	m.strategy.Store(m.cfg.Strategy)
 	m.half.resized()
 	return true
 }
