@@ -470,6 +470,48 @@ func TestHUPReadsConfiguration(t *testing.T) {
 	}
 }
 
+// A HUP may swap a strategy that lives in the workers; the admin endpoint
+// then names the one the workers use (herd_info and /status named the
+// strategy the master started with).
+func TestHUPSwapsStrategy(t *testing.T) {
+	root, _ := docroot(t)
+	exe := copyTestBinary(t, 0o755)
+	cfg := filepath.Join(filepath.Dir(exe), "herd.toml")
+	admin := freeAddr(t)
+	write := func(strategy string) {
+		body := fmt.Sprintf("workers = 2\nlisten = [\"127.0.0.1:0\"]\nadmin = %q\nstrategy = %q\n", admin, strategy)
+		must(t, os.WriteFile(cfg, []byte(body), 0o644))
+	}
+	write("exclusive")
+	h := startBinary(t, nil, exe, root, "--config", cfg)
+	info := func() string {
+		_, body, err := get(client(), "http://"+admin+"/metrics")
+		must(t, err)
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "herd_info{") {
+				return line
+			}
+		}
+		return ""
+	}
+	if got := info(); got != `herd_info{strategy="exclusive"} 1` {
+		t.Fatalf("before the HUP: %q", got)
+	}
+	write("accept")
+	h.signal(syscall.SIGHUP)
+	h.waitStatus("generation 2 ready", 15*time.Second, func(s shm.Snapshot) bool {
+		return s.Generation == 2 && len(readyPIDs(s, 2)) == 2 && len(s.Live) == 2
+	})
+	if got := info(); got != `herd_info{strategy="accept"} 1` {
+		t.Errorf("after a HUP to accept: %q", got)
+	}
+	_, page, err := get(client(), "http://"+admin+"/status")
+	must(t, err)
+	if !strings.Contains(string(page), "strategy accept") {
+		t.Errorf("/status does not name the new strategy:\n%s", page)
+	}
+}
+
 // Behind a load balancer, across two instances: HAProxy (Debian's) in front
 // of two herd instances on two loopback addresses, health-checking /readyz
 // on their admin endpoints and retrying a connection that fails, as an

@@ -57,7 +57,8 @@ func LimitListener(l net.Listener) net.Listener { return netutil.LimitListener(l
 // Source is what the endpoint reads from the master.
 type Source interface {
 	Snapshot() shm.Snapshot
-	Ready() bool // every slot has a ready worker that is not stopping
+	Strategy() string // the accept strategy the workers use now (a reload may change it)
+	Ready() bool      // every slot has a ready worker that is not stopping
 	// Workers gathers the program's own metrics from every live worker,
 	// each series labelled with its worker's slot (herd_slot).
 	Workers() ([]*dto.MetricFamily, error)
@@ -69,12 +70,12 @@ type workers struct{ src Source }
 func (w workers) Gather() ([]*dto.MetricFamily, error) { return w.src.Workers() }
 
 // Handler serves the endpoint.
-func Handler(src Source, strategy string) http.Handler {
+func Handler(src Source) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&collector{src: src, strategy: strategy},
+		&collector{src: src},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, workers{src}}, promhttp.HandlerOpts{}))
@@ -92,7 +93,7 @@ func Handler(src Source, strategy string) http.Handler {
 			S        shm.Snapshot
 			Strategy string
 			Now      time.Time
-		}{snap, strategy, time.Now()})
+		}{snap, src.Strategy(), time.Now()})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -108,10 +109,7 @@ func Handler(src Source, strategy string) http.Handler {
 }
 
 // collector turns a scoreboard snapshot into metrics at scrape time.
-type collector struct {
-	src      Source
-	strategy string
-}
+type collector struct{ src Source }
 
 // The metrics follow Prometheus's conventions: base units last (seconds,
 // bytes), counters end in _total, and no label takes a value that changes
@@ -214,7 +212,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for state, n := range states {
 		gauge(totals["live"], float64(n), state)
 	}
-	gauge(totals["info"], 1, c.strategy)
+	gauge(totals["info"], 1, c.src.Strategy())
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{

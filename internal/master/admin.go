@@ -21,6 +21,8 @@ func (a adminSource) Snapshot() shm.Snapshot { return a.m.board.Snapshot() }
 
 func (a adminSource) Ready() bool { return a.m.readyNow.Load() }
 
+func (a adminSource) Strategy() string { return a.m.Strategy() }
+
 func (a adminSource) Workers() ([]*dto.MetricFamily, error) { return a.m.gatherWorkers() }
 
 // openAdmin gives the master its admin endpoint's socket: the one an

@@ -357,7 +357,7 @@ func (m *Master) Run() error {
 	m.every(ticketRotation, evRotateTickets)
 	m.every(time.Second, evHeartbeat) // always: a reload may turn --worker-timeout on
 	if m.admin != nil {
-		srv := admin.Server(admin.Handler(adminSource{m}, m.cfg.Strategy))
+		srv := admin.Server(admin.Handler(adminSource{m}))
 		go srv.Serve(admin.LimitListener(m.admin))
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
