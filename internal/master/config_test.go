@@ -83,6 +83,12 @@ func TestStrategyFallback(t *testing.T) {
 			t.Errorf("%v, fallback %q: strategy %q (%v), want %q", tc.listen, tc.fallback, cfg.Strategy, err, tc.want)
 		}
 	}
+	// Sockets from systemd: no address to make a socket per worker for.
+	t.Setenv("LISTEN_FDS", "1")
+	cfg := Config{Path: "/bin/true", Strategy: "reuseport", StrategyFallback: "go"}
+	if err := fill(&cfg); err != nil || cfg.Strategy != "go" {
+		t.Errorf("systemd's sockets: strategy %q (%v), want go", cfg.Strategy, err)
+	}
 	if err := Check(Config{Listen: []string{"unix:/tmp/x.sock"}, Path: "/bin/true", Strategy: "reuseport"}); err == nil {
 		t.Error("reuseport on a unix socket, chosen by the operator: no error")
 	}
