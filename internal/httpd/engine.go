@@ -169,10 +169,9 @@ type Engine struct {
 
 	postReads  bool                    // accepting under a Cycler: first reads wait in posted
 	posted     []*conn                 // for the mutex to be released
-	handshakes int                     // TLS handshakes under way (under mu)
 	handshaken []handshaken            // TLS connections ready for the loop (under mu)
-	shaking    map[*tlsSocket]net.Conn // the handshakes under way, with their netpoller connections (under mu)
-	shakers    sync.WaitGroup          // the handshakes' goroutines
+	shaking    map[*tlsSocket]net.Conn // the TLS handshakes under way (under mu), with their netpoller connections once made
+	shakers    sync.WaitGroup          // the handshakes' goroutines, for stopHandshakes to wait on
 	stopped    bool                    // the loop has ended (under mu): handshakes close what they finish
 	sealBuf    []byte                  // a file body's plaintext, read to be sealed (TLS)
 	holdP      int8                    // calls that may block keep the P (1) or not (-1); 0: not asked yet (mayHoldP)
@@ -337,7 +336,7 @@ func (e *Engine) Run() error {
 func (e *Engine) noPending() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.pending) == 0 && len(e.adopted) == 0 && e.handshakes == 0 && len(e.handshaken) == 0
+	return len(e.pending) == 0 && len(e.adopted) == 0 && len(e.shaking) == 0 && len(e.handshaken) == 0
 }
 
 // tick refreshes the clock and, once a second, the Date header and the

@@ -151,10 +151,14 @@ type handshaken struct {
 // connections are: each holds a goroutine and two descriptors, and a
 // client that sends a byte and stalls holds them until the header timeout.
 func (e *Engine) startHandshake(fd int) {
+	s := &tlsSocket{fd: fd, stats: e.cfg.Stats}
 	e.mu.Lock()
-	refuse := e.stopped || e.handshakes >= e.cfg.WorkerConnections
+	refuse := e.stopped || len(e.shaking) >= e.cfg.WorkerConnections
 	if !refuse {
-		e.handshakes++
+		if e.shaking == nil {
+			e.shaking = map[*tlsSocket]net.Conn{}
+		}
+		e.shaking[s] = nil // its netpoller connection comes with the goroutine
 		e.shakers.Add(1)
 	}
 	e.mu.Unlock()
@@ -162,7 +166,7 @@ func (e *Engine) startHandshake(fd int) {
 		e.drop(fd)
 		return
 	}
-	go e.handshake(fd)
+	go e.handshake(s)
 }
 
 // stopHandshakes ends the handshakes under way, for a loop that is
@@ -172,22 +176,23 @@ func (e *Engine) stopHandshakes() {
 	e.mu.Lock()
 	e.stopped = true
 	for _, nc := range e.shaking {
-		nc.Close()
+		if nc != nil {
+			nc.Close()
+		}
 	}
 	e.mu.Unlock()
 	e.shakers.Wait()
 }
 
-// handshake runs fd's TLS handshake, bounded by the header timeout, and
+// handshake runs s's TLS handshake, bounded by the header timeout, and
 // hands the connection to the loop.
-func (e *Engine) handshake(fd int) {
+func (e *Engine) handshake(s *tlsSocket) {
 	defer e.shakers.Done()
+	fd := s.fd
 	var done *handshaken
-	var sock *tlsSocket
 	defer func() {
 		e.mu.Lock()
-		e.handshakes--
-		delete(e.shaking, sock)
+		delete(e.shaking, s)
 		if done != nil && e.stopped {
 			done = nil
 			e.drop(fd)
@@ -207,12 +212,9 @@ func (e *Engine) handshake(fd int) {
 		e.drop(fd)
 		return
 	}
-	s := &tlsSocket{nc: nc, fd: fd, stats: e.cfg.Stats}
+	s.nc = nc
 	e.mu.Lock()
-	if e.shaking == nil {
-		e.shaking = map[*tlsSocket]net.Conn{}
-	}
-	e.shaking[s], sock = nc, s
+	e.shaking[s] = nc
 	stopped := e.stopped
 	e.mu.Unlock()
 	if stopped {
