@@ -164,7 +164,7 @@ type Server struct {
 	// ("go"), whichever worker wakes first takes every connection queued:
 	// wrk's 64 keep-alive connections all landed on one of two workers in
 	// some runs, and that worker alone served them, at two thirds of the
-	// rate (bench/library.sh measured both). Where reuseport cannot serve
+	// rate (bench/library.sh and results/library-ab.txt measured both). Where reuseport cannot serve
 	// — a unix socket address, sockets from systemd, an upgrade from a
 	// binary that served "go" — the default is "go". Default for Static:
 	// "exclusive" where the kernel has EPOLLEXCLUSIVE (Linux 4.5+), inside

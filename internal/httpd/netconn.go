@@ -90,7 +90,7 @@ func (c *sockConn) Write(p []byte) (int, error) {
 }
 
 func (c *sockConn) opError(op string, err error) error {
-	pe, ok := err.(*os.PathError) // what *os.File returns; errors.As cost 1% of a keep-alive request
+	pe, ok := err.(*os.PathError) // what *os.File returns; errors.As was 0.7% of a worker's samples under keep-alive (perf)
 	if !ok {
 		return err
 	}
