@@ -1,12 +1,14 @@
 package master
 
 import (
+	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/proto"
 )
 
 // One rule for every number and duration: zero is the default, negative
@@ -135,5 +137,15 @@ func TestReloadStrategy(t *testing.T) {
 		if got != tc.want || swap != tc.swap {
 			t.Errorf("%+v → %+v: %q, swap %v; want %q, %v", tc.cur, tc.next, got, swap, tc.want, tc.swap)
 		}
+	}
+}
+
+// A master that cannot read what an upgrading master handed it fails with
+// the reason, before it has chosen its strategy's half (nothing to close).
+func TestNewWithBadInheritance(t *testing.T) {
+	t.Setenv(proto.UpgradeEnv, "{not json")
+	_, err := New(Config{Listen: []string{"127.0.0.1:0"}, Path: "/bin/true", Log: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), proto.UpgradeEnv) {
+		t.Errorf("New with a bad %s: %v", proto.UpgradeEnv, err)
 	}
 }

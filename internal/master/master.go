@@ -190,7 +190,9 @@ func New(cfg Config) (*Master, error) {
 		if m.region != nil {
 			m.region.Close()
 		}
-		m.half.close()
+		if m.half != nil { // nil if open failed before the strategy was known
+			m.half.close()
+		}
 		return nil, err
 	}
 	return m, nil
@@ -215,16 +217,13 @@ func upgradeStrategy(cfg Config, in *inheritance) string {
 // or one per slot for reuseport), the scoreboard, the lock file for flock,
 // and the pid file last.
 func (m *Master) open() error {
-	m.half = newHalf(m, m.cfg.Strategy)
 	in, err := inherited()
 	if err != nil {
 		return err
 	}
-	if s := upgradeStrategy(m.cfg, in); s != m.cfg.Strategy {
-		m.cfg.Strategy = s
-		m.half = newHalf(m, s)
-	}
+	m.cfg.Strategy = upgradeStrategy(m.cfg, in)
 	m.strategy.Store(m.cfg.Strategy)
+	m.half = newHalf(m, m.cfg.Strategy)
 	cfg := m.cfg
 	if in == nil && len(cfg.addresses()) == 0 {
 		// No address given: systemd socket activation.
