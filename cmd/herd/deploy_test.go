@@ -477,13 +477,17 @@ func TestHUPSwapsStrategy(t *testing.T) {
 	root, _ := docroot(t)
 	exe := copyTestBinary(t, 0o755)
 	cfg := filepath.Join(filepath.Dir(exe), "herd.toml")
-	admin := freeAddr(t)
 	write := func(strategy string) {
-		body := fmt.Sprintf("workers = 2\nlisten = [\"127.0.0.1:0\"]\nadmin = %q\nstrategy = %q\n", admin, strategy)
+		body := fmt.Sprintf("workers = 2\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nstrategy = %q\n", strategy)
 		must(t, os.WriteFile(cfg, []byte(body), 0o644))
 	}
 	write("exclusive")
 	h := startBinary(t, nil, exe, root, "--config", cfg)
+	m := regexp.MustCompile(`msg="admin endpoint" listen=(\S+)`).FindStringSubmatch(h.Log())
+	if m == nil {
+		t.Fatalf("no admin endpoint in the log:\n%s", h.Log())
+	}
+	admin := m[1]
 	info := func() string {
 		_, body, err := get(client(), "http://"+admin+"/metrics")
 		must(t, err)

@@ -40,7 +40,8 @@ func TestMain(m *testing.M) {
 type herdProc struct {
 	t       testing.TB
 	cmd     *exec.Cmd
-	addr    string // first listen address, host:port
+	addr    string   // first listen address, host:port
+	addrs   []string // every listen address as bound, plain ones first, from the ready line
 	pidFile string
 	mu      sync.Mutex
 	log     bytes.Buffer
@@ -91,7 +92,7 @@ func startBinary(t testing.TB, wrapper []string, exe string, args ...string) *he
 	}
 	w.Close()
 	t.Cleanup(func() { stderr.Close() })
-	ready := make(chan string, 1)
+	ready := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -101,7 +102,7 @@ func startBinary(t testing.TB, wrapper []string, exe string, args ...string) *he
 			h.mu.Unlock()
 			if m := readyLine.FindStringSubmatch(line); m != nil {
 				select {
-				case ready <- strings.Split(m[1], ",")[0]:
+				case ready <- strings.Split(m[1], ","):
 				default:
 				}
 			}
@@ -116,7 +117,8 @@ func startBinary(t testing.TB, wrapper []string, exe string, args ...string) *he
 		}
 	})
 	select {
-	case h.addr = <-ready:
+	case h.addrs = <-ready:
+		h.addr = h.addrs[0]
 	case <-h.exited:
 		t.Fatalf("herd exited before ready:\n%s", h.Log())
 	case <-time.After(20 * time.Second):

@@ -54,10 +54,15 @@ func writeCert(t *testing.T, dir string, serial int64) (certFile, keyFile string
 // the TLS address.
 func startTLS(t *testing.T, root, cert, key string, args ...string) (*herdProc, string) {
 	t.Helper()
-	tlsAddr := freeAddr(t)
-	h := startHerd(t, append([]string{root, "--listen", "127.0.0.1:0", "--tls-listen", tlsAddr,
+	// Port 0 for both, read back from the ready line: a port found free
+	// and closed again could be taken by another test's listener before
+	// herd binds it (TestRedirectToHTTPS once failed so).
+	h := startHerd(t, append([]string{root, "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0",
 		"--tls-cert", cert, "--tls-key", key}, args...)...)
-	return h, tlsAddr
+	if len(h.addrs) != 2 {
+		t.Fatalf("ready with %v, want a plain and a TLS address", h.addrs)
+	}
+	return h, h.addrs[1]
 }
 
 func tlsClient() *http.Client {
