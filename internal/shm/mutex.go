@@ -11,39 +11,46 @@ import (
 )
 
 // Mutex is a lock shared by processes through the scoreboard's mapping: a
-// futex word that holds the pid of the process holding it (0: free) and a
-// count of sleepers, so an unlock with nobody waiting costs no syscall.
+// futex word that holds the pid of the process holding it (0: free), with
+// its top bit set while others may be sleeping on it.
 //
 // It is what UNP §30.8 builds from a pthread mutex in shared memory and
-// nginx's ngx_shmtx from an atomic word (plus a semaphore to sleep on):
-// here waiters sleep in FUTEX_WAIT on the shared page — no
-// FUTEX_PRIVATE_FLAG, since the waiters are different processes — and an
-// unlock wakes one.
+// Apache's `Mutex pthread` uses, and it behaves as glibc's: the word's three
+// states (free, locked, locked with sleepers) are Drepper's mutex in
+// "Futexes Are Tricky". Waiters sleep in FUTEX_WAIT on the shared page — no
+// FUTEX_PRIVATE_FLAG, since the waiters are different processes. An unlock
+// wakes one sleeper, and only when the contended bit says there may be one;
+// a thread that takes the lock while it is free, ahead of a woken sleeper
+// (which happens at almost every unlock here: the woken thread is queued on
+// the unlocker's CPU, and the unlocker is back from answering its connection
+// first), takes it without the bit, so its unlock wakes nobody, and the
+// woken thread sets the bit again before it sleeps: one wakeup per
+// episode of contention, not one per unlock.
 //
 // Robustness: a process killed while holding the lock cannot release it;
 // the master, which reaps every worker, does (ForceUnlock), as nginx's
 // master does in ngx_reap_children. uWSGI's thunder lock, which has no such
 // step, deadlocks after a holder is killed (unbit/uwsgi#1571).
 type Mutex struct {
-	word    *atomic.Uint32
-	waiters *atomic.Uint32
+	word *atomic.Uint32
 }
 
+// contended marks the word of a held lock that may have sleepers. Pids stay
+// below 2^22 on Linux (PID_MAX_LIMIT), far from this bit.
+const contended = 1 << 31
+
 // AcceptMutex is the scoreboard's accept mutex, for the plain listeners.
-func (s *Scoreboard) AcceptMutex() *Mutex { return s.mutex(hMutex, hMutexWaiters) }
+func (s *Scoreboard) AcceptMutex() *Mutex { return s.mutex(hMutex) }
 
 // TLSAcceptMutex is the TLS listeners' accept mutex. The listeners of
 // each kind are served by a loop of their own in every worker, and a lock
 // serialises accept on the listeners its holder watches: with one lock
 // for both, a loop holding it for the plain listeners would leave TLS
 // connections waiting for it in every worker.
-func (s *Scoreboard) TLSAcceptMutex() *Mutex { return s.mutex(hTLSMutex, hTLSMutexWaiters) }
+func (s *Scoreboard) TLSAcceptMutex() *Mutex { return s.mutex(hTLSMutex) }
 
-func (s *Scoreboard) mutex(word, waiters int) *Mutex {
-	return &Mutex{
-		word:    (*atomic.Uint32)(unsafe.Pointer(&s.mem[word*8])),
-		waiters: (*atomic.Uint32)(unsafe.Pointer(&s.mem[waiters*8])),
-	}
+func (s *Scoreboard) mutex(word int) *Mutex {
+	return &Mutex{word: (*atomic.Uint32)(unsafe.Pointer(&s.mem[word*8]))}
 }
 
 // TryLock takes the lock for pid if it is free.
@@ -53,47 +60,73 @@ func (m *Mutex) TryLock(pid int) bool { return m.word.CompareAndSwap(0, uint32(p
 // has passed (then it returns false). The bound lets a waiting thread notice
 // that its worker is stopping.
 func (m *Mutex) Lock(pid int, timeout time.Duration) bool {
+	if m.TryLock(pid) {
+		return true
+	}
 	deadline := time.Now().Add(timeout)
 	for {
-		if m.TryLock(pid) {
-			return true
+		v := m.word.Load()
+		if v == 0 {
+			// Taken after waiting: others may sleep behind this thread,
+			// so the lock is taken as contended (glibc's lll_lock takes
+			// it as 2 once it has waited).
+			if m.word.CompareAndSwap(0, uint32(pid)|contended) {
+				return true
+			}
+			continue
 		}
+		if v&contended == 0 && !m.word.CompareAndSwap(v, v|contended) {
+			continue
+		}
+		// The bit is set before giving up, so the holder's unlock wakes
+		// someone even if this thread leaves now.
 		left := time.Until(deadline)
 		if left <= 0 {
 			return false
 		}
-		m.waiters.Add(1)
-		if v := m.word.Load(); v != 0 {
-			ts := unix.NsecToTimespec(left.Nanoseconds())
-			futex(m.word, futexWait, v, &ts)
-		}
-		m.waiters.Add(^uint32(0))
+		ts := unix.NsecToTimespec(left.Nanoseconds())
+		futex(m.word, futexWait, v|contended, &ts)
 	}
 }
 
-// Unlock releases the lock if pid holds it, and wakes one sleeper.
+// Unlock releases the lock if pid holds it, and wakes one sleeper if there
+// may be one.
 func (m *Mutex) Unlock(pid int) bool {
-	if !m.word.CompareAndSwap(uint32(pid), 0) {
-		return false
-	}
-	if m.waiters.Load() > 0 {
+	v, ok := m.release(pid)
+	if ok && v&contended != 0 {
 		futex(m.word, futexWake, 1, nil)
 	}
-	return true
+	return ok
 }
 
 // ForceUnlock releases the lock if the dead process pid still holds it. The
 // master calls it for every worker it reaps.
 func (m *Mutex) ForceUnlock(pid int) bool {
-	if pid <= 0 || !m.word.CompareAndSwap(uint32(pid), 0) {
+	if pid <= 0 {
 		return false
 	}
-	futex(m.word, futexWake, 1, nil)
-	return true
+	_, ok := m.release(pid)
+	if ok {
+		futex(m.word, futexWake, 1, nil)
+	}
+	return ok
+}
+
+// release frees the lock if pid holds it, and returns the word it held.
+func (m *Mutex) release(pid int) (uint32, bool) {
+	for {
+		v := m.word.Load()
+		if v&^contended != uint32(pid) || v == 0 {
+			return v, false
+		}
+		if m.word.CompareAndSwap(v, 0) {
+			return v, true
+		}
+	}
 }
 
 // Holder is the pid holding the lock, or 0.
-func (m *Mutex) Holder() int { return int(m.word.Load()) }
+func (m *Mutex) Holder() int { return int(m.word.Load() &^ contended) }
 
 // futex(2) operations; x/sys/unix does not name them. Not ORed with
 // FUTEX_PRIVATE_FLAG (128): the word is shared between processes.

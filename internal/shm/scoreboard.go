@@ -99,11 +99,9 @@ const (
 	hRetiredTimeouts
 	hRetiredRequests
 	hRetiredBytes
-	hMutex           // the accept mutex's futex word (low 32 bits): holder's pid
-	hMutexWaiters    // processes sleeping on it
-	hTLSMutex        // the TLS listeners' accept mutex, likewise
-	hTLSMutexWaiters //
-	hRetired         // the retired totals of every field, at hRetired+field
+	hMutex    // the accept mutex's futex word (low 32 bits): holder's pid, and a bit for sleepers
+	hTLSMutex // the TLS listeners' accept mutex, likewise
+	hRetired  // the retired totals of every field, at hRetired+field
 )
 
 // Worker states stored in the State field.

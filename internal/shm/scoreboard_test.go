@@ -1,7 +1,10 @@
 package shm
 
 import (
+	"fmt"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -132,5 +135,74 @@ func TestAcceptMutex(t *testing.T) {
 	}
 	if !m.Unlock(200) || m.Holder() != 0 {
 		t.Fatal("unlock by holder failed")
+	}
+}
+
+// The mutex excludes under contention and loses no wakeup: threads that
+// take it in turn, each waiting with a bound far longer than any hold, never
+// time out, and never find another inside.
+func TestAcceptMutexContended(t *testing.T) {
+	_, b := newBoard(t, 1)
+	m := b.AcceptMutex()
+	var inside atomic.Int32
+	const threads, rounds = 4, 2000
+	errs := make(chan string, threads)
+	for i := range threads {
+		go func(pid int) {
+			runtime.LockOSThread()
+			for range rounds {
+				if !m.Lock(pid, 10*time.Second) {
+					errs <- fmt.Sprintf("pid %d: a wait timed out: a wakeup was lost", pid)
+					return
+				}
+				if n := inside.Add(1); n != 1 {
+					errs <- fmt.Sprintf("pid %d: %d inside at once", pid, n)
+				}
+				inside.Add(-1)
+				if !m.Unlock(pid) {
+					errs <- fmt.Sprintf("pid %d: unlock failed", pid)
+					return
+				}
+			}
+			errs <- ""
+		}(100 + i)
+	}
+	for range threads {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+	if m.Holder() != 0 || m.word.Load() != 0 {
+		t.Fatalf("the lock ends held: word %#x", m.word.Load())
+	}
+}
+
+// A lock taken while free, with nobody asleep on it, is not marked as
+// having sleepers, so its unlock wakes nobody; a sleeper marks it, and is
+// woken by the unlock; and the one that takes it after waiting keeps the
+// mark for those that may still sleep behind it.
+func TestAcceptMutexContendedBit(t *testing.T) {
+	_, b := newBoard(t, 1)
+	m := b.AcceptMutex()
+	if !m.TryLock(100) || m.word.Load() != 100 {
+		t.Fatalf("uncontended lock: word %#x, want 100", m.word.Load())
+	}
+	got := make(chan bool)
+	go func() { got <- m.Lock(200, 5*time.Second) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for m.word.Load()&contended == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if m.word.Load() != 100|contended || m.Holder() != 100 {
+		t.Fatalf("with a sleeper: word %#x, holder %d", m.word.Load(), m.Holder())
+	}
+	if !m.Unlock(100) || !<-got {
+		t.Fatal("the sleeper did not get the lock")
+	}
+	if m.word.Load() != 200|contended {
+		t.Fatalf("taken after waiting: word %#x, want 200 with the bit", m.word.Load())
+	}
+	if !m.Unlock(200) || m.word.Load() != 0 {
+		t.Fatalf("after the last unlock: word %#x", m.word.Load())
 	}
 }
