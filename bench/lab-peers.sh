@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The lab's peers preset on this machine: herd's strategies beside uWSGI
+# The lab's peers preset on this machine: herd's strategies beside Apache's
+# prefork MPM (its accept mutex as flock and as a pthread mutex), uWSGI
 # (default and --thunder-lock), nginx (accept_mutex off: EPOLLEXCLUSIVE;
 # accept_mutex on; reuseport) and gunicorn's sync workers, on seed 002's
 # load (8 workers, 4 clients, a new connection per request), every server
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-3000}
 STRATEGIES=${STRATEGIES:-accept,flock,mutex,reuseport,fdpass,exclusive,nginx,epoll,go}
 
-install_missing uwsgi=uwsgi,uwsgi-plugin-python3 nginx gunicorn perf=linux-perf
+install_missing apache2=apache2-bin uwsgi=uwsgi,uwsgi-plugin-python3 nginx gunicorn perf=linux-perf
 
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT

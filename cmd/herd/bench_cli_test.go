@@ -144,10 +144,20 @@ func TestBenchPresetPeers(t *testing.T) {
 	}
 	rep, err := lab.ReadReport(jsonPath)
 	must(t, err)
-	installed := map[string]bool{}
-	for _, prog := range []string{"uwsgi", "nginx", "gunicorn"} {
-		_, err := exec.LookPath(prog)
-		installed[prog] = err == nil
+	installed := map[string]bool{} // by program
+	want := 0
+	for _, p := range peers {
+		_, err := exec.LookPath(p.program)
+		installed[p.program] = err == nil
+		if err == nil {
+			want++
+		} else if !strings.Contains(errOut, p.program+" is not installed") {
+			t.Errorf("no word that %s is skipped:\n%s", p.program, errOut)
+		}
+	}
+	byName := map[string]string{}
+	for _, p := range peers {
+		byName[p.name] = p.program
 	}
 	peersSeen := 0
 	for _, r := range rep.Runs {
@@ -156,18 +166,9 @@ func TestBenchPresetPeers(t *testing.T) {
 		}
 		if r.Peer {
 			peersSeen++
-			prog, _, _ := strings.Cut(r.Strategy, " ")
-			if !installed[prog] {
+			if !installed[byName[r.Strategy]] {
 				t.Errorf("a row for %s, which is not installed", r.Strategy)
 			}
-		}
-	}
-	want := 0
-	for prog, ok := range installed {
-		if ok {
-			want += map[string]int{"uwsgi": 2, "nginx": 3, "gunicorn": 1}[prog]
-		} else if !strings.Contains(errOut, prog+" is not installed") {
-			t.Errorf("no word that %s is skipped:\n%s", prog, errOut)
 		}
 	}
 	if peersSeen != want || rep.Runs[0].Peer || rep.Runs[0].Strategy != "exclusive" {

@@ -18,7 +18,8 @@ import (
 // The peers preset: herd's strategies and the servers they come from, on
 // the same load (seed 002's: 8 workers, 4 clients, a new connection per
 // request), every row counted by the kernel the same way. The peers run
-// through the lab's --command: uWSGI (its default, and --thunder-lock),
+// through the lab's --command: Apache's prefork MPM (its accept mutex as
+// flock and as a pthread mutex), uWSGI (its default, and --thunder-lock),
 // nginx (accept_mutex off, which uses EPOLLEXCLUSIVE on Linux 4.5+;
 // accept_mutex on; reuseport) and gunicorn's sync workers, each where it
 // is installed. bench/lab-peers.sh installs them from Debian.
@@ -79,7 +80,66 @@ http {
 	}}
 }
 
+// apacheModules is where Debian's apache2-bin keeps the modules the
+// prefork peer loads.
+const apacheModules = "/usr/lib/apache2/modules"
+
+// apachePeer is Apache's prefork MPM serialising accept with mutex (its
+// Mutex directive's mechanism: flock, the origin of herd's flock strategy;
+// pthread, a process-shared pthread mutex, the origin of herd's mutex).
+// Two Listen lines, because with one prefork on Linux accepts without the
+// mutex (SINGLE_LISTEN_UNSERIALIZED_ACCEPT); the second port stays idle.
+func apachePeer(mutex string) peer {
+	return peer{name: "apache prefork " + mutex, program: "apache2", command: func(dir, root, addr string, n int) (string, error) {
+		if _, err := os.Stat(filepath.Join(apacheModules, "mod_mpm_prefork.so")); err != nil {
+			return "", fmt.Errorf("apache2's prefork module: %w", err)
+		}
+		idle, err := freeLoopback()
+		if err != nil {
+			return "", err
+		}
+		lock := mutex
+		if mutex == "flock" {
+			lock = "flock:" + dir
+		}
+		conf := filepath.Join(dir, "apache-"+mutex+".conf")
+		text := fmt.Sprintf(`ServerRoot %[1]s
+ServerName 127.0.0.1
+LoadModule mpm_prefork_module %[2]s/mod_mpm_prefork.so
+LoadModule authz_core_module %[2]s/mod_authz_core.so
+Listen %[3]s
+Listen %[4]s
+PidFile %[1]s/apache-%[5]s.pid
+ErrorLog %[1]s/apache-%[5]s.error.log
+User nobody
+Group nogroup
+Mutex %[6]s mpm-accept
+StartServers %[7]d
+MinSpareServers %[7]d
+MaxSpareServers %[7]d
+ServerLimit %[7]d
+MaxRequestWorkers %[7]d
+MaxConnectionsPerChild 0
+KeepAlive Off
+EnableSendfile On
+DocumentRoot %[8]s
+<Directory />
+	AllowOverride None
+</Directory>
+<Directory %[8]s>
+	Require all granted
+</Directory>
+`, dir, apacheModules, addr, idle, mutex, lock, n, root)
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			return "", err
+		}
+		return shellJoin([]string{"apache2", "-f", conf, "-DFOREGROUND"}), nil
+	}}
+}
+
 var peers = []peer{
+	apachePeer("flock"),
+	apachePeer("pthread"),
 	uwsgiPeer("uwsgi"),
 	uwsgiPeer("uwsgi --thunder-lock", "--thunder-lock"),
 	nginxPeer("nginx", "accept_mutex off;", ""),
