@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -140,11 +141,37 @@ func children(pid int) []int {
 	return out
 }
 
+// freeAddr is a loopback address with a port nothing listens on now, for
+// the tests that must name an address before herd binds it.
+//
+// The port is drawn below the kernel's ephemeral range: a port the kernel
+// handed out for ":0" and took back could go to the next test's ":0"
+// listener or to any client's connection before herd binds it (CI saw a
+// TLS test lose its port so), while ports below the range are only ever
+// chosen here, at random.
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	const base = 10000
+	if low <= base+1000 {
+		low = 65536 // an unusual range: any port not bound now
+	}
+	for range 100 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(base+rand.IntN(low-base)))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port found below the ephemeral range")
+	return ""
 }
 
 // USR1 after logrotate has moved the access log: the workers write a new
