@@ -11,10 +11,11 @@ import (
 
 // Strategy "mutex": accept serialised by a futex mutex in the shared memory
 // region — UNP §30.8 (a PTHREAD_PROCESS_SHARED mutex in shared memory) and
-// Apache's pthread/sysvsem AcceptMutex. The loop is serial.go's; the lock is
-// shm.Mutex: the word holds the holder's pid, waiters sleep in FUTEX_WAIT
-// (bounded, so a stopping worker notices), unlock wakes one, and the master
-// frees the lock of a worker that died holding it.
+// Apache's `Mutex pthread`. The loop is serial.go's; the lock is
+// shm.Mutex: the word holds the holder's pid and a bit for possible
+// sleepers, waiters sleep in FUTEX_WAIT (bounded, so a stopping worker
+// notices), an unlock wakes one when the bit is set (as glibc's mutex), and
+// the master frees the lock of a worker that died holding it.
 type mutexLock struct {
 	m   *shm.Mutex
 	pid int
