@@ -29,11 +29,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		requests    = flags.Int("requests", 1000, "requests per run (0: bounded by --duration)")
 		duration    = flags.Duration("duration", 0, "time per run (0: bounded by --requests)")
 		warmup      = flags.Int("warmup", 100, "requests before measuring (0: none)")
+		rounds      = flags.Int("rounds", 1, "run the whole matrix this many times, one round after another, and print medians")
 		listen      = flags.String("listen", "127.0.0.1:0", "the loopback address herd serves on in each run")
 		kernel      = flags.Bool("kernel", false, "count accept4 calls and wakeups with the kernel's tracepoints (perf, else strace), for herd and --command alike")
 		jsonOut     = flags.String("json", "", "write the report as JSON to this file")
 		htmlOut     = flags.String("html", "", "write the report as an HTML page with charts to this file")
-		preset      = flags.String("preset", "", "a ready experiment: seed002, or peers (herd's strategies beside uWSGI, nginx and gunicorn)")
+		preset      = flags.String("preset", "", "a ready experiment: seed002, or peers (herd's strategies beside Apache prefork, uWSGI, nginx and gunicorn)")
 		command     = flags.String("command", "", "serve with this shell command instead of herd (needs --target)")
 		target      = flags.String("target", "", "with --command: the loopback address it serves on")
 		path        = flags.String("path", "/hello.txt", "with --command: the path to request")
@@ -49,7 +50,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	m := lab.Matrix{
-		Requests: *requests, Duration: *duration, Warmup: *warmup, ExtraArgs: serveArgs, Listen: *listen, Kernel: *kernel,
+		Requests: *requests, Duration: *duration, Warmup: *warmup, Rounds: *rounds, ExtraArgs: serveArgs, Listen: *listen, Kernel: *kernel,
 		Command: *command, Target: *target, Progress: stderr, Terminal: isTerminal(stderr),
 	}
 	if *command != "" {
@@ -101,6 +102,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if rep != nil && len(rep.Runs) > 0 {
 		rep.WriteTable(stdout)
+		rep.WriteSummary(stdout)
 		switch *preset {
 		case "seed002":
 			printSeed002(stdout, rep)

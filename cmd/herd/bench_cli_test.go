@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -199,6 +200,7 @@ func TestBenchErrors(t *testing.T) {
 		{[]string{"--command", "true", "--target", "10.1.2.3:80"}, "not a loopback address"},
 		{[]string{"--listen", "0.0.0.0:8080"}, "not a loopback address"},
 		{[]string{"--warmup", "-1"}, "warm-up of -1"},
+		{[]string{"--rounds", "-1"}, "-1 rounds"},
 		{[]string{"--preset", "peers", "--command", "true", "--target", "127.0.0.1:9"}, "leave out --command"},
 	} {
 		_, errOut, code := runHerd(t, append([]string{"bench", "--requests", "10"}, tc.args...)...)
@@ -246,5 +248,34 @@ func renders(t *testing.T, htmlPath, png string) {
 	}
 	if len(colors) < 6 {
 		t.Errorf("the rendered page has %d colours: the charts did not draw", len(colors))
+	}
+}
+
+// --rounds runs the matrix again, round after round, numbers every run, and
+// prints the medians per cell, with rates divided by exclusive's.
+func TestBenchRounds(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	out, errOut, code := runHerd(t, "bench", "--strategies", "accept,exclusive", "--workers", "2", "--concurrency", "1",
+		"--requests", "100", "--warmup", "10", "--rounds", "2", "--json", jsonPath, "--html", htmlPath)
+	if code != 0 {
+		t.Fatalf("bench --rounds 2: exit %d\n%s", code, errOut)
+	}
+	rep, err := lab.ReadReport(jsonPath)
+	must(t, err)
+	var rounds []int
+	for _, r := range rep.Runs {
+		rounds = append(rounds, r.Round)
+	}
+	if !slices.Equal(rounds, []int{1, 1, 2, 2}) {
+		t.Errorf("runs' rounds %v, want [1 1 2 2]: each round runs every cell", rounds)
+	}
+	for _, s := range []string{"[4/4]", "medians over the rounds", "÷ exclusive's"} {
+		if !strings.Contains(out+errOut, s) {
+			t.Errorf("output lacks %q:\n%s%s", s, errOut, out)
+		}
+	}
+	if page := readFile(t, htmlPath); !strings.Contains(page, "Medians over the rounds") || !strings.Contains(page, "accept #2") {
+		t.Error("the page lacks the rounds' medians or the runs' round numbers")
 	}
 }

@@ -90,6 +90,9 @@ func runLabel(x Run, all []Run) string {
 	if vary(func(y Run) string { return fmt.Sprint(y.Concurrency) }) {
 		parts = append(parts, fmt.Sprintf("c%d", x.Concurrency))
 	}
+	if x.Round > 0 {
+		parts = append(parts, fmt.Sprintf("#%d", x.Round))
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -188,6 +191,10 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} .note{font
 <td>{{f "%.2f" $x.CtxSwitchesPerRequest}}</td><td>{{f "%.0f" $x.CPUPerRequestUS}}</td><td>{{f "%.3f" $x.Jain}}</td><td>{{f "%.2f" $x.MaxOverMean}}</td>
 <td>{{range $x.PerWorkerConns}}{{.}} {{end}}</td>{{if $.Kernel}}<td>{{$x.KernelCell "accept4"}}</td><td>{{$x.KernelCell "failed"}}</td><td>{{$x.KernelCell "wakeups"}}</td><td>{{$x.KernelCell "method"}}</td>{{end}}</tr>
 {{end}}</table>
+{{with .R.Summary}}<h2>Medians over the rounds</h2>
+<table><tr><th>run</th><th>rounds</th><th>req/s</th><th>÷ exclusive's, same round</th><th>cs/req</th><th>cpu µs/req</th></tr>
+{{range .}}<tr><td>{{.Label}}</td><td>{{.Rounds}}</td><td>{{.RPS}}</td><td>{{.VsExclusive}}</td><td>{{.CtxSwitches}}</td><td>{{.CPU}}</td></tr>
+{{end}}</table>{{end}}
 {{range .R.Notes}}<p class="note">{{.}}</p>{{end}}
 </body></html>
 `))

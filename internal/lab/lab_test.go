@@ -145,3 +145,32 @@ func TestParseKernelCounts(t *testing.T) {
 		t.Errorf("strace: %+v, %v", s, err)
 	}
 }
+
+// Rounds of a matrix are summarised per cell: medians with their range,
+// and each run's rate divided by exclusive's in the same round and cell.
+func TestSummaryOverRounds(t *testing.T) {
+	run := func(strategy string, round int, rps, cs float64) Run {
+		return Run{Strategy: strategy, Workers: 8, Mode: "close", Concurrency: 4, Round: round, RPS: rps, CtxSwitchesPerRequest: cs, CPUPerRequestUS: 10}
+	}
+	rep := &Report{Runs: []Run{
+		run("mutex", 1, 800, 2), run("exclusive", 1, 1000, 1),
+		run("mutex", 2, 450, 3), run("exclusive", 2, 500, 1),
+		run("mutex", 3, 700, 2.5), run("exclusive", 3, 1000, 1),
+	}}
+	sum := rep.Summary()
+	if len(sum) != 2 || sum[0].Label != "mutex" || sum[1].Label != "exclusive" {
+		t.Fatalf("summary %+v", sum)
+	}
+	m := sum[0]
+	if m.Rounds != 3 || m.RPS != "700 (450–800)" || m.VsExclusive != "0.80 (0.70–0.90)" || m.CtxSwitches != "2.50 (2.00–3.00)" {
+		t.Errorf("mutex: %+v", m)
+	}
+	var b strings.Builder
+	rep.WriteSummary(&b)
+	if !strings.Contains(b.String(), "0.80 (0.70–0.90)") {
+		t.Errorf("printed summary:\n%s", b.String())
+	}
+	if (&Report{Runs: []Run{run("mutex", 0, 1, 1)}}).Summary() != nil {
+		t.Error("a summary for a matrix that ran once")
+	}
+}

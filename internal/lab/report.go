@@ -44,6 +44,7 @@ type Latency struct {
 // measured load only (warm-up excluded).
 type Run struct {
 	Phase       string         `json:"phase,omitempty"` // a preset's part: "count" or "throughput"
+	Round       int            `json:"round,omitempty"` // which of Matrix.Rounds, from 1; 0 when there was one
 	Strategy    string         `json:"strategy"`
 	Workers     int            `json:"workers"`
 	Mode        string         `json:"mode"`
@@ -165,6 +166,10 @@ func (r *Report) WriteTable(w io.Writer) {
 	if kernel {
 		head += "k:accept4/conn\tk:failed/conn\tk:wakeups/conn\tcounted by\t"
 	}
+	rounds := slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Round > 0 })
+	if rounds {
+		head = "round\t" + head
+	}
 	if peers {
 		head = "server\t" + head
 	}
@@ -176,6 +181,9 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		if peers {
 			fmt.Fprintf(tw, "%s\t", x.Server())
+		}
+		if rounds {
+			fmt.Fprintf(tw, "%d\t", x.Round)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t",
 			phase, x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
@@ -192,6 +200,104 @@ func (r *Report) WriteTable(w io.Writer) {
 	for _, n := range r.Notes() {
 		fmt.Fprintln(w, "note: "+n)
 	}
+}
+
+// CellSummary is one cell measured over several rounds: medians, with the
+// lowest and highest value in parentheses, as text.
+type CellSummary struct {
+	Label       string // strategy (or peer), and what varies
+	Rounds      int
+	RPS         string
+	VsExclusive string // req/s ÷ exclusive's in the same round and cell; "-" without one
+	CtxSwitches string
+	CPU         string
+}
+
+// Summary is the report's cells over their rounds, in run order; nil when
+// the matrix ran once. A ratio to exclusive's rate is taken within each
+// round, so both sides of it ran minutes apart at most.
+func (r *Report) Summary() []CellSummary {
+	if !slices.ContainsFunc(r.Runs, func(x Run) bool { return x.Round > 0 }) {
+		return nil
+	}
+	type key struct {
+		phase, strategy  string
+		workers, clients int
+		mode             string
+		peer             bool
+	}
+	keyOf := func(x Run) key { return key{x.Phase, x.Strategy, x.Workers, x.Concurrency, x.Mode, x.Peer} }
+	type roundOf struct {
+		cell  key // without its strategy
+		round int
+	}
+	exclusive := map[roundOf]float64{} // req/s
+	for _, x := range r.Runs {
+		if x.Strategy == "exclusive" && !x.Peer {
+			k := keyOf(x)
+			k.strategy = ""
+			exclusive[roundOf{k, x.Round}] = x.RPS
+		}
+	}
+	var order []key
+	runs := map[key][]Run{}
+	for _, x := range r.Runs {
+		k := keyOf(x)
+		if _, ok := runs[k]; !ok {
+			order = append(order, k)
+		}
+		runs[k] = append(runs[k], x)
+	}
+	label := func(x Run) string { x.Round = 0; return runLabel(x, r.Runs) }
+	var out []CellSummary
+	for _, k := range order {
+		xs := runs[k]
+		var rps, cs, cpu, vs []float64
+		for _, x := range xs {
+			rps = append(rps, x.RPS)
+			cs = append(cs, x.CtxSwitchesPerRequest)
+			cpu = append(cpu, x.CPUPerRequestUS)
+			base := k
+			base.strategy = ""
+			if e, ok := exclusive[roundOf{base, x.Round}]; ok && e > 0 && !x.Peer {
+				vs = append(vs, x.RPS/e)
+			}
+		}
+		s := CellSummary{Label: label(xs[0]), Rounds: len(xs), RPS: spread(rps, "%.0f"),
+			CtxSwitches: spread(cs, "%.2f"), CPU: spread(cpu, "%.0f"), VsExclusive: "-"}
+		if len(vs) == len(xs) {
+			s.VsExclusive = spread(vs, "%.2f")
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// spread is the median of xs, then the lowest and highest in parentheses.
+func spread(xs []float64, format string) string {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	med := s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", med, s[0], s[n-1])
+}
+
+// WriteSummary prints Summary as a table, if there is one.
+func (r *Report) WriteSummary(w io.Writer) {
+	sum := r.Summary()
+	if sum == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nmedians over the rounds (lowest–highest):\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "run\trounds\treq/s\t÷ exclusive's, same round\tcs/req\tcpu µs/req\t")
+	for _, s := range sum {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", s.Label, s.Rounds, s.RPS, s.VsExclusive, s.CtxSwitches, s.CPU)
+	}
+	tw.Flush()
 }
 
 // WakeupsPerRequest is the server's voluntary context switches per

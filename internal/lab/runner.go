@@ -35,7 +35,11 @@ type Matrix struct {
 	Requests    int           // per cell (0: bounded by Duration only)
 	Duration    time.Duration // per cell (0: bounded by Requests only)
 	Warmup      int           // requests sent before measuring; 0: none
-	Listen      string        // herd's listen address; default 127.0.0.1:0 (loopback only)
+	// Rounds runs the whole matrix this many times, one round after the
+	// other, so that every cell is measured beside the others several
+	// times on a noisy machine; the report gives medians (Summary). 0 is 1.
+	Rounds int
+	Listen string // herd's listen address; default 127.0.0.1:0 (loopback only)
 	// Kernel counts accept4 calls, failed ones and wakeups with the
 	// kernel's tracepoints (perf; strace if perf cannot), for herd and for
 	// a Command alike: see KernelCounts.
@@ -123,6 +127,9 @@ func (m *Matrix) check() error {
 	if m.Warmup < 0 {
 		return fmt.Errorf("lab: warm-up of %d requests", m.Warmup)
 	}
+	if m.Rounds < 0 {
+		return fmt.Errorf("lab: %d rounds", m.Rounds)
+	}
 	return nil
 }
 
@@ -154,30 +161,37 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 	}
 	rep := &Report{Env: currentEnv()}
 	cells := m.Cells()
-	for i, cell := range cells {
-		if err := ctx.Err(); err != nil {
-			return rep, err
-		}
-		bar := func(done int, elapsed time.Duration) { m.bar(i, len(cells), cell, done, elapsed) }
-		run, err := m.runCell(ctx, root, cell, false, bar)
-		if err == nil && m.Kernel {
-			// Counted in a second run of the same cell: tracing costs the
-			// server CPU and context switches, which must not show in the
-			// figures of the first.
-			var counted *Run
-			if counted, err = m.runCell(ctx, root, cell, true, bar); err == nil {
-				run.Kernel = counted.Kernel
-				run.Kernel.Connections = counted.Connections
-				if run.Kernel.Connections == 0 {
-					run.Kernel.Connections = counted.Requests + counted.Errors
+	rounds := max(m.Rounds, 1)
+	for round := range rounds {
+		for j, cell := range cells {
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			i := round*len(cells) + j
+			bar := func(done int, elapsed time.Duration) { m.bar(i, rounds*len(cells), cell, done, elapsed) }
+			run, err := m.runCell(ctx, root, cell, false, bar)
+			if err == nil && m.Kernel {
+				// Counted in a second run of the same cell: tracing costs the
+				// server CPU and context switches, which must not show in the
+				// figures of the first.
+				var counted *Run
+				if counted, err = m.runCell(ctx, root, cell, true, bar); err == nil {
+					run.Kernel = counted.Kernel
+					run.Kernel.Connections = counted.Connections
+					if run.Kernel.Connections == 0 {
+						run.Kernel.Connections = counted.Requests + counted.Errors
+					}
 				}
 			}
+			if err != nil {
+				return rep, fmt.Errorf("%s: %w", cell, err)
+			}
+			if rounds > 1 {
+				run.Round = round + 1
+			}
+			m.line(i, rounds*len(cells), run)
+			rep.Runs = append(rep.Runs, *run)
 		}
-		if err != nil {
-			return rep, fmt.Errorf("%s: %w", cell, err)
-		}
-		m.line(i, len(cells), run)
-		rep.Runs = append(rep.Runs, *run)
 	}
 	return rep, nil
 }
