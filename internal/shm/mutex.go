@@ -21,9 +21,9 @@ import (
 // FUTEX_PRIVATE_FLAG, since the waiters are different processes. An unlock
 // wakes one sleeper, and only when the contended bit says there may be one;
 // a thread that takes the lock while it is free, ahead of a woken sleeper
-// (which happens at almost every unlock here: the woken thread is queued on
-// the unlocker's CPU, and the unlocker is back from answering its connection
-// first), takes it without the bit, so its unlock wakes nobody, and the
+// (common under load: the woken thread is queued on the unlocker's CPU, and
+// the unlocker is back from answering its connection first; traced for the
+// flock lock in docs/STRATEGIES.md), takes it without the bit, so its unlock wakes nobody, and the
 // woken thread sets the bit again before it sleeps: one wakeup per
 // episode of contention, not one per unlock.
 //
