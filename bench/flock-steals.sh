@@ -17,7 +17,8 @@
 # and, from the scheduler's wakeup tracepoint in a second run, the wakeups
 # per connection made by flock's re-queueing (a woken waiter that finds the
 # lock taken is queued again, and every waiter queued behind it is woken:
-# __locks_insert_block -> __locks_wake_up_blocks) and by its unlocks.
+# __locks_insert_block -> __locks_wake_up_blocks) and by its unlocks, and
+# how many of the unlocks' wakeups queue the waiter on the unlocker's CPU.
 # Loopback only; every run is bounded by DURATION.
 #
 #   bench/flock-steals.sh
@@ -111,9 +112,13 @@ print(f"acquisitions {acq}  waited {waited}  retaken {retaken} ({retaken / max(a
 wakeups() {
 	local rps
 	rps=$(awk '$1 == "-" {print $8}' "$dir/$1.out")
-	perf script -i "$dir/wake.data" -F ip,sym 2>/dev/null | awk -v rps="$rps" '
-		/__locks_wake_up_blocks/ { getline next_frame; if (next_frame ~ /locks_unlink_lock_ctx/) unlock++; else requeue++ }
-		END { printf "flock wakeups per connection: re-queueing %.2f, unlocks %.2f (at %d req/s)\n", requeue / rps, unlock / rps, rps }'
+	perf script -i "$dir/wake.data" -F cpu,event,trace,ip,sym 2>/dev/null | awk -v rps="$rps" '
+		/sched:sched_wakeup/ { waker = $1; gsub(/[^0-9]/, "", waker); match($0, /target_cpu=[0-9]+/); target = substr($0, RSTART + 11, RLENGTH - 11) }
+		/__locks_wake_up_blocks/ {
+			getline next_frame
+			if (next_frame ~ /locks_unlink_lock_ctx/) { unlock++; same += (waker + 0 == target + 0) } else requeue++
+		}
+		END { printf "flock wakeups per connection: re-queueing %.2f, unlocks %.2f (at %d req/s); unlock wakeups queued on the unlocker'"'"'s CPU %.0f%%\n", requeue / rps, unlock / rps, rps, 100 * same / (unlock ? unlock : 1) }'
 }
 
 {
