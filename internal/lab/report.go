@@ -252,14 +252,14 @@ func (r *Report) Summary() []CellSummary {
 	var out []CellSummary
 	for _, k := range order {
 		xs := runs[k]
+		cell := k
+		cell.strategy = ""
 		var rps, cs, cpu, vs []float64
 		for _, x := range xs {
 			rps = append(rps, x.RPS)
 			cs = append(cs, x.CtxSwitchesPerRequest)
 			cpu = append(cpu, x.CPUPerRequestUS)
-			base := k
-			base.strategy = ""
-			if e, ok := exclusive[roundOf{base, x.Round}]; ok && e > 0 && !x.Peer {
+			if e := exclusive[roundOf{cell, x.Round}]; e > 0 {
 				vs = append(vs, x.RPS/e)
 			}
 		}

@@ -23,9 +23,9 @@ import (
 // a thread that takes the lock while it is free, ahead of a woken sleeper
 // (common under load: the woken thread is queued on the unlocker's CPU, and
 // the unlocker is back from answering its connection first; traced for the
-// flock lock in docs/STRATEGIES.md), takes it without the bit, so its unlock wakes nobody, and the
-// woken thread sets the bit again before it sleeps: one wakeup per
-// episode of contention, not one per unlock.
+// flock lock in docs/STRATEGIES.md), takes it without the bit, so its
+// unlock wakes nobody, and the woken thread sets the bit again before it
+// sleeps: one wakeup per episode of contention, not one per unlock.
 //
 // Robustness: a process killed while holding the lock cannot release it;
 // the master, which reaps every worker, does (ForceUnlock), as nginx's
