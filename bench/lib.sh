@@ -8,6 +8,29 @@ cpu_ticks() {
 	echo "$total"
 }
 
+# children_ms VAR: sets VAR to the user+system CPU, in milliseconds, of
+# every child this shell has waited for (bash's times; a command
+# substitution's children count once it has ended). The difference across
+# one command is that command's. It sets a variable rather than printing:
+# times in a command substitution would report the subshell's children.
+children_ms() {
+	local f="${TMPDIR:-/tmp}/herd-times.$$"
+	times >"$f"
+	printf -v "$1" '%s' "$(awk 'NR == 2 {
+		split($1, u, /[ms]/); split($2, s, /[ms]/)
+		printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1000
+	}' "$f")"
+	rm -f "$f"
+}
+
+# idle_ticks: clock ticks every CPU of the machine has spent idle (idle and
+# iowait of /proc/stat), since boot.
+idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
+
+# tcp_segments: TCP segments the machine has sent since boot (OutSegs of
+# /proc/net/snmp); over loopback, every segment of both ends.
+tcp_segments() { awk '/^Tcp:/ && n++ {print $12}' /proc/net/snmp; }
+
 # median: the median of the numbers on standard input, separated by spaces.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 

@@ -17,10 +17,17 @@
 #   bench/peers.sh                   # defaults below
 #   ROUNDS=5 DURATION=10s bench/peers.sh
 #   ONLY=close bench/peers.sh        # one scenario: close, keepalive, 4k or 1m
+#   THREADS=2 bench/peers.sh         # wrk threads (default 1)
+#
+# A second table says where each row's time went: the server's CPU and
+# wrk's per request, the machine's idle share during the run, and TCP
+# segments per request. With THREADS=1 wrk is one thread: when its core is
+# the bound (the machine idle while wrk's CPU per request is all its core
+# can give), the row measures wrk, not the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${STRATEGY:-exclusive}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${STRATEGY:-exclusive} THREADS=${THREADS:-1}
 
 install_missing nginx h2o lighttpd wrk curl
 
@@ -113,7 +120,7 @@ if [ -n "${ONLY:-}" ]; then
 	[ ${#kept[@]} -gt 0 ] || { echo "ONLY=$ONLY: no such scenario (close, keepalive, 4k, 1m)" >&2; exit 2; }
 	scenarios=("${kept[@]}")
 fi
-declare -A rps cpu
+declare -A rps cpu client idle segs
 for round in $(seq "$ROUNDS"); do
 	for sc in "${scenarios[@]}"; do
 		IFS='|' read -r name args path _ <<<"$sc"
@@ -121,15 +128,22 @@ for round in $(seq "$ROUNDS"); do
 			pid=$(cat "$dir/$server.pid")
 			extra=()
 			[ "$name" = close ] && extra=(-H "Connection: close")
-			before=$(cpu_ticks "$pid")
+			before=$(cpu_ticks "$pid") idle0=$(idle_ticks) segs0=$(tcp_segments)
+			children_ms wrk0
+			start=$EPOCHREALTIME
 			# shellcheck disable=SC2086
-			out=$(wrk -t1 $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$server]}$path")
-			after=$(cpu_ticks "$pid")
+			out=$(wrk -t"$THREADS" $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$server]}$path")
+			children_ms wrk1
+			elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')
+			after=$(cpu_ticks "$pid") idle1=$(idle_ticks) segs1=$(tcp_segments)
 			r=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 			n=$(awk '/requests in/ {print $1}' <<<"$out")
 			if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "warning: $server $name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2; fi
 			rps[$server,$name]+="$r "
 			cpu[$server,$name]+="$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {printf "%.1f", t * 10000 / n}') "
+			client[$server,$name]+="$(awk -v t=$((wrk1 - wrk0)) -v n="$n" 'BEGIN {printf "%.1f", t * 1000 / n}') "
+			idle[$server,$name]+="$(awk -v t=$((idle1 - idle0)) -v e="$elapsed" -v c="$(nproc)" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", 100 * t / hz / (e * c)}') "
+			segs[$server,$name]+="$(awk -v t=$((segs1 - segs0)) -v n="$n" 'BEGIN {printf "%.2f", t / n}') "
 			echo "round $round/$ROUNDS  $name  $server  $r req/s" >&2
 		done
 	done
@@ -153,4 +167,17 @@ done
 echo "(herd --strategy $STRATEGY, defaults otherwise; nginx $(nginx -v 2>&1 | cut -d/ -f2), sendfile on, tcp_nopush on, open_file_cache;"
 echo " nginx+d: the same with listen ... deferred; h2o $(h2o --version 2>/dev/null | head -1 | awk '{print $3}'), num-threads $WORKERS;"
 echo " lighttpd $(lighttpd -v 2>/dev/null | head -1 | cut -d/ -f2 | cut -d' ' -f1), max-worker $WORKERS, sendfile;"
-echo " wrk -t1 on the same cores; CPU = server utime+stime per request; best = the best peer of the row)"
+echo " wrk -t$THREADS on the same cores; CPU = server utime+stime per request; best = the best peer of the row)"
+
+printf '\n%-34s %-9s %9s %11s %11s %7s %9s\n' "where the time went (medians)" server "req/s" "server CPU" "wrk CPU" "idle" "segments"
+printf '%-34s %-9s %9s %11s %11s %7s %9s\n' "" "" "" "µs/request" "µs/request" "%" "/request"
+for sc in "${scenarios[@]}"; do
+	IFS='|' read -r name _ _ label <<<"$sc"
+	for server in "${servers[@]}"; do
+		printf '%-34s %-9s %9.0f %11s %11s %7s %9s\n' "$label" "$server" "$(median <<<"${rps[$server,$name]}")" \
+			"$(median <<<"${cpu[$server,$name]}")" "$(median <<<"${client[$server,$name]}")" \
+			"$(median <<<"${idle[$server,$name]}")" "$(median <<<"${segs[$server,$name]}")"
+		label=""
+	done
+done
+echo "(wrk's CPU from the shell's times; idle: the machine's $(nproc) CPUs during wrk's run, /proc/stat; segments: /proc/net/snmp OutSegs, both ends)"
