@@ -681,3 +681,28 @@ func copyTestBinary(t *testing.T, mode os.FileMode) string {
 	must(t, os.WriteFile(exe, self, mode))
 	return exe
 }
+
+// Workers carry their master's command name, as nginx's and Apache's do:
+// started through /proc/self/exe, they were all named "exe", so top, ps -e
+// and pgrep did not show them under the program's name.
+func TestWorkersNamedAsMaster(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2")
+	comm := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	want := comm(h.pid())
+	workers := h.status().Live
+	if len(workers) != 2 {
+		t.Fatalf("status shows %d workers, want 2", len(workers))
+	}
+	for _, w := range workers {
+		if got := comm(w.PID); got != want {
+			t.Errorf("worker %d is named %q, the master %q", w.PID, got, want)
+		}
+	}
+}

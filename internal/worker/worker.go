@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -53,6 +54,7 @@ type Options struct {
 // Run is the whole life of a worker process and returns its exit code.
 func Run(spec *Spec, opts Options) int {
 	os.Unsetenv(proto.WorkerEnv) // a handler's child processes are not herd workers
+	takeMastersName(os.Args[0])
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
@@ -63,6 +65,27 @@ func Run(spec *Spec, opts Options) int {
 		return 1
 	}
 	return 0
+}
+
+// takeMastersName gives the worker the command name its master has, the
+// base name of the path it was started as (argv0). The master runs workers
+// through /proc/self/exe — its own binary, even once the file on disk is
+// replaced — so the kernel names every worker "exe": top, ps -e and pgrep
+// would not show them under the program's name, as they show nginx's or
+// Apache's workers under theirs. Writing /proc/self/comm names the process
+// (its main thread) from whichever thread writes; the kernel keeps 15
+// bytes.
+func takeMastersName(argv0 string) {
+	name := filepath.Base(argv0)
+	if argv0 == "" || name == "exe" {
+		return
+	}
+	f, err := os.OpenFile("/proc/self/comm", os.O_WRONLY, 0)
+	if err != nil {
+		return // no /proc: the name is cosmetic
+	}
+	f.WriteString(name)
+	f.Close()
 }
 
 // Fail tells the master why this worker cannot serve, before it exits.
