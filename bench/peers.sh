@@ -98,7 +98,9 @@ server.max-keep-alive-requests = 1000000
 server.max-keep-alive-idle = 75
 mimetype.assign = (".txt" => "text/plain", ".bin" => "application/octet-stream")
 CONF
-lighttpd -D -f "$dir/lighttpd.conf" >"$dir/lighttpd.log" 2>&1 &
+# In a session of its own: lighttpd with workers stops them by signalling
+# its whole process group, which would otherwise be this script's.
+setsid lighttpd -D -f "$dir/lighttpd.conf" >"$dir/lighttpd.log" 2>&1 &
 go build -o "$dir/herd" ./cmd/herd
 "$dir/herd" serve "$dir/www" --listen "127.0.0.1:${port[herd]}" --workers "$WORKERS" --strategy "$STRATEGY" \
 	--pid "$dir/herd.pid" 2>"$dir/herd.log" &

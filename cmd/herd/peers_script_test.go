@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// bench/peers.sh, one short round of one row: every server gets a line in
+// the where-the-time-went table, with the server's and wrk's CPU per
+// request, the machine's idle share and TCP segments per request. The
+// figures are a benchmark's, so only their sense is checked here.
+func TestPeersScriptWhereTheTimeWent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds herd and runs five servers")
+	}
+	for _, c := range []string{"nginx", "h2o", "lighttpd", "wrk", "curl"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s not installed (.ci/run installs it)", c)
+		}
+	}
+	cmd := exec.Command("bash", "../../bench/peers.sh")
+	cmd.Env = append(os.Environ(), "ONLY=4k", "ROUNDS=1", "DURATION=1s", "THREADS=2")
+	// The script's cleanup signals its whole process group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("peers.sh: %v\n%s", err, out)
+	}
+	text := string(out)
+	i := strings.Index(text, "where the time went")
+	if i < 0 {
+		t.Fatalf("no where-the-time-went table:\n%s", text)
+	}
+	if !strings.Contains(text, "wrk -t2 ") {
+		t.Errorf("THREADS=2 did not reach wrk:\n%s", text)
+	}
+	rows := map[string][]float64{}
+	for _, line := range strings.Split(text[i:], "\n") {
+		f := strings.Fields(strings.TrimPrefix(line, "keep-alive, 4 KiB"))
+		if len(f) != 6 {
+			continue
+		}
+		var v []float64
+		for _, s := range f[1:] {
+			x, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				break
+			}
+			v = append(v, x)
+		}
+		if len(v) == 5 {
+			rows[f[0]] = v
+		}
+	}
+	for _, server := range []string{"nginx", "nginx+d", "h2o", "lighttpd", "herd"} {
+		v, ok := rows[server]
+		switch {
+		case !ok:
+			t.Errorf("%s has no row:\n%s", server, text[i:])
+		case v[0] <= 0 || v[1] <= 0 || v[2] <= 0 || v[4] <= 0:
+			t.Errorf("%s: requests/s, server CPU, wrk CPU and segments per request must be positive: %v", server, v)
+		case v[3] < 0 || v[3] > 100:
+			t.Errorf("%s: idle %v%% is not a share", server, v[3])
+		}
+	}
+}
