@@ -70,11 +70,13 @@ func TestServeErrors(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	out, _, code := runHerd(t, "version")
-	if code != 0 || !strings.HasPrefix(out, "herd ") {
-		t.Errorf("version: exit %d, %q", code, out)
+	for _, arg := range []string{"version", "--version", "-version", "-v"} {
+		out, _, code := runHerd(t, arg)
+		if code != 0 || !strings.HasPrefix(out, "herd ") {
+			t.Errorf("%s: exit %d, %q", arg, code, out)
+		}
 	}
-	out, _, code = runHerd(t, "help")
+	out, _, code := runHerd(t, "help")
 	if code != 0 || !strings.Contains(out, "serve") || !strings.Contains(out, "status") {
 		t.Errorf("help: exit %d, %q", code, out)
 	}

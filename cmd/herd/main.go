@@ -55,6 +55,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return 0
 	}
+	if name == "--version" || name == "-version" || name == "-v" {
+		name = "version" // as nginx -v, gunicorn --version
+	}
 	for _, c := range commands() {
 		if c.name == name {
 			err := c.run(args[1:], stdout, stderr)
