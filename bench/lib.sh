@@ -34,6 +34,10 @@ tcp_segments() { awk '/^Tcp:/ && n++ {print $12}' /proc/net/snmp; }
 # median: the median of the numbers on standard input, separated by spaces.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
+# spread: the lowest and highest of the numbers on standard input, as
+# "low-high" rounded to whole numbers.
+spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f-%.0f", lo, hi}'; }
+
 # ratio A B: A/B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 

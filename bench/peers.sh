@@ -171,13 +171,13 @@ echo " nginx+d: the same with listen ... deferred; h2o $(h2o --version 2>/dev/nu
 echo " lighttpd $(lighttpd -v 2>/dev/null | head -1 | cut -d/ -f2 | cut -d' ' -f1), max-worker $WORKERS, sendfile;"
 echo " wrk -t$THREADS on the same cores; CPU = server utime+stime per request; best = the best peer of the row)"
 
-printf '\n%-34s %-9s %9s %11s %11s %7s %9s\n' "where the time went (medians)" server "req/s" "server CPU" "wrk CPU" "idle" "segments"
-printf '%-34s %-9s %9s %11s %11s %7s %9s\n' "" "" "" "µs/request" "µs/request" "%" "/request"
+printf '\n%-34s %-9s %9s %15s %11s %11s %7s %9s\n' "where the time went (medians)" server "req/s" "rounds' req/s" "server CPU" "wrk CPU" "idle" "segments"
+printf '%-34s %-9s %9s %15s %11s %11s %7s %9s\n' "" "" "" "low-high" "µs/request" "µs/request" "%" "/request"
 for sc in "${scenarios[@]}"; do
 	IFS='|' read -r name _ _ label <<<"$sc"
 	for server in "${servers[@]}"; do
-		printf '%-34s %-9s %9.0f %11s %11s %7s %9s\n' "$label" "$server" "$(median <<<"${rps[$server,$name]}")" \
-			"$(median <<<"${cpu[$server,$name]}")" "$(median <<<"${client[$server,$name]}")" \
+		printf '%-34s %-9s %9.0f %15s %11s %11s %7s %9s\n' "$label" "$server" "$(median <<<"${rps[$server,$name]}")" \
+			"$(spread <<<"${rps[$server,$name]}")" "$(median <<<"${cpu[$server,$name]}")" "$(median <<<"${client[$server,$name]}")" \
 			"$(median <<<"${idle[$server,$name]}")" "$(median <<<"${segs[$server,$name]}")"
 		label=""
 	done

@@ -9,9 +9,10 @@ import (
 	"testing"
 )
 
-// bench/peers.sh, one short round of one row: every server gets a line in
-// the where-the-time-went table, with the server's and wrk's CPU per
-// request, the machine's idle share and TCP segments per request. The
+// bench/peers.sh, two short rounds of one row: every server gets a line in
+// the where-the-time-went table, with its rounds' lowest and highest rate,
+// the server's and wrk's CPU per request, the machine's idle share and TCP
+// segments per request. The
 // figures are a benchmark's, so only their sense is checked here.
 func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 	if testing.Short() {
@@ -23,7 +24,7 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 		}
 	}
 	cmd := exec.Command("bash", "../../bench/peers.sh")
-	cmd.Env = append(os.Environ(), "ONLY=4k", "ROUNDS=1", "DURATION=1s", "THREADS=2")
+	cmd.Env = append(os.Environ(), "ONLY=4k", "ROUNDS=2", "DURATION=1s", "THREADS=2")
 	// The script's cleanup signals its whole process group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.Output()
@@ -40,19 +41,21 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 	}
 	rows := map[string][]float64{}
 	for _, line := range strings.Split(text[i:], "\n") {
+		// server, req/s, the rounds' low-high, server CPU, wrk CPU, idle %, segments
 		f := strings.Fields(strings.TrimPrefix(line, "keep-alive, 4 KiB"))
-		if len(f) != 6 {
+		if len(f) != 7 {
 			continue
 		}
+		lo, hi, _ := strings.Cut(f[2], "-")
 		var v []float64
-		for _, s := range f[1:] {
+		for _, s := range []string{f[1], f[3], f[4], f[5], f[6], lo, hi} {
 			x, err := strconv.ParseFloat(s, 64)
 			if err != nil {
 				break
 			}
 			v = append(v, x)
 		}
-		if len(v) == 5 {
+		if len(v) == 7 {
 			rows[f[0]] = v
 		}
 	}
@@ -65,6 +68,8 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 			t.Errorf("%s: requests/s, server CPU, wrk CPU and segments per request must be positive: %v", server, v)
 		case v[3] < 0 || v[3] > 100:
 			t.Errorf("%s: idle %v%% is not a share", server, v[3])
+		case v[5] > v[0]+1 || v[6] < v[0]-1:
+			t.Errorf("%s: the median %v is outside the rounds' %v-%v", server, v[0], v[5], v[6])
 		}
 	}
 }
