@@ -123,6 +123,7 @@ if [ -n "${ONLY:-}" ]; then
 	scenarios=("${kept[@]}")
 fi
 declare -A rps cpu client idle segs
+cpus=$(nproc) hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
 	for sc in "${scenarios[@]}"; do
 		IFS='|' read -r name args path _ <<<"$sc"
@@ -144,7 +145,7 @@ for round in $(seq "$ROUNDS"); do
 			rps[$server,$name]+="$r "
 			cpu[$server,$name]+="$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {printf "%.1f", t * 10000 / n}') "
 			client[$server,$name]+="$(awk -v t=$((wrk1 - wrk0)) -v n="$n" 'BEGIN {printf "%.1f", t * 1000 / n}') "
-			idle[$server,$name]+="$(awk -v t=$((idle1 - idle0)) -v e="$elapsed" -v c="$(nproc)" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", 100 * t / hz / (e * c)}') "
+			idle[$server,$name]+="$(awk -v t=$((idle1 - idle0)) -v e="$elapsed" -v c="$cpus" -v hz="$hz" 'BEGIN {printf "%.0f", 100 * t / hz / (e * c)}') "
 			segs[$server,$name]+="$(awk -v t=$((segs1 - segs0)) -v n="$n" 'BEGIN {printf "%.2f", t / n}') "
 			echo "round $round/$ROUNDS  $name  $server  $r req/s" >&2
 		done
@@ -182,4 +183,4 @@ for sc in "${scenarios[@]}"; do
 		label=""
 	done
 done
-echo "(wrk's CPU from the shell's times; idle: the machine's $(nproc) CPUs during wrk's run, /proc/stat; segments: /proc/net/snmp OutSegs, both ends)"
+echo "(wrk's CPU from the shell's times; idle: the machine's $cpus CPUs during wrk's run, /proc/stat; segments: /proc/net/snmp OutSegs, both ends)"
