@@ -706,3 +706,59 @@ func TestWorkersNamedAsMaster(t *testing.T) {
 		}
 	}
 }
+
+// An idle worker sleeps. Its loop used to hold its P in every epoll_wait,
+// so the runtime's sysmon preempted it every 10ms, idle or not — 320
+// context switches a second per idle worker, where an idle nginx worker
+// makes none; the loop now waits the ordinary way once it has been idle
+// for a second (internal/httpd's waiter). The bound leaves room for the
+// few wakeups that remain (the loop's timeout, sysmon) on a busy machine.
+func TestIdleWorkersSleep(t *testing.T) {
+	root, _ := docroot(t)
+	h := startHerd(t, root, "--workers", "2")
+	if code, _, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 {
+		t.Fatalf("GET: %d %v", code, err)
+	}
+	workers := h.status().Live
+	if len(workers) != 2 {
+		t.Fatalf("status shows %d workers, want 2", len(workers))
+	}
+	time.Sleep(1500 * time.Millisecond) // past the loop's second of held waits
+	const window = 2 * time.Second
+	before := make([]uint64, len(workers))
+	for i, w := range workers {
+		before[i] = contextSwitches(t, w.PID)
+	}
+	time.Sleep(window)
+	for i, w := range workers {
+		perSecond := float64(contextSwitches(t, w.PID)-before[i]) / window.Seconds()
+		t.Logf("idle worker %d: %.0f context switches a second", w.PID, perSecond)
+		if perSecond > 100 {
+			t.Errorf("idle worker %d made %.0f context switches a second; want under 100", w.PID, perSecond)
+		}
+	}
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of
+// every thread of pid.
+func contextSwitches(t *testing.T, pid int) uint64 {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("threads of %d: %v", pid, err)
+	}
+	var n uint64
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
+}

@@ -255,7 +255,7 @@ func (e *Engine) Run() error {
 	defer e.shutdown()
 	lastSweep := time.Now()
 	attached, busy := false, false
-	holdP := e.mayHoldP() // see wait
+	w := &waiter{ep: e.ep, holdP: e.mayHoldP(), active: time.Now()}
 	cycler, _ := e.cfg.Inline.(Cycler)
 	if e.cfg.Inline != nil {
 		if err := e.cfg.Inline.Attach(e.ep, listenerToken); err != nil {
@@ -280,13 +280,16 @@ func (e *Engine) Run() error {
 				return err
 			}
 		}
-		n, err := wait(e.ep, e.events, timeout, holdP, busy)
+		n, err := w.wait(e.events, timeout, busy, e.now)
 		busy = n > 1
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("httpd: epoll_wait: %w", err)
 		}
 		n = max(n, 0)
 		e.tick()
+		if n > 0 {
+			w.active = e.now
+		}
 		// Accept first, as nginx handles its posted accept events first.
 		// Under a Cycler the new connections' first reads wait until the
 		// mutex is released (postReads), as nginx posts them too.

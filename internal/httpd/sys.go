@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -87,47 +88,78 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 	return nil
 }
 
-// wait returns ready events, blocking up to msec milliseconds.
+// waiter is the loop's wait for events, blocking up to msec milliseconds.
 //
-// holdP: the call is raw even when it blocks, so the loop's thread keeps its
-// P while it sleeps in epoll_wait. Made the ordinary way, every wait that
-// lasts longer than sysmon's 20µs tick has its P retaken and handed off,
-// and getting it back on return costs futex wakes and sysmon nanosleeps:
-// measured with perf stat at 0.33 nanosleep and 0.16 futex per new
-// connection, and about 15% more CPU per connection than nginx. Holding the
-// P is safe when the worker has another one for its other goroutines
-// (GOMAXPROCS ≥ 2; the engine checks): the runtime's preemption signal —
-// sysmon's after 10ms, a stop-the-world's at once — interrupts epoll_wait
-// with EINTR, so the garbage collector never waits on a sleeping loop.
+// While the loop is active, the wait is held: a raw epoll_wait, so the
+// loop's thread keeps its P while it sleeps. Made the ordinary way, every
+// wait that lasts longer than sysmon's 20µs tick has its P retaken and
+// handed off, and getting it back on return costs futex wakes and sysmon
+// nanosleeps: measured with perf stat at 0.33 nanosleep and 0.16 futex per
+// new connection, and about 15% more CPU per connection than nginx. Holding
+// the P is safe when the worker has another one for its other goroutines
+// (GOMAXPROCS ≥ 2; mayHoldP): the runtime's preemption signal interrupts
+// epoll_wait with EINTR, so a stop-the-world never waits on a sleeping loop.
+// With asynchronous preemption turned off (GODEBUG=asyncpreemptoff=1) it
+// would, so CanHoldP says no and the ordinary wait is used. A held wait is
+// never longer than maxHeldWait, which bounds it even if a signal is lost.
 //
-// It relies on that signal: with asynchronous preemption turned off
-// (GODEBUG=asyncpreemptoff=1) a stop-the-world would wait for the sleep to
-// end, so CanHoldP says no and the ordinary wait is used. And a held wait
-// is never longer than maxHeldWait, which bounds that wait even if a
-// signal is lost.
+// Once the loop has had no events for idleAfter, the wait is the ordinary
+// one. A goroutine that holds its P in a call looks, to sysmon, as if it
+// had run since it was last scheduled, and after 10ms sysmon preempts it:
+// a signal, and the locked thread's hand-over of its P to another thread
+// and back — about four context switches every 10ms, busy or idle. An idle
+// worker made 320 a second (/proc/PID/task/*/status), an idle nginx none.
+// In the ordinary wait sysmon takes the P once, finds every P idle and
+// sleeps too: about 8 a second. Under load the held wait stays, with its
+// preemptions (0.1–0.2 switches per connection in herd bench's close runs):
+// rescheduling the loop more often than sysmon does costs as much, and an
+// idleAfter of 50ms instead of 1s put about 0.1 switches per connection on
+// those runs, every return from an ordinary wait waking sysmon. (Sleeping
+// in Go's netpoller on the epoll descriptor, nested, costs no preemptions
+// but breaks EPOLLEXCLUSIVE: a listener's wakeup does not count as waking
+// an epoll instance that only another epoll instance waits on, so the
+// kernel wakes the next worker too.)
 //
-// Otherwise, after a busy round (busy: more than one event) it first tries
-// a raw epoll_wait that does not block — under load events are almost
-// always ready — and only then makes the blocking call the scheduler knows.
-func wait(ep int, events []unix.EpollEvent, msec int, holdP, busy bool) (int, error) {
-	if holdP || busy {
-		timeout := min(msec, maxHeldWait)
-		if !holdP {
-			timeout = 0
-		}
-		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
-		switch {
-		case holdP && e != 0:
-			return 0, e
-		case holdP || (e == 0 && r > 0):
-			return int(r), nil
-		}
-	}
-	return unix.EpollWait(ep, events, msec)
+// Without a P to hold, after a busy round (busy: more than one event) it
+// first tries a raw epoll_wait that does not block — under load events are
+// almost always ready — and only then makes the blocking call the
+// scheduler knows.
+type waiter struct {
+	ep     int
+	holdP  bool      // held waits while active (mayHoldP)
+	active time.Time // when a wait last returned events (set by the loop)
 }
+
+// idleAfter is how long the loop goes without events before its waits
+// stop holding the P.
+const idleAfter = time.Second
 
 // maxHeldWait bounds, in milliseconds, an epoll_wait that keeps its P.
 const maxHeldWait = 100
+
+func (w *waiter) wait(events []unix.EpollEvent, msec int, busy bool, now time.Time) (int, error) {
+	if w.holdP && now.Sub(w.active) < idleAfter {
+		timeout := maxHeldWait
+		if msec >= 0 {
+			timeout = min(msec, timeout)
+		}
+		return rawEpollWait(w.ep, events, timeout)
+	}
+	if busy {
+		if n, err := rawEpollWait(w.ep, events, 0); n > 0 || (err != nil && err != unix.EINTR) {
+			return n, err
+		}
+	}
+	return unix.EpollWait(w.ep, events, msec)
+}
+
+func rawEpollWait(ep int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
 
 // CanHoldP reports whether a goroutine may keep its P in a raw blocking
 // wait, as the loop does in epoll_wait: the process has a second P for its
