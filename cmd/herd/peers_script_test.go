@@ -75,3 +75,48 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 		}
 	}
 }
+
+// bench/ab.sh, two short rounds: a build given as a git revision and one
+// given as a binary each get a row with their rate, the rounds' spread,
+// and CPU and context switches per request.
+func TestABScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds herd twice and loads both")
+	}
+	for _, c := range []string{"wrk", "curl", "git"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s not installed (.ci/run installs it)", c)
+		}
+	}
+	if err := exec.Command("git", "rev-parse", "HEAD").Run(); err != nil {
+		t.Skip("not in a git checkout")
+	}
+	bin := t.TempDir() + "/herd"
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command("bash", "../../bench/ab.sh", "HEAD", bin)
+	cmd.Env = append(os.Environ(), "ROUNDS=2", "DURATION=1s", "WORKERS=1", "CONNS=4", "FILE=13")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ab.sh: %v\n%s", err, out)
+	}
+	rows := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 5 || (f[0] != "HEAD" && f[0] != bin) {
+			continue
+		}
+		rows++
+		rps, _ := strconv.ParseFloat(f[1], 64)
+		cpu, _ := strconv.ParseFloat(f[3], 64)
+		cs, err := strconv.ParseFloat(f[4], 64)
+		if rps <= 0 || cpu <= 0 || err != nil || cs < 0 || !strings.Contains(f[2], "-") {
+			t.Errorf("row %q: want a rate, a low-high spread, CPU and switches per request", line)
+		}
+	}
+	if rows != 2 {
+		t.Errorf("%d rows, want one per build:\n%s", rows, out)
+	}
+}

@@ -106,9 +106,10 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // Once the loop has had no events for idleAfter, the wait is the ordinary
 // one. A goroutine that holds its P in a call looks, to sysmon, as if it
 // had run since it was last scheduled, and after 10ms sysmon preempts it:
-// a signal, and the locked thread's hand-over of its P to another thread
-// and back — about four context switches every 10ms, busy or idle. An idle
-// worker made 320 a second (/proc/PID/task/*/status), an idle nginx none.
+// a signal, and the scheduler's round with the P — with the loop locked to
+// its thread, as it was, about four context switches every 10ms, busy or
+// idle. An idle worker made 320 a second (/proc/PID/task/*/status), an idle
+// nginx none.
 // In the ordinary wait sysmon takes the P once, finds every P idle and
 // sleeps too: about 8 a second. Under load the held wait stays, with its
 // preemptions (0.1–0.2 switches per connection in herd bench's close runs):
