@@ -31,6 +31,14 @@ idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
 # /proc/net/snmp); over loopback, every segment of both ends.
 tcp_segments() { awk '/^Tcp:/ && n++ {print $12}' /proc/net/snmp; }
 
+# conn_split PORT: how the established connections to local PORT are spread
+# over processes, the busiest first, as "9/7"; one number when one process
+# holds them all (ss -p: the first process named for each socket).
+conn_split() {
+	ss -tnpH state established "( sport = :$1 )" | sed -n 's/.*users:(("[^"]*",pid=\([0-9]*\).*/\1/p' |
+		sort | uniq -c | sort -rn | awk '{printf "%s%s", (NR > 1 ? "/" : ""), $1} END {if (NR == 0) printf "0"}'
+}
+
 # median: the median of the numbers on standard input, separated by spaces.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 

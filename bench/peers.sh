@@ -18,18 +18,23 @@
 #   ROUNDS=5 DURATION=10s bench/peers.sh
 #   ONLY=close bench/peers.sh        # one scenario: close, keepalive, 4k or 1m
 #   THREADS=2 bench/peers.sh         # wrk threads (default 1)
+#   HERD_FLAGS=--multi-accept bench/peers.sh   # more herd serve flags
 #
 # A second table says where each row's time went: the server's CPU and
-# wrk's per request, the machine's idle share during the run, and TCP
-# segments per request. With THREADS=1 wrk is one thread: when its core is
-# the bound (the machine idle while wrk's CPU per request is all its core
-# can give), the row measures wrk, not the server.
+# wrk's per request, the machine's idle share during the run, TCP segments
+# per request, and how wrk's kept-alive connections fell to the server's
+# processes in each round (all to one worker, or spread over both: on two
+# cores shared with wrk, that alone moves a round; README). With THREADS=1
+# wrk is one thread: when its core is the bound (the machine idle while
+# wrk's CPU per request is all its core can give), the row measures wrk,
+# not the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} WORKERS=${WORKERS:-2} STRATEGY=${STRATEGY:-exclusive} THREADS=${THREADS:-1}
+HERD_FLAGS=${HERD_FLAGS:-}
 
-install_missing nginx h2o lighttpd wrk curl
+install_missing nginx h2o lighttpd wrk curl ss=iproute2
 
 dir=$(mktemp -d)
 chmod 755 "$dir"
@@ -102,8 +107,9 @@ CONF
 # its whole process group, which would otherwise be this script's.
 setsid lighttpd -D -f "$dir/lighttpd.conf" >"$dir/lighttpd.log" 2>&1 &
 go build -o "$dir/herd" ./cmd/herd
+# shellcheck disable=SC2086
 "$dir/herd" serve "$dir/www" --listen "127.0.0.1:${port[herd]}" --workers "$WORKERS" --strategy "$STRATEGY" \
-	--pid "$dir/herd.pid" 2>"$dir/herd.log" &
+	--pid "$dir/herd.pid" $HERD_FLAGS 2>"$dir/herd.log" &
 for _ in $(seq 50); do [ -s "$dir/herd.pid" ] && grep -q "herd ready" "$dir/herd.log" && break; sleep 0.1; done
 for server in "${servers[@]}"; do
 	for _ in $(seq 50); do [ -s "$dir/$server.pid" ] && curl -s -o /dev/null "http://127.0.0.1:${port[$server]}/hello.txt" && break; sleep 0.1; done
@@ -122,7 +128,7 @@ if [ -n "${ONLY:-}" ]; then
 	[ ${#kept[@]} -gt 0 ] || { echo "ONLY=$ONLY: no such scenario (close, keepalive, 4k, 1m)" >&2; exit 2; }
 	scenarios=("${kept[@]}")
 fi
-declare -A rps cpu client idle segs
+declare -A rps cpu client idle segs split
 cpus=$(nproc) hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
 	for sc in "${scenarios[@]}"; do
@@ -135,7 +141,15 @@ for round in $(seq "$ROUNDS"); do
 			children_ms wrk0
 			start=$EPOCHREALTIME
 			# shellcheck disable=SC2086
-			out=$(wrk -t"$THREADS" $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$server]}$path")
+			wrk -t"$THREADS" $args "${extra[@]}" -d"$DURATION" "http://127.0.0.1:${port[$server]}$path" >"$dir/wrk.out" &
+			wp=$!
+			# How wrk's connections fell to the server's processes: they
+			# are made at the start and kept (but for the close row).
+			sleep 0.3
+			spread_now=-
+			[ "$name" = close ] || spread_now=$(conn_split "${port[$server]}")
+			wait "$wp"
+			out=$(<"$dir/wrk.out")
 			children_ms wrk1
 			elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')
 			after=$(cpu_ticks "$pid") idle1=$(idle_ticks) segs1=$(tcp_segments)
@@ -143,6 +157,7 @@ for round in $(seq "$ROUNDS"); do
 			n=$(awk '/requests in/ {print $1}' <<<"$out")
 			if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "warning: $server $name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2; fi
 			rps[$server,$name]+="$r "
+			split[$server,$name]+="$spread_now:${r%.*} "
 			cpu[$server,$name]+="$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {printf "%.1f", t * 10000 / n}') "
 			client[$server,$name]+="$(awk -v t=$((wrk1 - wrk0)) -v n="$n" 'BEGIN {printf "%.1f", t * 1000 / n}') "
 			idle[$server,$name]+="$(awk -v t=$((idle1 - idle0)) -v e="$elapsed" -v c="$cpus" -v hz="$hz" 'BEGIN {printf "%.0f", 100 * t / hz / (e * c)}') "
@@ -167,20 +182,21 @@ for sc in "${scenarios[@]}"; do
 		"$(ratio "${m[herd]}" "${m[nginx]}")" "$(ratio "${m[herd]}" "${m[nginx+d]}")" "$(ratio "${m[herd]}" "$best")" \
 		"${c[nginx]} ${c[nginx+d]} ${c[h2o]} ${c[lighttpd]} ${c[herd]}"
 done
-echo "(herd --strategy $STRATEGY, defaults otherwise; nginx $(nginx -v 2>&1 | cut -d/ -f2), sendfile on, tcp_nopush on, open_file_cache;"
+echo "(herd --strategy $STRATEGY${HERD_FLAGS:+ $HERD_FLAGS}, defaults otherwise; nginx $(nginx -v 2>&1 | cut -d/ -f2), sendfile on, tcp_nopush on, open_file_cache;"
 echo " nginx+d: the same with listen ... deferred; h2o $(h2o --version 2>/dev/null | head -1 | awk '{print $3}'), num-threads $WORKERS;"
 echo " lighttpd $(lighttpd -v 2>/dev/null | head -1 | cut -d/ -f2 | cut -d' ' -f1), max-worker $WORKERS, sendfile;"
 echo " wrk -t$THREADS on the same cores; CPU = server utime+stime per request; best = the best peer of the row)"
 
-printf '\n%-34s %-9s %9s %15s %11s %11s %7s %9s\n' "where the time went (medians)" server "req/s" "rounds' req/s" "server CPU" "wrk CPU" "idle" "segments"
-printf '%-34s %-9s %9s %15s %11s %11s %7s %9s\n' "" "" "" "low-high" "µs/request" "µs/request" "%" "/request"
+printf '\n%-34s %-9s %9s %15s %11s %11s %7s %9s  %s\n' "where the time went (medians)" server "req/s" "rounds' req/s" "server CPU" "wrk CPU" "idle" "segments" "each round: connections"
+printf '%-34s %-9s %9s %15s %11s %11s %7s %9s  %s\n' "" "" "" "low-high" "µs/request" "µs/request" "%" "/request" "per process:req/s"
 for sc in "${scenarios[@]}"; do
 	IFS='|' read -r name _ _ label <<<"$sc"
 	for server in "${servers[@]}"; do
-		printf '%-34s %-9s %9.0f %15s %11s %11s %7s %9s\n' "$label" "$server" "$(median <<<"${rps[$server,$name]}")" \
+		printf '%-34s %-9s %9.0f %15s %11s %11s %7s %9s  %s\n' "$label" "$server" "$(median <<<"${rps[$server,$name]}")" \
 			"$(spread <<<"${rps[$server,$name]}")" "$(median <<<"${cpu[$server,$name]}")" "$(median <<<"${client[$server,$name]}")" \
-			"$(median <<<"${idle[$server,$name]}")" "$(median <<<"${segs[$server,$name]}")"
+			"$(median <<<"${idle[$server,$name]}")" "$(median <<<"${segs[$server,$name]}")" "${split[$server,$name]% }"
 		label=""
 	done
 done
-echo "(wrk's CPU from the shell's times; idle: the machine's $cpus CPUs during wrk's run, /proc/stat; segments: /proc/net/snmp OutSegs, both ends)"
+echo "(wrk's CPU from the shell's times; idle: the machine's $cpus CPUs during wrk's run, /proc/stat; segments: /proc/net/snmp OutSegs, both ends;"
+echo " each round: how wrk's connections were spread over the server's processes, busiest first (ss -p; h2o is one process), and the round's req/s)"

@@ -11,8 +11,8 @@ import (
 
 // bench/peers.sh, two short rounds of one row: every server gets a line in
 // the where-the-time-went table, with its rounds' lowest and highest rate,
-// the server's and wrk's CPU per request, the machine's idle share and TCP
-// segments per request. The figures are a benchmark's, so only their sense
+// the server's and wrk's CPU per request, the machine's idle share, TCP
+// segments per request and how wrk's connections fell to its processes. The figures are a benchmark's, so only their sense
 // is checked here.
 func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 	if testing.Short() {
@@ -42,12 +42,15 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 		t.Errorf("THREADS=2 did not reach wrk:\n%s", text)
 	}
 	rows := map[string][]float64{}
+	splits := map[string][]string{}
 	for _, line := range strings.Split(text[i:], "\n") {
-		// server, req/s, the rounds' low-high, server CPU, wrk CPU, idle %, segments
+		// server, req/s, the rounds' low-high, server CPU, wrk CPU, idle %,
+		// segments, and each round's connections per process
 		f := strings.Fields(strings.TrimPrefix(line, "keep-alive, 4 KiB"))
-		if len(f) != 7 {
+		if len(f) != 7+2 {
 			continue
 		}
+		splits[f[0]] = f[7:]
 		lo, hi, _ := strings.Cut(f[2], "-")
 		var v []float64
 		for _, s := range []string{f[1], f[3], f[4], f[5], f[6], lo, hi} {
@@ -72,6 +75,25 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 			t.Errorf("%s: idle %v%% is not a share", server, v[3])
 		case v[5] > v[0]+1 || v[6] < v[0]-1:
 			t.Errorf("%s: the median %v is outside the rounds' %v-%v", server, v[0], v[5], v[6])
+		}
+		// wrk's 64 connections, spread over at most WORKERS (2) processes
+		for _, round := range splits[server] {
+			split, rate, _ := strings.Cut(round, ":")
+			if r, err := strconv.Atoi(rate); err != nil || r <= 0 {
+				t.Errorf("%s: round %q has no rate", server, round)
+			}
+			parts, sum := strings.Split(split, "/"), 0
+			for _, p := range parts {
+				n, err := strconv.Atoi(p)
+				if err != nil {
+					sum = -1
+					break
+				}
+				sum += n
+			}
+			if len(parts) > 2 || sum < 1 || sum > 64 {
+				t.Errorf("%s: connections per process %q: want one or two counts of wrk's 64", server, split)
+			}
 		}
 	}
 }
