@@ -142,3 +142,44 @@ func TestABScript(t *testing.T) {
 		t.Errorf("%d rows, want one per build:\n%s", rows, out)
 	}
 }
+
+// bench/idle.sh for two strategies: each gets a row with the master's and
+// each worker's context switches a second, and exclusive's idle workers
+// sleep (TestIdleWorkersSleep is the same bound on herd serve itself).
+func TestIdleScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds herd and leaves it idle")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed (.ci/run installs it)")
+	}
+	cmd := exec.Command("bash", "../../bench/idle.sh")
+	cmd.Env = append(os.Environ(), "STRATEGIES=exclusive accept", "SECONDS_IDLE=2")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("idle.sh: %v\n%s", err, out)
+	}
+	rows := map[string][]float64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 || (f[0] != "exclusive" && f[0] != "accept") {
+			continue
+		}
+		for _, s := range f[1:] {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil || v < 0 {
+				t.Errorf("row %q: want the master's and two workers' switches a second", line)
+			}
+			rows[f[0]] = append(rows[f[0]], v)
+		}
+	}
+	if len(rows) != 2 {
+		t.Fatalf("want a row for exclusive and for accept:\n%s", out)
+	}
+	for _, v := range rows["exclusive"][1:] {
+		if v > 100 {
+			t.Errorf("an idle exclusive worker made %v context switches a second; want under 100:\n%s", v, out)
+		}
+	}
+}
