@@ -19,11 +19,11 @@ import (
 
 // The native engine: one event loop per worker on its own epoll instance,
 // one goroutine that keeps its P while it has work (waiter), as an nginx
-// worker runs — no goroutine per connection, no net/http. It serves the static files under a root over HTTP/1.1 and
-// 1.0: keep-alive, pipelining, conditional and range requests, precompressed
-// .gz siblings, bodies by sendfile(2) with the header sent MSG_MORE so both
-// leave in the same segments (seed 001's TCP_CORK, without the two extra
-// setsockopt calls).
+// worker runs — no goroutine per connection, no net/http. It serves the
+// static files under a root over HTTP/1.1 and 1.0: keep-alive, pipelining,
+// conditional and range requests, precompressed .gz siblings, bodies by
+// sendfile(2) with the header sent MSG_MORE so both leave in the same
+// segments (seed 001's TCP_CORK, without the two extra setsockopt calls).
 //
 // The engine is three files: this one, the loop (accepting, timers,
 // draining); conn.go, one connection's reads, writes and close; and

@@ -104,22 +104,21 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // never longer than maxHeldWait, which bounds it even if a signal is lost.
 //
 // Once the loop has had no events for idleAfter, the wait is the ordinary
-// one. A goroutine that holds its P in a call looks, to sysmon, as if it
-// had run since it was last scheduled, and after 10ms sysmon preempts it:
-// a signal, and the scheduler's round with the P — with the loop locked to
-// its thread, as it was, about four context switches every 10ms, busy or
-// idle. An idle worker made 320 a second (/proc/PID/task/*/status), an idle
-// nginx none.
-// In the ordinary wait sysmon takes the P once, finds every P idle and
+// one. A goroutine that holds its P in a call looks, to sysmon, as if it had
+// run since it was last scheduled, and after 10ms sysmon preempts it: a
+// signal, and the scheduler's round with the P — with the loop locked to its
+// thread, as it was, about four context switches every 10ms, busy or idle.
+// An idle worker made 320 a second (bench/idle.sh), an idle nginx worker
+// none. In the ordinary wait sysmon takes the P once, finds every P idle and
 // sleeps too: about 8 a second. Under load the held wait stays, with its
-// preemptions (0.1–0.2 switches per connection in herd bench's close runs):
+// preemptions (cheaper since the loop is not locked; see Run):
 // rescheduling the loop more often than sysmon does costs as much, and an
 // idleAfter of 50ms instead of 1s put about 0.1 switches per connection on
-// those runs, every return from an ordinary wait waking sysmon. (Sleeping
-// in Go's netpoller on the epoll descriptor, nested, costs no preemptions
-// but breaks EPOLLEXCLUSIVE: a listener's wakeup does not count as waking
-// an epoll instance that only another epoll instance waits on, so the
-// kernel wakes the next worker too.)
+// those runs, every return from an ordinary wait waking sysmon. (Sleeping in
+// Go's netpoller on the epoll descriptor, nested, costs no preemptions but
+// breaks EPOLLEXCLUSIVE: a listener's wakeup does not count as waking an
+// epoll instance that only another epoll instance waits on, so the kernel
+// wakes the next worker too.) results/loop-wait.txt has the figures.
 //
 // Without a P to hold, after a busy round (busy: more than one event) it
 // first tries a raw epoll_wait that does not block — under load events are
