@@ -684,7 +684,8 @@ func copyTestBinary(t *testing.T, mode os.FileMode) string {
 
 // Workers carry their master's command name, as nginx's and Apache's do:
 // started through /proc/self/exe, they were all named "exe", so top, ps -e
-// and pgrep did not show them under the program's name.
+// and pgrep did not show them under the program's name — nor top -H and
+// perf their threads, when only the main thread was renamed.
 func TestWorkersNamedAsMaster(t *testing.T) {
 	root, _ := docroot(t)
 	h := startHerd(t, root, "--workers", "2")
@@ -703,6 +704,17 @@ func TestWorkersNamedAsMaster(t *testing.T) {
 	for _, w := range workers {
 		if got := comm(w.PID); got != want {
 			t.Errorf("worker %d is named %q, the master %q", w.PID, got, want)
+		}
+		// and every thread of it, as top -H and perf show them
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", w.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", w.PID, task.Name()))
+			if err == nil && strings.TrimSpace(string(b)) != want {
+				t.Errorf("worker %d's thread %s is named %q, the master %q", w.PID, task.Name(), strings.TrimSpace(string(b)), want)
+			}
 		}
 	}
 }

@@ -72,20 +72,36 @@ func Run(spec *Spec, opts Options) int {
 // through /proc/self/exe — its own binary, even once the file on disk is
 // replaced — so the kernel names every worker "exe": top, ps -e and pgrep
 // would not show them under the program's name, as they show nginx's or
-// Apache's workers under theirs. Writing /proc/self/comm names the process
-// (its main thread) from whichever thread writes; the kernel keeps 15
-// bytes.
+// Apache's workers under theirs. Every thread is named, not only the main
+// one (/proc/self/comm), or top -H and perf would still show the runtime's
+// threads as "exe"; a thread started later takes the name of the thread
+// that starts it. The kernel keeps 15 bytes.
 func takeMastersName(argv0 string) {
 	name := filepath.Base(argv0)
 	if argv0 == "" || name == "exe" {
 		return
 	}
-	f, err := os.OpenFile("/proc/self/comm", os.O_WRONLY, 0)
-	if err != nil {
-		return // no /proc: the name is cosmetic
+	named := map[string]bool{}
+	for range 3 { // again while threads appear: one started meanwhile by a thread not yet named
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return // no /proc: the name is cosmetic
+		}
+		fresh := false
+		for _, t := range tasks {
+			if named[t.Name()] {
+				continue
+			}
+			named[t.Name()], fresh = true, true
+			if f, err := os.OpenFile("/proc/self/task/"+t.Name()+"/comm", os.O_WRONLY, 0); err == nil {
+				f.WriteString(name)
+				f.Close()
+			}
+		}
+		if !fresh {
+			return
+		}
 	}
-	f.WriteString(name)
-	f.Close()
 }
 
 // Fail tells the master why this worker cannot serve, before it exits.
