@@ -5,10 +5,13 @@ package worker
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
@@ -66,20 +69,51 @@ func (c *control) send(msg proto.Msg) error {
 }
 
 // read runs until the master's end closes, then closes gone.
+//
+// Under fdpass this thread receives every connection, and while messages
+// come it waits as the engine's loop does (httpd's waiter): in a raw
+// recvmsg that keeps its P, so that sysmon does not take the P of a wait
+// that outlasts its tick and then poll every 20µs — 2.39 context switches
+// per connection against 2.49 made the ordinary way (medians of eight
+// interleaved herd bench --strategies fdpass runs, results/loop-wait.txt).
+// A held wait is bounded by SO_RCVTIMEO, which also makes the runtime's
+// preemption signal end it with EINTR rather than restart it, so a
+// stop-the-world never waits on it. After a second without messages the
+// wait is the ordinary one, without a bound: an idle worker sleeps.
 func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
 	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var y accept.Yielder
+	holdP := httpd.CanHoldP(runtime.GOMAXPROCS(0))
+	var active time.Time // the last message
+	held := false        // SO_RCVTIMEO is heldWaitBound
 	for {
-		y.Yield(time.Now())
-		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
+		now := time.Now()
+		y.Yield(now)
+		var n, oobn int
+		var err error
+		if hold := holdP && now.Sub(active) < idleAfter; hold != held {
+			tv := unix.Timeval{} // no bound
+			if hold {
+				tv = unix.NsecToTimeval(heldWaitBound.Nanoseconds())
+			}
+			if unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) == nil {
+				held = hold
+			}
+		}
+		if held {
+			n, oobn, err = rawRecvmsg(c.fd, buf, oob)
+		} else {
+			n, oobn, _, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		}
+		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}
 		if err != nil || (n == 0 && oobn == 0) {
 			return
 		}
+		active = now
 		fds := parseRights(oob[:oobn])
 		msg, err := proto.Decode(buf[:n])
 		if err == nil && msg.Kind == proto.Gather && len(fds) == 1 {
@@ -153,4 +187,28 @@ func (c *control) gather(fd int) {
 	for _, mf := range families {
 		enc.Encode(mf)
 	}
+}
+
+// idleAfter is how long the reader goes without messages before its waits
+// stop holding the P; heldWaitBound bounds a held wait.
+const (
+	idleAfter     = time.Second
+	heldWaitBound = 100 * time.Millisecond
+)
+
+// rawRecvmsg is unix.Recvmsg made raw (the scheduler is not told), without
+// the sender's address.
+func rawRecvmsg(fd int, p, oob []byte) (n, oobn int, err error) {
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	var msg unix.Msghdr
+	msg.Iov = &iov
+	msg.Iovlen = 1
+	msg.Control = &oob[0]
+	msg.SetControllen(len(oob))
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(r), int(msg.Controllen), nil
 }
