@@ -22,11 +22,18 @@ import (
 // listener (SINGLE_LISTEN_UNSERIALIZED_ACCEPT).
 //
 // A blocking accept cannot watch two sockets, so each listener gets its own
-// Threads accepting threads. A thread blocked in accept4 cannot be
-// interrupted without closing the socket, which other workers still use;
-// instead SO_RCVTIMEO bounds every block (the timeout applies to accept as
-// well as to recv), and the thread checks whether it should stop each time
-// the bound expires. A connection that arrives while a worker is stopping is
+// Threads accepting threads. Closing the socket would wake a thread blocked
+// in accept4, but other workers still use it; instead Stop signals each
+// accepting thread (SIGURG, which the Go runtime catches and otherwise
+// ignores), and a socket with SO_RCVTIMEO set makes accept4 fail with EINTR
+// rather than restart (signal(7)); the thread then sees that it should
+// stop, as Apache's prefork children learn of a graceful stop from a signal
+// that interrupts their wait. The timeout bounds every block in case a
+// signal misses its thread. It used to be the only way a stopping thread
+// noticed, at 250ms: an idle worker then returned from accept4 four times a
+// second per thread, and each return woke Go's sysmon for a millisecond of
+// 20µs polls — 560 context switches a second per idle worker
+// (bench/idle.sh). A connection that arrives while a worker is stopping is
 // either accepted by that worker before it stops (and served) or left in the
 // queue for another: it is never dropped.
 type blocking struct {
@@ -36,11 +43,17 @@ type blocking struct {
 	// acceptQueuedOnStop: when stopping, accept what is already queued before
 	// returning (reuseport: the socket is this slot's alone).
 	acceptQueuedOnStop bool
+
+	mu      sync.Mutex
+	threads []*atomic.Int32 // each accepting thread's id while it accepts, 0 once it returned
 }
 
 // acceptBlockBound is the SO_RCVTIMEO put on the listeners: how long a
-// stopping worker may take to notice.
-const acceptBlockBound = 250 * time.Millisecond
+// stopping worker may take to notice if every signal misses.
+const acceptBlockBound = 2 * time.Second
+
+// interruptEvery is how often Stop signals the threads still accepting.
+const interruptEvery = 20 * time.Millisecond
 
 func newBlocking(cfg Config) (Strategy, error) {
 	tv := unix.NsecToTimeval(acceptBlockBound.Nanoseconds())
@@ -57,7 +70,42 @@ func newBlocking(cfg Config) (Strategy, error) {
 	return &blocking{cfg: cfg}, nil
 }
 
-func (b *blocking) Stop() { b.stopping.Store(true) }
+func (b *blocking) Stop() {
+	if !b.stopping.Swap(true) {
+		go b.interrupt()
+	}
+}
+
+// interrupt signals the threads still accepting, every interruptEvery, until
+// all have returned: a signal sent just before a thread enters accept4 is
+// lost on it.
+func (b *blocking) interrupt() {
+	pid := unix.Getpid()
+	for range acceptBlockBound / interruptEvery {
+		b.mu.Lock()
+		left := 0
+		for _, t := range b.threads {
+			if tid := t.Load(); tid != 0 {
+				unix.Tgkill(pid, int(tid), unix.SIGURG)
+				left++
+			}
+		}
+		b.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		time.Sleep(interruptEvery)
+	}
+}
+
+// enlist returns the slot in which a new accepting thread keeps its id.
+func (b *blocking) enlist() *atomic.Int32 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := new(atomic.Int32)
+	b.threads = append(b.threads, t)
+	return t
+}
 
 func (b *blocking) Serve(deliver func(fd int)) error {
 	var wg sync.WaitGroup
@@ -82,9 +130,12 @@ func (b *blocking) Serve(deliver func(fd int)) error {
 func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	st := b.cfg.Stats
 	var y Yielder
+	tid := b.enlist()
+	defer tid.Store(0)
 	for !b.stopping.Load() {
 		start := time.Now()
 		y.Yield(start)
+		tid.Store(int32(unix.Gettid())) // the goroutine may have moved since the last call
 		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
 		switch {
 		case err == nil:
