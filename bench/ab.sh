@@ -61,8 +61,7 @@ for i in "${!bins[@]}"; do
 	pids+=($!)
 done
 for i in "${!bins[@]}"; do
-	for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((base + i))/13" && break; sleep 0.1; done
-	curl -sf -o /dev/null "http://127.0.0.1:$((base + i))/13" ||
+	await_http "http://127.0.0.1:$((base + i))/13" ||
 		{ echo "${names[$i]} does not serve: $(tail -3 "$dir/herd$i.log")" >&2; exit 1; }
 done
 

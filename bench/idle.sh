@@ -30,9 +30,6 @@ if [ -z "$herd" ]; then
 	herd=$dir/herd
 fi
 
-# switches PID: voluntary + involuntary context switches of PID's threads.
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
-
 echo "# bench/idle.sh: WORKERS=$WORKERS SECONDS_IDLE=$SECONDS_IDLE; $(nproc) CPUs, kernel $(uname -r), $(date -u +%F)"
 printf '%-10s %8s  %s\n' strategy master "workers (context switches a second, each)"
 for s in $STRATEGIES; do
@@ -41,16 +38,15 @@ for s in $STRATEGIES; do
 	"$herd" serve "$dir/www" --listen "127.0.0.1:$port" --workers "$WORKERS" --strategy "$s" \
 		--pid "$dir/herd.pid" 2>"$dir/herd.log" &
 	master=$!
-	for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/hello.txt" && break; sleep 0.1; done
-	curl -sf -o /dev/null "http://127.0.0.1:$port/hello.txt" || { echo "$s: herd does not serve: $(tail -3 "$dir/herd.log")" >&2; exit 1; }
+	await_http "http://127.0.0.1:$port/hello.txt" || { echo "$s: herd does not serve: $(tail -3 "$dir/herd.log")" >&2; exit 1; }
 	sleep 2 # past the loop's second of held waits
 	procs=("$master" $(cat /proc/"$master"/task/*/children))
 	declare -A before=()
-	for p in "${procs[@]}"; do before[$p]=$(switches "$p"); done
+	for p in "${procs[@]}"; do before[$p]=$(proc_switches "$p"); done
 	sleep "$SECONDS_IDLE"
 	rates=()
 	for p in "${procs[@]}"; do
-		rates+=("$(awk -v a="${before[$p]}" -v b="$(switches "$p")" -v t="$SECONDS_IDLE" 'BEGIN {printf "%.0f", (b - a) / t}')")
+		rates+=("$(awk -v a="${before[$p]}" -v b="$(proc_switches "$p")" -v t="$SECONDS_IDLE" 'BEGIN {printf "%.0f", (b - a) / t}')")
 	done
 	printf '%-10s %8s  %s\n' "$s" "${rates[0]}" "${rates[*]:1}"
 	kill -TERM "$master"

@@ -49,13 +49,22 @@ spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo = $1} {hi = $
 # ratio A B: A/B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
-# ctx_switches PID: voluntary + involuntary context switches of every thread
-# of PID and all its descendants.
+# proc_switches PID: voluntary + involuntary context switches of every
+# thread of PID.
+proc_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
+
+# ctx_switches PID: proc_switches of PID and all its descendants.
 ctx_switches() {
-	local pid=$1 total=0 t
-	for t in $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'); do total=$((total + t)); done
+	local pid=$1 total
+	total=$(proc_switches "$pid")
 	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do total=$((total + $(ctx_switches "$c"))); done
 	echo "$total"
+}
+
+# await_http URL: waits up to 10 s for URL to answer; fails if it does not.
+await_http() {
+	for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+	curl -sf -o /dev/null "$1"
 }
 
 # install_missing COMMAND[=PACKAGES]...: installs from Debian the packages
