@@ -9,31 +9,44 @@ import (
 	"testing"
 )
 
-// bench/peers.sh, two short rounds of one row: every server gets a line in
-// the where-the-time-went table, with its rounds' lowest and highest rate,
-// the server's and wrk's CPU per request, the machine's idle share, TCP
-// segments per request and how wrk's connections fell to its processes. The figures are a benchmark's, so only their sense
-// is checked here.
-func TestPeersScriptWhereTheTimeWent(t *testing.T) {
+// needBench skips a test of a bench script under -short (why says what the
+// script does) and where one of tools is not installed.
+func needBench(t *testing.T, why string, tools ...string) {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("builds herd and runs five servers")
+		t.Skip(why)
 	}
-	for _, c := range []string{"nginx", "h2o", "lighttpd", "wrk", "curl"} {
+	for _, c := range tools {
 		if _, err := exec.LookPath(c); err != nil {
 			t.Skipf("%s not installed (.ci/run installs it)", c)
 		}
 	}
-	cmd := exec.Command("bash", "../../bench/peers.sh")
-	cmd.Env = append(os.Environ(), "ONLY=4k", "ROUNDS=2", "DURATION=1s", "THREADS=2")
-	// A process group of its own: a server that stops by signalling its
-	// group (lighttpd with workers did, before peers.sh gave it a session)
-	// reaches the script, never this test.
+}
+
+// runBenchScript runs bench/script with args, and env added to the test's, and
+// returns what it printed. The script runs in a process group of its own:
+// a server that stops by signalling its group (lighttpd with workers did,
+// before peers.sh gave it a session) reaches the script, never this test.
+func runBenchScript(t *testing.T, env []string, script string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("bash", append([]string{"../../bench/" + script}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("peers.sh: %v\n%s", err, out)
+		t.Fatalf("%s: %v\n%s", script, err, out)
 	}
-	text := string(out)
+	return string(out)
+}
+
+// bench/peers.sh, two short rounds of one row: every server gets a line in
+// the where-the-time-went table, with its rounds' lowest and highest rate,
+// the server's and wrk's CPU per request, the machine's idle share, TCP
+// segments per request and how wrk's connections fell to its processes.
+// The figures are a benchmark's, so only their sense is checked here.
+func TestPeersScriptWhereTheTimeWent(t *testing.T) {
+	needBench(t, "builds herd and runs five servers", "nginx", "h2o", "lighttpd", "wrk", "curl")
+	text := runBenchScript(t, []string{"ONLY=4k", "ROUNDS=2", "DURATION=1s", "THREADS=2"}, "peers.sh")
 	i := strings.Index(text, "where the time went")
 	if i < 0 {
 		t.Fatalf("no where-the-time-went table:\n%s", text)
@@ -102,14 +115,7 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 // given as a binary each get a row with their rate, the rounds' spread,
 // and CPU and context switches per request.
 func TestABScript(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds herd twice and loads both")
-	}
-	for _, c := range []string{"wrk", "curl", "git"} {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s not installed (.ci/run installs it)", c)
-		}
-	}
+	needBench(t, "builds herd twice and loads both", "wrk", "curl", "git")
 	if err := exec.Command("git", "rev-parse", "HEAD").Run(); err != nil {
 		t.Skip("not in a git checkout")
 	}
@@ -117,15 +123,9 @@ func TestABScript(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	cmd := exec.Command("bash", "../../bench/ab.sh", "HEAD", bin)
-	cmd.Env = append(os.Environ(), "ROUNDS=2", "DURATION=1s", "WORKERS=1", "CONNS=4", "FILE=13")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ab.sh: %v\n%s", err, out)
-	}
+	out := runBenchScript(t, []string{"ROUNDS=2", "DURATION=1s", "WORKERS=1", "CONNS=4", "FILE=13"}, "ab.sh", "HEAD", bin)
 	rows := 0
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) != 5 || (f[0] != "HEAD" && f[0] != bin) {
 			continue
@@ -149,21 +149,10 @@ func TestABScript(t *testing.T) {
 // itself), and accept's threads, which a stop now interrupts with a signal
 // instead of waking four times a second to look (230–570 a second before).
 func TestIdleScript(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds herd and leaves it idle")
-	}
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed (.ci/run installs it)")
-	}
-	cmd := exec.Command("bash", "../../bench/idle.sh")
-	cmd.Env = append(os.Environ(), "STRATEGIES=exclusive accept", "SECONDS_IDLE=2")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("idle.sh: %v\n%s", err, out)
-	}
+	needBench(t, "builds herd and leaves it idle", "curl")
+	out := runBenchScript(t, []string{"STRATEGIES=exclusive accept", "SECONDS_IDLE=2"}, "idle.sh")
 	rows := map[string][]float64{}
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) != 4 || (f[0] != "exclusive" && f[0] != "accept") {
 			continue
