@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-run/herd/internal/lab"
 	"github.com/herd-run/herd/internal/master"
 	"github.com/herd-run/herd/internal/shm"
 )
@@ -755,22 +756,9 @@ func TestIdleWorkersSleep(t *testing.T) {
 // every thread of pid.
 func contextSwitches(t *testing.T, pid int) uint64 {
 	t.Helper()
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
-	if err != nil || len(tasks) == 0 {
+	st, err := lab.ReadProcStats(pid)
+	if err != nil {
 		t.Fatalf("threads of %d: %v", pid, err)
 	}
-	var n uint64
-	for _, f := range tasks {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // the thread exited
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
-				c, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-				n += c
-			}
-		}
-	}
-	return n
+	return st.Voluntary + st.Involuntary
 }

@@ -23,8 +23,8 @@ func needBench(t *testing.T, why string, tools ...string) {
 	}
 }
 
-// runBenchScript runs bench/script with args, and env added to the test's, and
-// returns what it printed. The script runs in a process group of its own:
+// runBenchScript runs bench/script with args, and env added to the test's,
+// and returns what it printed. The script runs in a process group of its own:
 // a server that stops by signalling its group (lighttpd with workers did,
 // before peers.sh gave it a session) reaches the script, never this test.
 func runBenchScript(t *testing.T, env []string, script string, args ...string) string {

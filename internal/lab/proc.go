@@ -26,9 +26,9 @@ func (s ProcStats) Sub(earlier ProcStats) ProcStats {
 	return ProcStats{s.Voluntary - earlier.Voluntary, s.Involuntary - earlier.Involuntary, s.CPUTicks - earlier.CPUTicks}
 }
 
-// readProcStats sums the counters of every thread of pid: a process's
+// ReadProcStats sums the counters of every thread of pid: a process's
 // /proc/PID/status counts only its main thread's context switches.
-func readProcStats(pid int) (ProcStats, error) {
+func ReadProcStats(pid int) (ProcStats, error) {
 	var st ProcStats
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
@@ -97,7 +97,7 @@ func treeStats(pid int) map[int]ProcStats {
 	out := map[int]ProcStats{}
 	var walk func(int)
 	walk = func(p int) {
-		if st, err := readProcStats(p); err == nil {
+		if st, err := ReadProcStats(p); err == nil {
 			out[p] = st
 		}
 		for _, c := range children(p) {
