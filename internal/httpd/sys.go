@@ -101,9 +101,9 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // epoll_wait with EINTR, so a stop-the-world never waits on a sleeping loop.
 // With asynchronous preemption turned off (GODEBUG=asyncpreemptoff=1) it
 // would, so CanHoldP says no and the ordinary wait is used. A held wait is
-// never longer than maxHeldWait, which bounds it even if a signal is lost.
+// never longer than HeldWaitBound, which bounds it even if a signal is lost.
 //
-// Once the loop has had no events for idleAfter, the wait is the ordinary
+// Once the loop has had no events for IdleAfter, the wait is the ordinary
 // one. A goroutine that holds its P in a call looks, to sysmon, as if it had
 // run since it was last scheduled, and after 10ms sysmon preempts it: a
 // signal, and the scheduler's round with the P — with the loop locked to its
@@ -113,7 +113,7 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // sleeps too: about 8 a second. Under load the held wait stays, with its
 // preemptions (cheaper since the loop is not locked; see Run):
 // rescheduling the loop more often than sysmon does costs as much, and an
-// idleAfter of 50ms instead of 1s put about 0.1 switches per connection on
+// IdleAfter of 50ms instead of 1s put about 0.1 switches per connection on
 // those runs, every return from an ordinary wait waking sysmon. (Sleeping in
 // Go's netpoller on the epoll descriptor, nested, costs no preemptions but
 // breaks EPOLLEXCLUSIVE: a listener's wakeup does not count as waking an
@@ -130,16 +130,17 @@ type waiter struct {
 	active time.Time // when a wait last returned events (set by the loop)
 }
 
-// idleAfter is how long the loop goes without events before its waits
-// stop holding the P.
-const idleAfter = time.Second
-
-// maxHeldWait bounds, in milliseconds, an epoll_wait that keeps its P.
-const maxHeldWait = 100
+// IdleAfter is how long a loop goes without events before its waits stop
+// holding the P; HeldWaitBound bounds a wait that holds it. The worker's
+// control reader (fdpass) waits by the same rule.
+const (
+	IdleAfter     = time.Second
+	HeldWaitBound = 100 * time.Millisecond
+)
 
 func (w *waiter) wait(events []unix.EpollEvent, msec int, busy bool, now time.Time) (int, error) {
-	if w.holdP && now.Sub(w.active) < idleAfter {
-		timeout := maxHeldWait
+	if w.holdP && now.Sub(w.active) < IdleAfter {
+		timeout := int(HeldWaitBound / time.Millisecond)
 		if msec >= 0 {
 			timeout = min(msec, timeout)
 		}

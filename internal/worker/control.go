@@ -86,17 +86,17 @@ func (c *control) read(gone chan<- struct{}) {
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var y accept.Yielder
 	holdP := httpd.CanHoldP(runtime.GOMAXPROCS(0))
-	var active time.Time // the last message
-	held := false        // SO_RCVTIMEO is heldWaitBound
+	var active time.Time // when the last message came
+	held := false        // SO_RCVTIMEO is httpd.HeldWaitBound
+	now := time.Now()    // when the last wait ended
 	for {
-		now := time.Now()
 		y.Yield(now)
 		var n, oobn int
 		var err error
-		if hold := holdP && now.Sub(active) < idleAfter; hold != held {
+		if hold := holdP && now.Sub(active) < httpd.IdleAfter; hold != held {
 			tv := unix.Timeval{} // no bound
 			if hold {
-				tv = unix.NsecToTimeval(heldWaitBound.Nanoseconds())
+				tv = unix.NsecToTimeval(httpd.HeldWaitBound.Nanoseconds())
 			}
 			if unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) == nil {
 				held = hold
@@ -107,6 +107,7 @@ func (c *control) read(gone chan<- struct{}) {
 		} else {
 			n, oobn, _, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		}
+		now = time.Now()
 		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}
@@ -188,13 +189,6 @@ func (c *control) gather(fd int) {
 		enc.Encode(mf)
 	}
 }
-
-// idleAfter is how long the reader goes without messages before its waits
-// stop holding the P; heldWaitBound bounds a held wait.
-const (
-	idleAfter     = time.Second
-	heldWaitBound = 100 * time.Millisecond
-)
 
 // rawRecvmsg is unix.Recvmsg made raw (the scheduler is not told), without
 // the sender's address.
