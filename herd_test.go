@@ -378,11 +378,13 @@ func hooksServer() *herd.Server {
 		if err != nil {
 			return
 		}
-		rw.WriteString("hijacked\n")
-		rw.Flush()
+		// Known to the shutdown function before the client hears of it:
+		// the client's next step may be the stop that runs that function.
 		mu.Lock()
 		hijacked = append(hijacked, c)
 		mu.Unlock()
+		rw.WriteString("hijacked\n")
+		rw.Flush()
 	})
 	return s
 }
