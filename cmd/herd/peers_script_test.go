@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,18 +144,20 @@ func TestABScript(t *testing.T) {
 	}
 }
 
-// bench/idle.sh for two strategies: each gets a row with the master's and
+// bench/idle.sh for three strategies: each gets a row with the master's and
 // each worker's context switches a second, and the idle workers sleep:
 // exclusive's loop (TestIdleWorkersSleep is the same bound on herd serve
-// itself), and accept's threads, which a stop now interrupts with a signal
-// instead of waking four times a second to look (230–570 a second before).
+// itself), accept's threads in accept4 and mutex's in poll and FUTEX_WAIT,
+// which a stop interrupts with a signal instead of their waking every
+// 250ms to look (230–570 a second before).
 func TestIdleScript(t *testing.T) {
 	needBench(t, "builds herd and leaves it idle", "curl")
-	out := runBenchScript(t, []string{"STRATEGIES=exclusive accept", "SECONDS_IDLE=2"}, "idle.sh")
+	strategies := []string{"exclusive", "accept", "mutex"}
+	out := runBenchScript(t, []string{"STRATEGIES=" + strings.Join(strategies, " "), "SECONDS_IDLE=2"}, "idle.sh")
 	rows := map[string][]float64{}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) != 4 || (f[0] != "exclusive" && f[0] != "accept") {
+		if len(f) != 4 || !slices.Contains(strategies, f[0]) {
 			continue
 		}
 		for _, s := range f[1:] {
@@ -165,10 +168,10 @@ func TestIdleScript(t *testing.T) {
 			rows[f[0]] = append(rows[f[0]], v)
 		}
 	}
-	if len(rows) != 2 {
-		t.Fatalf("want a row for exclusive and for accept:\n%s", out)
+	if len(rows) != len(strategies) {
+		t.Fatalf("want a row for each of %v:\n%s", strategies, out)
 	}
-	for _, strategy := range []string{"exclusive", "accept"} {
+	for _, strategy := range strategies {
 		for _, v := range rows[strategy][1:] {
 			if v > 100 {
 				t.Errorf("an idle %s worker made %v context switches a second; want under 100:\n%s", strategy, v, out)

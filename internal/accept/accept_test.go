@@ -31,15 +31,28 @@ func board(t *testing.T) *shm.Scoreboard {
 // a function that stops it and reports how long Serve took to return.
 func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *shm.Record) (<-chan net.Conn, func() time.Duration) {
 	t.Helper()
-	fd := sock.FD()
-	lockFile := filepath.Join(t.TempDir(), "accept.lock")
-	if err := os.WriteFile(lockFile, nil, 0o600); err != nil {
+	return runAs(t, name, sock, b, st, 0, 2, lockFile(t))
+}
+
+// lockFile makes a lock file for the flock strategy.
+func lockFile(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "accept.lock")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return f
+}
+
+// runAs is run for a worker with this pid and number of accepting threads,
+// locking lock (flock).
+func runAs(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *shm.Record, pid, threads int, lock string) (<-chan net.Conn, func() time.Duration) {
+	t.Helper()
+	fd := sock.FD()
 	s, err := accept.New(name, accept.Config{
-		Options:   accept.Options{Threads: 2, MutexDelay: 20 * time.Millisecond},
+		Options:   accept.Options{Threads: threads, MutexDelay: 20 * time.Millisecond},
 		Listeners: []accept.Listener{{FD: fd, Addr: sock.Addr}}, Stats: st,
-		LockFile: lockFile, Mutex: b.AcceptMutex(),
+		LockFile: lock, Mutex: b.AcceptMutex(), PID: pid,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +155,41 @@ func TestStrategies(t *testing.T) {
 			stop2()
 			if got := next.Load(shm.Accepts); got != 3 {
 				t.Errorf("next worker accepted %d queued connections, want 3", got)
+			}
+		})
+	}
+}
+
+// A worker whose thread waits for the accept lock while another worker
+// holds it stops within a second. flock: the other worker's holder lets go
+// of the lock every 250ms. mutex: the holder, another process here (the
+// lock is simply taken for its pid: a signal to this process would reach
+// an in-process holder too), polls for seconds when nothing comes, so that
+// an idle worker hardly wakes, and the stopping worker wakes its waiters.
+func TestSerializedStopWhileAnotherHolds(t *testing.T) {
+	for _, name := range []string{"flock", "mutex"} {
+		t.Run(name, func(t *testing.T) {
+			sock, err := master.Listen("127.0.0.1:0", 128)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sock.Close()
+			b := board(t)
+			lock := lockFile(t)
+			const pidA, pidB = 1001, 1002
+			if name == "mutex" {
+				if !b.AcceptMutex().TryLock(pidA) {
+					t.Fatal("the lock is taken")
+				}
+			} else {
+				_, stopA := runAs(t, name, sock, b, b.Record(b.Claim(0, 1, 0)), pidA, 1, lock)
+				defer stopA()
+				time.Sleep(100 * time.Millisecond) // A takes the lock and polls
+			}
+			_, stopB := runAs(t, name, sock, b, b.Record(b.Claim(1, 1, 0)), pidB, 1, lock)
+			time.Sleep(100 * time.Millisecond) // B waits for the lock
+			if d := stopB(); d > time.Second {
+				t.Errorf("the waiting worker took %v to stop", d)
 			}
 		})
 	}

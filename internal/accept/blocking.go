@@ -23,19 +23,13 @@ import (
 //
 // A blocking accept cannot watch two sockets, so each listener gets its own
 // Threads accepting threads. Closing the socket would wake a thread blocked
-// in accept4, but other workers still use it; instead Stop signals each
-// accepting thread (SIGURG, which the Go runtime catches and otherwise
-// ignores), and a socket with SO_RCVTIMEO set makes accept4 fail with EINTR
-// rather than restart (signal(7)); the thread then sees that it should
-// stop, as Apache's prefork children learn of a graceful stop from a signal
-// that interrupts their wait. The timeout bounds every block in case a
-// signal misses its thread. It used to be the only way a stopping thread
-// noticed, at 250ms: an idle worker then returned from accept4 four times a
-// second per thread, and each return woke Go's sysmon for a millisecond of
-// 20µs polls — 560 context switches a second per idle worker
-// (bench/idle.sh). A connection that arrives while a worker is stopping is
-// either accepted by that worker before it stops (and served) or left in the
-// queue for another: it is never dropped.
+// in accept4, but other workers still use it; instead Stop signals the
+// worker's threads (interrupter), and a socket with SO_RCVTIMEO set makes
+// accept4 fail with EINTR rather than restart; the thread then sees that it
+// should stop. The timeout bounds every block in case a signal misses. A
+// connection that arrives while a worker is stopping is either accepted by
+// that worker before it stops (and served) or left in the queue for
+// another: it is never dropped.
 type blocking struct {
 	cfg      Config
 	stopping atomic.Bool
@@ -43,20 +37,11 @@ type blocking struct {
 	// acceptQueuedOnStop: when stopping, accept what is already queued before
 	// returning (reuseport: the socket is this slot's alone).
 	acceptQueuedOnStop bool
-
-	mu      sync.Mutex
-	threads []*atomic.Int32 // each accepting thread's id while it accepts, 0 once it returned
+	in                 interrupter
 }
 
-// acceptBlockBound is the SO_RCVTIMEO put on the listeners: how long a
-// stopping worker may take to notice if every signal misses.
-const acceptBlockBound = 2 * time.Second
-
-// interruptEvery is how often Stop signals the threads still accepting.
-const interruptEvery = 20 * time.Millisecond
-
 func newBlocking(cfg Config) (Strategy, error) {
-	tv := unix.NsecToTimeval(acceptBlockBound.Nanoseconds())
+	tv := unix.NsecToTimeval(sleepBound.Nanoseconds())
 	for _, l := range cfg.Listeners {
 		// The master creates listeners blocking; make sure, since O_NONBLOCK
 		// belongs to the open file description that every worker shares.
@@ -72,39 +57,8 @@ func newBlocking(cfg Config) (Strategy, error) {
 
 func (b *blocking) Stop() {
 	if !b.stopping.Swap(true) {
-		go b.interrupt()
+		go b.in.interrupt(sleepBound)
 	}
-}
-
-// interrupt signals the threads still accepting, every interruptEvery, until
-// all have returned: a signal sent just before a thread enters accept4 is
-// lost on it.
-func (b *blocking) interrupt() {
-	pid := unix.Getpid()
-	for range acceptBlockBound / interruptEvery {
-		b.mu.Lock()
-		left := 0
-		for _, t := range b.threads {
-			if tid := t.Load(); tid != 0 {
-				unix.Tgkill(pid, int(tid), unix.SIGURG)
-				left++
-			}
-		}
-		b.mu.Unlock()
-		if left == 0 {
-			return
-		}
-		time.Sleep(interruptEvery)
-	}
-}
-
-// enlist returns the slot in which a new accepting thread keeps its id.
-func (b *blocking) enlist() *atomic.Int32 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t := new(atomic.Int32)
-	b.threads = append(b.threads, t)
-	return t
 }
 
 func (b *blocking) Serve(deliver func(fd int)) error {
@@ -130,12 +84,11 @@ func (b *blocking) Serve(deliver func(fd int)) error {
 func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	st := b.cfg.Stats
 	var y Yielder
-	tid := b.enlist()
-	defer tid.Store(0)
+	b.in.enter()
+	defer b.in.leave()
 	for !b.stopping.Load() {
 		start := time.Now()
 		y.Yield(start)
-		tid.Store(int32(unix.Gettid())) // the goroutine may have moved since the last call
 		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
 		switch {
 		case err == nil:
@@ -145,7 +98,7 @@ func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 		case err == unix.EAGAIN:
 			// Either SO_RCVTIMEO expired (nobody came) or we were woken and
 			// another thread took the connection first.
-			if time.Since(start) >= acceptBlockBound*9/10 {
+			if time.Since(start) >= sleepBound*9/10 {
 				st.Inc(shm.Timeouts)
 			} else {
 				st.Inc(shm.Wakeups)

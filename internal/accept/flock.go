@@ -18,10 +18,12 @@ import (
 // be one description shared by every worker, and every worker would "hold"
 // the lock at once. So every accepting thread opens the file itself.
 //
-// flock(LOCK_EX) cannot be bounded, so a waiting thread notices that its
-// worker is stopping only once it gets the lock; the holder lets go at
-// least every 250 ms, and an unlock wakes every waiter (the lock's own
-// small herd, which seed 000's comment thread points out).
+// flock(LOCK_EX) cannot be bounded or woken (the kernel restarts it after a
+// caught signal), so a waiting thread notices that its worker is stopping
+// only once it gets the lock: the holder lets go at least every flockHold.
+// An unlock wakes a waiter, which may wake those queued behind it (the
+// lock's own small herd, which seed 000's comment thread points out; see
+// docs/STRATEGIES.md).
 type flockLock struct{ f *os.File }
 
 func newFlock(cfg Config) (Strategy, error) {
@@ -34,10 +36,17 @@ func newFlock(cfg Config) (Strategy, error) {
 			return nil, fmt.Errorf("flock: %w", err)
 		}
 		return &flockLock{f}, nil
-	})
+	}, flockHold)
 }
 
-func (l *flockLock) lock(time.Duration) (bool, error) {
+// flockHold bounds how long a holder polls before it lets go: a stopping
+// worker's thread waiting behind other workers' holders gets the lock
+// within about this times the number of workers. An idle worker's holder
+// pays for it: each return from its poll wakes Go's sysmon for a
+// millisecond (about 250 context switches a second, bench/idle.sh).
+const flockHold = 250 * time.Millisecond
+
+func (l *flockLock) lock(time.Duration, func() bool) (bool, error) {
 	for {
 		err := unix.Flock(int(l.f.Fd()), unix.LOCK_EX)
 		if err != unix.EINTR {

@@ -13,9 +13,10 @@ import (
 // region — UNP §30.8 (a PTHREAD_PROCESS_SHARED mutex in shared memory) and
 // Apache's `Mutex pthread`. The loop is serial.go's; the lock is
 // shm.Mutex: the word holds the holder's pid and a bit for possible
-// sleepers, waiters sleep in FUTEX_WAIT (bounded, so a stopping worker
-// notices), an unlock wakes one when the bit is set (as glibc's mutex), and
-// the master frees the lock of a worker that died holding it.
+// sleepers, waiters sleep in FUTEX_WAIT (a stopping worker's signal ends
+// the sleep, see serialized), an unlock wakes one when the bit is set (as
+// glibc's mutex), and the master frees the lock of a worker that died
+// holding it.
 type mutexLock struct {
 	m   *shm.Mutex
 	pid int
@@ -27,10 +28,12 @@ func newMutex(cfg Config) (Strategy, error) {
 	}
 	return newSerialized(cfg, "mutex", func() (acceptLock, error) {
 		return &mutexLock{m: cfg.Mutex, pid: cfg.PID}, nil
-	})
+	}, sleepBound) // only in case a stop's signal misses (see serialized)
 }
 
-func (l *mutexLock) lock(bound time.Duration) (bool, error) { return l.m.Lock(l.pid, bound), nil }
+func (l *mutexLock) lock(bound time.Duration, quit func() bool) (bool, error) {
+	return l.m.Lock(l.pid, bound, quit), nil
+}
 
 func (l *mutexLock) unlock() error {
 	if !l.m.Unlock(l.pid) {

@@ -27,29 +27,32 @@ import (
 // acceptLock serialises accept between processes. One per accepting thread.
 type acceptLock interface {
 	// lock waits for the lock, at most about bound where the lock allows
-	// a bound; false means not acquired yet.
-	lock(bound time.Duration) (bool, error)
+	// a bound, and less if it can tell that quit reports true; false means
+	// not acquired.
+	lock(bound time.Duration, quit func() bool) (bool, error)
 	unlock() error
 	close() error
 }
 
 type serialized struct {
-	cfg      Config
-	name     string
-	newLock  func() (acceptLock, error)
+	cfg     Config
+	name    string
+	newLock func() (acceptLock, error)
+	// hold is how long a holder polls before it lets go of the lock, and
+	// how long a waiter sleeps before it looks again. A stop's signal
+	// (interrupter) cuts the holder's poll short, and a waiter's sleep
+	// where the lock allows it (mutex; not flock).
+	hold     time.Duration
 	stopping atomic.Bool
 	out      exhaustion
+	in       interrupter
 }
 
-// serialBound is how long a holder polls before it lets go of the lock and
-// how long a waiter sleeps on a futex before it checks whether to stop.
-const serialBound = 250 * time.Millisecond
-
-func newSerialized(cfg Config, name string, newLock func() (acceptLock, error)) (*serialized, error) {
+func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration) (*serialized, error) {
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	return &serialized{cfg: cfg, name: name, newLock: newLock}, nil
+	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold}, nil
 }
 
 // setNonblock makes the listeners non-blocking: a holder that polled
@@ -64,7 +67,11 @@ func setNonblock(ls []Listener) error {
 	return nil
 }
 
-func (s *serialized) Stop() { s.stopping.Store(true) }
+func (s *serialized) Stop() {
+	if !s.stopping.Swap(true) {
+		go s.in.interrupt(s.hold)
+	}
+}
 
 func (s *serialized) Serve(deliver func(fd int)) error {
 	return runThreads(s.cfg.Threads, func() error {
@@ -82,9 +89,11 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	pfds := make([]unix.PollFd, len(s.cfg.Listeners))
 	var fds []int // accepted under the lock, handed on after it
 	var y Yielder
+	s.in.enter()
+	defer s.in.leave()
 	for !s.stopping.Load() {
 		y.Yield(time.Now())
-		got, err := l.lock(serialBound)
+		got, err := l.lock(s.hold, s.stopping.Load)
 		if err != nil {
 			return fmt.Errorf("%s: lock: %w", s.name, err)
 		}
@@ -99,7 +108,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 		for i, ls := range s.cfg.Listeners {
 			pfds[i] = unix.PollFd{Fd: int32(ls.FD), Events: unix.POLLIN}
 		}
-		n, err := unix.Poll(pfds, int(serialBound/time.Millisecond))
+		n, err := unix.Poll(pfds, int(s.hold/time.Millisecond))
 		switch {
 		case err == unix.EINTR || n == 0:
 			st.Inc(shm.Timeouts)

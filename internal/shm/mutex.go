@@ -56,10 +56,13 @@ func (s *Scoreboard) mutex(word int) *Mutex {
 // TryLock takes the lock for pid if it is free.
 func (m *Mutex) TryLock(pid int) bool { return m.word.CompareAndSwap(0, uint32(pid)) }
 
-// Lock takes the lock for pid, sleeping until it is free or until timeout
-// has passed (then it returns false). The bound lets a waiting thread notice
-// that its worker is stopping.
-func (m *Mutex) Lock(pid int, timeout time.Duration) bool {
+// Lock takes the lock for pid, sleeping until it is free; it returns false,
+// without the lock, once timeout has passed, or when quit reports true after
+// the sleep was cut short. A caught signal ends the sleep: FUTEX_WAIT with a
+// timeout fails with EINTR after a signal handler ran, SA_RESTART or not
+// (the kernel's ERESTART_RESTARTBLOCK), so a stopping worker's waiters need
+// no short timeout to notice the stop.
+func (m *Mutex) Lock(pid int, timeout time.Duration, quit func() bool) bool {
 	if m.TryLock(pid) {
 		return true
 	}
@@ -81,7 +84,7 @@ func (m *Mutex) Lock(pid int, timeout time.Duration) bool {
 		// The bit is set before giving up, so the holder's unlock wakes
 		// someone even if this thread leaves now.
 		left := time.Until(deadline)
-		if left <= 0 {
+		if left <= 0 || quit() {
 			return false
 		}
 		ts := unix.NsecToTimespec(left.Nanoseconds())
