@@ -27,6 +27,17 @@ func board(t *testing.T) *shm.Scoreboard {
 	return b
 }
 
+// listen opens a listening socket on loopback as the master does.
+func listen(t *testing.T) *master.Socket {
+	t.Helper()
+	sock, err := master.Listen("127.0.0.1:0", 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	return sock
+}
+
 // run starts a strategy on sock and returns the delivered connections and
 // a function that stops it and reports how long Serve took to return.
 func run(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st *shm.Record) (<-chan net.Conn, func() time.Duration) {
@@ -122,11 +133,7 @@ func TestStrategies(t *testing.T) {
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
-			sock, err := master.Listen("127.0.0.1:0", 128)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sock.Close()
+			sock := listen(t)
 			b := board(t)
 			st := b.Record(b.Claim(0, 1, 0))
 			conns, stop := run(t, name, sock, b, st)
@@ -165,15 +172,12 @@ func TestStrategies(t *testing.T) {
 // of the lock every 250ms. mutex: the holder, another process here (the
 // lock is simply taken for its pid: a signal to this process would reach
 // an in-process holder too), polls for seconds when nothing comes, so that
-// an idle worker hardly wakes, and the stopping worker wakes its waiters.
+// an idle worker hardly wakes, and the stop's signal ends the waiter's
+// sleep (a FUTEX_WAIT with a timeout is not restarted).
 func TestSerializedStopWhileAnotherHolds(t *testing.T) {
 	for _, name := range []string{"flock", "mutex"} {
 		t.Run(name, func(t *testing.T) {
-			sock, err := master.Listen("127.0.0.1:0", 128)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sock.Close()
+			sock := listen(t)
 			b := board(t)
 			lock := lockFile(t)
 			const pidA, pidB = 1001, 1002
@@ -198,11 +202,7 @@ func TestSerializedStopWhileAnotherHolds(t *testing.T) {
 // fdpass serves what the master passes on the thread that receives it, and
 // notes each descriptor taken in the scoreboard (the master reads it there).
 func TestFdpass(t *testing.T) {
-	sock, err := master.Listen("127.0.0.1:0", 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
+	sock := listen(t)
 	b := board(t)
 	st := b.Record(b.Claim(0, 1, 0))
 	var mu sync.Mutex
