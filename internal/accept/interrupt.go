@@ -33,7 +33,10 @@ import (
 // restarts after a caught signal (Go installs its handlers with SA_RESTART;
 // flock(2) is one) go back to sleep; the others' callers (the runtime, the
 // engine's raw epoll_wait) already retry on EINTR, since the runtime sends
-// the same signal to preempt.
+// the same signal to preempt — and a program's handlers, under the nethttp
+// engine, are in the same position as with any Go program since Go 1.14,
+// whose release notes tell programs to expect slow system calls to fail
+// with EINTR for that reason.
 type interrupter struct {
 	running atomic.Int32 // accepting threads that have not returned
 }
