@@ -150,7 +150,9 @@ func TestParseKernelCounts(t *testing.T) {
 // and each run's rate divided by exclusive's in the same round and cell.
 func TestSummaryOverRounds(t *testing.T) {
 	run := func(strategy string, round int, rps, cs float64) Run {
-		return Run{Strategy: strategy, Workers: 8, Mode: "close", Concurrency: 4, Round: round, RPS: rps, CtxSwitchesPerRequest: cs, CPUPerRequestUS: 10}
+		// a tenth of the switches forced, over 1,000 requests
+		return Run{Strategy: strategy, Workers: 8, Mode: "close", Concurrency: 4, Round: round, RPS: rps, CtxSwitchesPerRequest: cs, CPUPerRequestUS: 10,
+			Requests: 1000, CtxSwitchesInvoluntary: uint64(cs * 100)}
 	}
 	rep := &Report{Runs: []Run{
 		run("mutex", 1, 800, 2), run("exclusive", 1, 1000, 1),
@@ -162,13 +164,27 @@ func TestSummaryOverRounds(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 	m := sum[0]
-	if m.Rounds != 3 || m.RPS != "700 (450–800)" || m.VsExclusive != "0.80 (0.70–0.90)" || m.CtxSwitches != "2.50 (2.00–3.00)" {
+	if m.Rounds != 3 || m.RPS != "700 (450–800)" || m.VsExclusive != "0.80 (0.70–0.90)" || m.CtxSwitches != "2.50 (2.00–3.00)" ||
+		m.Forced != "0.25 (0.20–0.30)" {
 		t.Errorf("mutex: %+v", m)
 	}
 	var b strings.Builder
 	rep.WriteSummary(&b)
-	if !strings.Contains(b.String(), "0.80 (0.70–0.90)") {
+	if !strings.Contains(b.String(), "0.80 (0.70–0.90)") || !strings.Contains(b.String(), "forced/req") {
 		t.Errorf("printed summary:\n%s", b.String())
+	}
+	// Each run's forced switches per request, in the table and the page.
+	b.Reset()
+	rep.WriteTable(&b)
+	if !strings.Contains(b.String(), "forced/req") || !strings.Contains(b.String(), "  0.30  ") {
+		t.Errorf("table without the runs' forced switches (0.30 for mutex's second round):\n%s", b.String())
+	}
+	b.Reset()
+	if err := rep.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "<th>forced/req</th>") || !strings.Contains(b.String(), "<td>0.30</td>") {
+		t.Error("the page has no forced switches per request")
 	}
 	if (&Report{Runs: []Run{run("mutex", 0, 1, 1)}}).Summary() != nil {
 		t.Error("a summary for a matrix that ran once")

@@ -162,7 +162,7 @@ func maxOverMean(xs []uint64) float64 {
 func (r *Report) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	kernel, peers := r.hasKernel(), r.hasPeers()
-	head := "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t"
+	head := "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tforced/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t"
 	if kernel {
 		head += "k:accept4/conn\tk:failed/conn\tk:wakeups/conn\tcounted by\t"
 	}
@@ -185,11 +185,11 @@ func (r *Report) WriteTable(w io.Writer) {
 		if rounds {
 			fmt.Fprintf(tw, "%d\t", x.Round)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.2f\t%.0f\t%s\t%s\t%s\t",
 			phase, x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
 			x.LatencyMS.P50, x.LatencyMS.P99, x.LatencyMS.Max,
 			board(x, "%.3f", x.WakeupsPerConn), board(x, "%d", x.SpuriousWakeups),
-			x.CtxSwitchesPerRequest, x.CPUPerRequestUS,
+			x.CtxSwitchesPerRequest, x.ForcedPerRequest(), x.CPUPerRequestUS,
 			board(x, "%.3f", x.Jain), board(x, "%.2f", x.MaxOverMean), perWorker(x))
 		if kernel {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t", x.KernelCell("accept4"), x.KernelCell("failed"), x.KernelCell("wakeups"), x.KernelCell("method"))
@@ -210,6 +210,7 @@ type CellSummary struct {
 	RPS         string
 	VsExclusive string // req/s ÷ exclusive's in the same round and cell; "-" without one
 	CtxSwitches string
+	Forced      string // the involuntary part of CtxSwitches
 	CPU         string
 }
 
@@ -254,17 +255,18 @@ func (r *Report) Summary() []CellSummary {
 		xs := runs[k]
 		cell := k
 		cell.strategy = ""
-		var rps, cs, cpu, vs []float64
+		var rps, cs, forced, cpu, vs []float64
 		for _, x := range xs {
 			rps = append(rps, x.RPS)
 			cs = append(cs, x.CtxSwitchesPerRequest)
+			forced = append(forced, x.ForcedPerRequest())
 			cpu = append(cpu, x.CPUPerRequestUS)
 			if e := exclusive[roundOf{cell, x.Round}]; e > 0 {
 				vs = append(vs, x.RPS/e)
 			}
 		}
 		s := CellSummary{Label: label(xs[0]), Rounds: len(xs), RPS: spread(rps, "%.0f"),
-			CtxSwitches: spread(cs, "%.2f"), CPU: spread(cpu, "%.0f"), VsExclusive: "-"}
+			CtxSwitches: spread(cs, "%.2f"), Forced: spread(forced, "%.2f"), CPU: spread(cpu, "%.0f"), VsExclusive: "-"}
 		if len(vs) == len(xs) {
 			s.VsExclusive = spread(vs, "%.2f")
 		}
@@ -293,9 +295,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nmedians over the rounds (lowest–highest):\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\trounds\treq/s\t÷ exclusive's, same round\tcs/req\tcpu µs/req\t")
+	fmt.Fprintln(tw, "run\trounds\treq/s\t÷ exclusive's, same round\tcs/req\tforced/req\tcpu µs/req\t")
 	for _, s := range sum {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", s.Label, s.Rounds, s.RPS, s.VsExclusive, s.CtxSwitches, s.CPU)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", s.Label, s.Rounds, s.RPS, s.VsExclusive, s.CtxSwitches, s.Forced, s.CPU)
 	}
 	tw.Flush()
 }
@@ -304,6 +306,16 @@ func (r *Report) WriteSummary(w io.Writer) {
 // request: each a sleep that some wakeup ended, whatever the server.
 func (x Run) WakeupsPerRequest() float64 {
 	return float64(x.CtxSwitchesVoluntary) / float64(max(1, x.Requests+x.Errors))
+}
+
+// ForcedPerRequest is the server's involuntary context switches per
+// request: preemptions, which the scheduler forced on a thread that could
+// have run on. On a machine shared with the load generator they measure the
+// machine as much as the strategy: a strategy with two processes on a
+// connection's path (fdpass) is preempted more, where the load generator
+// busies the CPUs more (herd bench's own client more than wrk).
+func (x Run) ForcedPerRequest() float64 {
+	return float64(x.CtxSwitchesInvoluntary) / float64(max(1, x.Requests+x.Errors))
 }
 
 // Server says whose run it is: "herd", or "peer" for another server.
@@ -350,6 +362,9 @@ func (r *Report) Notes() []string {
 			"to accept4 after serving finds the next connection already queued without parking, so under load "+
 			"wakeups per connection fall below 1.0; the herd shows in its spurious wakeups (woken, nothing to accept).")
 	}
+	notes = append(notes, "cs/req: the context switches of the master's and workers' threads per request (/proc), "+
+		"voluntary (a sleep some wakeup ended) and involuntary; forced/req is the involuntary part, preemption, "+
+		"which on a machine shared with the load generator is the machine's as much as the strategy's.")
 	if r.hasKernel() {
 		notes = append(notes, "k: columns are counted by the kernel for every server alike, per connection: "+
 			"accept4 (and accept) calls, those that failed (EAGAIN: woken for a connection another process took), "+
