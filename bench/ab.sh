@@ -2,8 +2,11 @@
 # Two or more builds of herd side by side: each serves the same files with
 # the same flags, and wrk loads them in turn, ROUNDS times, so that the
 # machine's drift falls on every build alike. Per build: requests a second
-# (median and the rounds' lowest-highest), and the server's CPU and context
-# switches per request (master and workers, all threads, from /proc).
+# (median and the rounds' lowest-highest), the server's CPU and context
+# switches per request (master and workers, all threads, from /proc), and
+# wrk's CPU per request: over loopback the sender's system calls carry much
+# of the receiver's TCP work, so a change can move CPU between server and
+# client without changing the total.
 # Loopback only; every wrk run is bounded by DURATION.
 #
 # A build is a git revision (built from `git archive`, the work tree is not
@@ -67,26 +70,29 @@ done
 
 extra=()
 [ -n "$CLOSE" ] && extra=(-H "Connection: close")
-declare -A rps cpu cs
+declare -A rps cpu cs wrkcpu
 hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
 	printf '\rround %d of %d' "$round" "$ROUNDS" >&2
 	for i in "${!bins[@]}"; do
 		pid=$(cat "$dir/herd$i.pid")
 		t0=$(cpu_ticks "$pid") c0=$(ctx_switches "$pid")
+		children_ms w0
 		out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "${extra[@]}" "http://127.0.0.1:$((base + i))/$FILE")
+		children_ms w1
 		t1=$(cpu_ticks "$pid") c1=$(ctx_switches "$pid")
 		n=$(awk '/requests in/ {print $1}' <<<"$out")
 		r=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 		rps[$i]+="$r "
 		cpu[$i]+="$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}') "
 		cs[$i]+="$(awk -v c=$((c1 - c0)) -v n="$n" 'BEGIN {printf "%.4f", c / n}') "
+		wrkcpu[$i]+="$(awk -v ms=$((w1 - w0)) -v n="$n" 'BEGIN {printf "%.2f", ms * 1000 / n}') "
 	done
 done
 echo >&2
 echo "# bench/ab.sh: ROUNDS=$ROUNDS DURATION=$DURATION WORKERS=$WORKERS CONNS=$CONNS FILE=$FILE THREADS=$THREADS${CLOSE:+ CLOSE=1}${FLAGS:+ FLAGS=\"$FLAGS\"}; $(nproc) CPUs, $(date -u +%F)"
-printf '%-24s %10s %15s %14s %12s\n' build req/s low-high "cpu µs/req" "cs/req"
+printf '%-24s %10s %15s %14s %12s %14s\n' build req/s low-high "cpu µs/req" "cs/req" "wrk µs/req"
 for i in "${!bins[@]}"; do
-	printf '%-24s %10.0f %15s %14.1f %12.3f\n' "${names[$i]}" "$(median <<<"${rps[$i]}")" "$(spread <<<"${rps[$i]}")" \
-		"$(median <<<"${cpu[$i]}")" "$(median <<<"${cs[$i]}")"
+	printf '%-24s %10.0f %15s %14.1f %12.3f %14.1f\n' "${names[$i]}" "$(median <<<"${rps[$i]}")" "$(spread <<<"${rps[$i]}")" \
+		"$(median <<<"${cpu[$i]}")" "$(median <<<"${cs[$i]}")" "$(median <<<"${wrkcpu[$i]}")"
 done

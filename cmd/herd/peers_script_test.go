@@ -114,7 +114,7 @@ func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 
 // bench/ab.sh, two short rounds: a build given as a git revision and one
 // given as a binary each get a row with their rate, the rounds' spread,
-// and CPU and context switches per request.
+// the server's CPU and context switches per request, and wrk's CPU.
 func TestABScript(t *testing.T) {
 	needBench(t, "builds herd twice and loads both", "wrk", "curl", "git")
 	if err := exec.Command("git", "rev-parse", "HEAD").Run(); err != nil {
@@ -128,15 +128,16 @@ func TestABScript(t *testing.T) {
 	rows := 0
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) != 5 || (f[0] != "HEAD" && f[0] != bin) {
+		if len(f) != 6 || (f[0] != "HEAD" && f[0] != bin) {
 			continue
 		}
 		rows++
 		rps, _ := strconv.ParseFloat(f[1], 64)
 		cpu, _ := strconv.ParseFloat(f[3], 64)
 		cs, err := strconv.ParseFloat(f[4], 64)
-		if rps <= 0 || cpu <= 0 || err != nil || cs < 0 || !strings.Contains(f[2], "-") {
-			t.Errorf("row %q: want a rate, a low-high spread, CPU and switches per request", line)
+		wrk, _ := strconv.ParseFloat(f[5], 64)
+		if rps <= 0 || cpu <= 0 || err != nil || cs < 0 || wrk <= 0 || !strings.Contains(f[2], "-") {
+			t.Errorf("row %q: want a rate, a low-high spread, CPU and switches per request, and wrk's CPU", line)
 		}
 	}
 	if rows != 2 {
