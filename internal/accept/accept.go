@@ -130,6 +130,11 @@ type Config struct {
 	// Loop: the strategy will run inside the engine's event loop (see
 	// httpd.Inline) if it can; reuseport then takes its loop form.
 	Loop bool
+	// HoldFor: for how long after its last connection a thread blocked in
+	// accept4 keeps its P, as the engine's loop does in epoll_wait
+	// (httpd's waiter); 0: never. It holds only where the process has a
+	// second P (GOMAXPROCS ≥ 2 when it serves).
+	HoldFor time.Duration
 }
 
 // acceptFlags are the flags every strategy's accept4 uses.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func runAs(t *testing.T, name string, sock *master.Socket, b *shm.Scoreboard, st
 	s, err := accept.New(name, accept.Config{
 		Options:   accept.Options{Threads: threads, MutexDelay: 20 * time.Millisecond},
 		Listeners: []accept.Listener{{FD: fd, Addr: sock.Addr}}, Stats: st,
-		LockFile: lock, Mutex: b.AcceptMutex(), PID: pid,
+		LockFile: lock, Mutex: b.AcceptMutex(), PID: pid, HoldFor: time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -164,6 +165,25 @@ func TestStrategies(t *testing.T) {
 				t.Errorf("next worker accepted %d queued connections, want 3", got)
 			}
 		})
+	}
+}
+
+// A thread that keeps its P in a raw accept4 (HoldFor) does not hold up a
+// stop-the-world: the runtime's preemption signal ends the wait (the
+// listener has SO_RCVTIMEO), so a collection finishes at once rather than
+// when the wait's 10s bound runs out.
+func TestHeldAcceptLetsTheWorldStop(t *testing.T) {
+	sock := listen(t)
+	b := board(t)
+	conns, stop := runAs(t, "accept", sock, b, b.Record(b.Claim(0, 1, 0)), 0, 1, "")
+	defer stop()
+	dial(t, sock.Addr, 1)
+	receive(t, conns, 1) // the thread is back in accept4, holding its P
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	runtime.GC()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a collection took %v with a thread held in accept4", d)
 	}
 }
 

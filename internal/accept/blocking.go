@@ -4,6 +4,7 @@ package accept
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,15 @@ import (
 // in accept4, but other workers still use it; instead Stop signals the
 // worker's threads (interrupter), and a socket with SO_RCVTIMEO set makes
 // accept4 fail with EINTR rather than restart; the thread then sees that it
-// should stop. The timeout bounds every block in case a signal misses. A
+// should stop. The timeout bounds every block in case a signal misses.
+//
+// While connections come (Config.HoldFor) a thread waits in a raw accept4
+// that keeps its P, as the engine's loop waits in epoll_wait: a wait the
+// scheduler knows of has its P taken and handed back around it, which
+// costs context switches in the runtime's threads. SO_RCVTIMEO also makes
+// the runtime's preemption signal end the raw wait with EINTR, so a
+// stop-the-world never waits on it. The master's accepting thread (fdpass)
+// does not hold: it measured dearer there (results/strategies-cost.txt). A
 // connection that arrives while a worker is stopping is either accepted by
 // that worker before it stops (and served) or left in the queue for
 // another: it is never dropped.
@@ -86,12 +95,21 @@ func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	var y Yielder
 	b.in.enter()
 	defer b.in.leave()
+	hold := b.cfg.HoldFor
+	if runtime.GOMAXPROCS(0) < 2 {
+		hold = 0
+	}
+	var active time.Time // when the last connection came
 	for !b.stopping.Load() {
 		start := time.Now()
-		y.Yield(start)
-		fd, err := accept4(l.FD, b.cfg.acceptFlags(), true)
+		held := start.Sub(active) < hold
+		if !held {
+			y.Yield(start) // a held wait is preempted by sysmon instead
+		}
+		fd, err := accept4(l.FD, b.cfg.acceptFlags(), !held)
 		switch {
 		case err == nil:
+			active = time.Now()
 			st.Inc(shm.Wakeups)
 			accepted(st, fd, deliver)
 			b.out.recovered(b.cfg.Log)

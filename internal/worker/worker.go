@@ -243,6 +243,9 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
 			LockFile: lockFile, Mutex: mutex, Passes: w.ctrl.passes, Nonblock: true,
 			Loop: loop && spec.Accept.WithDefaults().Threads == 1,
+			// Blocked accepting threads wait as the loop does. setProcs
+			// sets GOMAXPROCS later; the strategy checks it when it serves.
+			HoldFor: holdFor(),
 		})
 	}
 	handler := func() http.Handler {
@@ -366,6 +369,16 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 	}
 	eng, err := httpd.New(cfg)
 	return eng, cfg.Inline != nil, err
+}
+
+// holdFor is how long a blocked accepting thread keeps its P after a
+// connection: the engine's rule (httpd.IdleAfter), where the runtime can
+// preempt a thread by signal (httpd.CanHoldP).
+func holdFor() time.Duration {
+	if httpd.CanHoldP(2) {
+		return httpd.IdleAfter
+	}
+	return 0
 }
 
 // setProcs sets the worker's GOMAXPROCS, unless the spec names one.
