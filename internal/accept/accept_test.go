@@ -168,22 +168,27 @@ func TestStrategies(t *testing.T) {
 	}
 }
 
-// A thread that keeps its P in a raw accept4 (HoldFor) does not hold up a
-// stop-the-world: the runtime's preemption signal ends the wait (the
-// listener has SO_RCVTIMEO), so a collection finishes at once rather than
-// when the wait's 10s bound runs out.
-func TestHeldAcceptLetsTheWorldStop(t *testing.T) {
-	sock := listen(t)
-	b := board(t)
-	conns, stop := runAs(t, "accept", sock, b, b.Record(b.Claim(0, 1, 0)), 0, 1, "")
-	defer stop()
-	dial(t, sock.Addr, 1)
-	receive(t, conns, 1) // the thread is back in accept4, holding its P
-	time.Sleep(50 * time.Millisecond)
-	start := time.Now()
-	runtime.GC()
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("a collection took %v with a thread held in accept4", d)
+// Threads that keep their P in their waits (HoldFor) do not hold up a
+// stop-the-world: the runtime's preemption signal ends a raw accept4 (the
+// listener has SO_RCVTIMEO), a mutex holder's ppoll and a waiter's
+// FUTEX_WAIT, so a collection finishes at once rather than when the waits'
+// 10s bound runs out.
+func TestHeldWaitsLetTheWorldStop(t *testing.T) {
+	for _, name := range []string{"accept", "mutex"} {
+		t.Run(name, func(t *testing.T) {
+			sock := listen(t)
+			b := board(t)
+			conns, stop := runAs(t, name, sock, b, b.Record(b.Claim(0, 1, 0)), 0, 2, "")
+			defer stop()
+			dial(t, sock.Addr, 4)
+			receive(t, conns, 4) // the threads are back in their waits, holding their Ps
+			time.Sleep(50 * time.Millisecond)
+			start := time.Now()
+			runtime.GC()
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("a collection took %v with threads held in their waits", d)
+			}
+		})
 	}
 }
 

@@ -28,11 +28,11 @@ func newMutex(cfg Config) (Strategy, error) {
 	}
 	return newSerialized(cfg, "mutex", func() (acceptLock, error) {
 		return &mutexLock{m: cfg.Mutex, pid: cfg.PID}, nil
-	}, sleepBound) // only in case a stop's signal misses (see serialized)
+	}, sleepBound, true) // the bound only in case a stop's signal misses (see serialized)
 }
 
-func (l *mutexLock) lock(bound time.Duration, quit func() bool) (bool, error) {
-	return l.m.Lock(l.pid, bound, quit), nil
+func (l *mutexLock) lock(bound time.Duration, quit func() bool, held bool) (bool, error) {
+	return l.m.Lock(l.pid, bound, quit, held), nil
 }
 
 func (l *mutexLock) unlock() error {

@@ -4,9 +4,11 @@ package accept
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
@@ -28,8 +30,8 @@ import (
 type acceptLock interface {
 	// lock waits for the lock, at most about bound where the lock allows
 	// a bound, and less if it can tell that quit reports true; false means
-	// not acquired.
-	lock(bound time.Duration, quit func() bool) (bool, error)
+	// not acquired. held: the wait may keep the thread's P (see thread).
+	lock(bound time.Duration, quit func() bool, held bool) (bool, error)
 	unlock() error
 	close() error
 }
@@ -42,17 +44,20 @@ type serialized struct {
 	// how long a waiter sleeps before it looks again. A stop's signal
 	// (interrupter) cuts the holder's poll short, and a waiter's sleep
 	// where the lock allows it (mutex; not flock).
-	hold     time.Duration
+	hold time.Duration
+	// mayHoldP: while connections come, the waits may keep the thread's P
+	// (see thread).
+	mayHoldP bool
 	stopping atomic.Bool
 	out      exhaustion
 	in       interrupter
 }
 
-func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration) (*serialized, error) {
+func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration, mayHoldP bool) (*serialized, error) {
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold}, nil
+	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold, mayHoldP: mayHoldP}, nil
 }
 
 // setNonblock makes the listeners non-blocking: a holder that polled
@@ -91,9 +96,25 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	var y Yielder
 	s.in.enter()
 	defer s.in.leave()
+	// While connections come the waits keep the thread's P (Config.HoldFor,
+	// as blocking's accept4): the holder's poll, and a mutex waiter's
+	// FUTEX_WAIT; the runtime's preemption signal ends both, as a stop's
+	// does. A held wait needs no yield: sysmon preempts it.
+	hold := s.cfg.HoldFor
+	if !s.mayHoldP || runtime.GOMAXPROCS(0) < 2 {
+		hold = 0
+	}
+	var active time.Time // when this thread last accepted
 	for !s.stopping.Load() {
-		y.Yield(time.Now())
-		got, err := l.lock(s.hold, s.stopping.Load)
+		now := time.Now()
+		held := now.Sub(active) < hold
+		bound := s.hold
+		if held {
+			bound = heldBound
+		} else {
+			y.Yield(now)
+		}
+		got, err := l.lock(bound, s.stopping.Load, held)
 		if err != nil {
 			return fmt.Errorf("%s: lock: %w", s.name, err)
 		}
@@ -108,7 +129,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 		for i, ls := range s.cfg.Listeners {
 			pfds[i] = unix.PollFd{Fd: int32(ls.FD), Events: unix.POLLIN}
 		}
-		n, err := unix.Poll(pfds, int(s.hold/time.Millisecond))
+		n, err := poll(pfds, bound, held)
 		switch {
 		case err == unix.EINTR || n == 0:
 			st.Inc(shm.Timeouts)
@@ -125,6 +146,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 				fd, err := accept4(s.cfg.Listeners[i].FD, s.cfg.acceptFlags(), false)
 				switch {
 				case err == nil:
+					active = time.Now()
 					st.Inc(shm.Active) // held from here; accepted() below counts it in full
 					fds = append(fds, fd)
 				case err == unix.EAGAIN || err == unix.ECONNABORTED:
@@ -150,6 +172,26 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 		fds = fds[:0]
 	}
 	return nil
+}
+
+// heldBound bounds a wait that keeps the P (as httpd.HeldWaitBound does
+// the loop's), so that a thread looks again soon whether connections still
+// come: a mutex waiter's Lock goes back to sleep after the preemption
+// signal's EINTR, and an idle worker's waiter held for the 10s bound was
+// preempted every 10ms meanwhile — 400 context switches a second.
+const heldBound = 100 * time.Millisecond
+
+// poll is poll(2) for at most timeout, raw (keeping the P) if held.
+func poll(fds []unix.PollFd, timeout time.Duration, held bool) (int, error) {
+	if !held {
+		return unix.Poll(fds, int(timeout/time.Millisecond))
+	}
+	ts := unix.NsecToTimespec(timeout.Nanoseconds())
+	r, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // runThreads runs n copies of thread and returns the first error once all

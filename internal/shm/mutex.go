@@ -61,8 +61,11 @@ func (m *Mutex) TryLock(pid int) bool { return m.word.CompareAndSwap(0, uint32(p
 // the sleep was cut short. A caught signal ends the sleep: FUTEX_WAIT with a
 // timeout fails with EINTR after a signal handler ran, SA_RESTART or not
 // (the kernel's ERESTART_RESTARTBLOCK), so a stopping worker's waiters need
-// no short timeout to notice the stop.
-func (m *Mutex) Lock(pid int, timeout time.Duration, quit func() bool) bool {
+// no short timeout to notice the stop. raw: the sleep keeps the thread's P
+// (the Go scheduler does not see it as a system call); the caller must be
+// able to spare the P, and the runtime's preemption signal ends the sleep
+// as a stop's does.
+func (m *Mutex) Lock(pid int, timeout time.Duration, quit func() bool, raw bool) bool {
 	if m.TryLock(pid) {
 		return true
 	}
@@ -88,7 +91,11 @@ func (m *Mutex) Lock(pid int, timeout time.Duration, quit func() bool) bool {
 			return false
 		}
 		ts := unix.NsecToTimespec(left.Nanoseconds())
-		futex(m.word, futexWait, v|contended, &ts)
+		if raw {
+			rawFutex(m.word, futexWait, v|contended, &ts)
+		} else {
+			futex(m.word, futexWait, v|contended, &ts)
+		}
 	}
 }
 
@@ -137,6 +144,11 @@ const (
 	futexWait = 0
 	futexWake = 1
 )
+
+func rawFutex(addr *atomic.Uint32, op int, val uint32, ts *unix.Timespec) {
+	unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), uintptr(op), uintptr(val),
+		uintptr(unsafe.Pointer(ts)), 0, 0)
+}
 
 func futex(addr *atomic.Uint32, op int, val uint32, ts *unix.Timespec) {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), uintptr(op), uintptr(val),

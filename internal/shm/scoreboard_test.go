@@ -121,11 +121,11 @@ func TestAcceptMutex(t *testing.T) {
 	if m.Unlock(200) {
 		t.Fatal("a non-holder unlocked")
 	}
-	if m.Lock(200, 20*time.Millisecond, never) {
+	if m.Lock(200, 20*time.Millisecond, never, false) {
 		t.Fatal("Lock succeeded while held")
 	}
 	got := make(chan bool)
-	go func() { got <- m.Lock(200, 5*time.Second, never) }()
+	go func() { got <- m.Lock(200, 5*time.Second, never, false) }()
 	time.Sleep(20 * time.Millisecond)
 	if !m.ForceUnlock(100) {
 		t.Fatal("ForceUnlock of the holder failed")
@@ -153,7 +153,7 @@ func TestAcceptMutexContended(t *testing.T) {
 		go func(pid int) {
 			runtime.LockOSThread()
 			for range rounds {
-				if !m.Lock(pid, 10*time.Second, never) {
+				if !m.Lock(pid, 10*time.Second, never, false) {
 					errs <- fmt.Sprintf("pid %d: a wait timed out: a wakeup was lost", pid)
 					return
 				}
@@ -190,7 +190,7 @@ func TestAcceptMutexContendedBit(t *testing.T) {
 		t.Fatalf("uncontended lock: word %#x, want 100", m.word.Load())
 	}
 	got := make(chan bool)
-	go func() { got <- m.Lock(200, 5*time.Second, never) }()
+	go func() { got <- m.Lock(200, 5*time.Second, never, false) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for m.word.Load()&contended == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
