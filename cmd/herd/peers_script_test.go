@@ -145,15 +145,17 @@ func TestABScript(t *testing.T) {
 	}
 }
 
-// bench/idle.sh for three strategies: each gets a row with the master's and
+// bench/idle.sh for four strategies: each gets a row with the master's and
 // each worker's context switches a second, and the idle workers sleep:
 // exclusive's loop (TestIdleWorkersSleep is the same bound on herd serve
 // itself), accept's threads in accept4 and mutex's in poll and FUTEX_WAIT,
 // which a stop interrupts with a signal instead of their waking every
-// 250ms to look (230–570 a second before).
+// 250ms to look (230–570 a second before), and flock's holder in poll,
+// which no longer lets go every 250ms for a stopping worker's waiter (a
+// stop leaves that waiter behind).
 func TestIdleScript(t *testing.T) {
 	needBench(t, "builds herd and leaves it idle", "curl")
-	strategies := []string{"exclusive", "accept", "mutex"}
+	strategies := []string{"exclusive", "accept", "mutex", "flock"}
 	out := runBenchScript(t, []string{"STRATEGIES=" + strings.Join(strategies, " "), "SECONDS_IDLE=2"}, "idle.sh")
 	rows := map[string][]float64{}
 	for _, line := range strings.Split(out, "\n") {

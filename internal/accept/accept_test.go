@@ -193,31 +193,36 @@ func TestHeldWaitsLetTheWorldStop(t *testing.T) {
 }
 
 // A worker whose thread waits for the accept lock while another worker
-// holds it stops within a second. flock: the other worker's holder lets go
-// of the lock every 250ms. mutex: the holder, another process here (the
-// lock is simply taken for its pid: a signal to this process would reach
-// an in-process holder too), polls for seconds when nothing comes, so that
-// an idle worker hardly wakes, and the stop's signal ends the waiter's
-// sleep (a FUTEX_WAIT with a timeout is not restarted).
+// holds it stops within a second, though a holder polls for seconds when
+// nothing comes (so that an idle worker hardly wakes). The holder here is
+// another process's (the lock is simply taken: a signal to this process
+// would reach an in-process holder too) and never lets go. mutex: the
+// stop's signal ends the waiter's sleep (a FUTEX_WAIT with a timeout is not
+// restarted). flock: no signal ends flock(2), so the stop leaves the
+// waiting thread behind; it lets go at once when it gets the lock.
 func TestSerializedStopWhileAnotherHolds(t *testing.T) {
 	for _, name := range []string{"flock", "mutex"} {
 		t.Run(name, func(t *testing.T) {
 			sock := listen(t)
 			b := board(t)
 			lock := lockFile(t)
-			const pidA, pidB = 1001, 1002
 			if name == "mutex" {
-				if !b.AcceptMutex().TryLock(pidA) {
+				if !b.AcceptMutex().TryLock(1001) {
 					t.Fatal("the lock is taken")
 				}
 			} else {
-				_, stopA := runAs(t, name, sock, b, b.Record(b.Claim(0, 1, 0)), pidA, 1, lock)
-				defer stopA()
-				time.Sleep(100 * time.Millisecond) // A takes the lock and polls
+				f, err := os.Open(lock) // a description of its own, as another worker's
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close() // lets the waiter left behind get the lock, and leave
+				if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+					t.Fatal(err)
+				}
 			}
-			_, stopB := runAs(t, name, sock, b, b.Record(b.Claim(1, 1, 0)), pidB, 1, lock)
-			time.Sleep(100 * time.Millisecond) // B waits for the lock
-			if d := stopB(); d > time.Second {
+			_, stop := runAs(t, name, sock, b, b.Record(b.Claim(1, 1, 0)), 1002, 1, lock)
+			time.Sleep(100 * time.Millisecond) // the thread waits for the lock
+			if d := stop(); d > time.Second {
 				t.Errorf("the waiting worker took %v to stop", d)
 			}
 		})

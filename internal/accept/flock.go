@@ -19,11 +19,12 @@ import (
 // the lock at once. So every accepting thread opens the file itself.
 //
 // flock(LOCK_EX) cannot be bounded or woken (the kernel restarts it after a
-// caught signal), so a waiting thread notices that its worker is stopping
-// only once it gets the lock: the holder lets go at least every flockHold.
-// An unlock wakes a waiter, which may wake those queued behind it (the
-// lock's own small herd, which seed 000's comment thread points out; see
-// docs/STRATEGIES.md).
+// caught signal), so a stopping worker leaves its threads that wait for the
+// lock behind (serialized, interrupter): once one gets the lock it sees the
+// stop and lets go, and if the worker has exited the kernel drops its
+// request. An unlock wakes a waiter, which may wake those queued behind it
+// (the lock's own small herd, which seed 000's comment thread points out;
+// see docs/STRATEGIES.md).
 type flockLock struct{ f *os.File }
 
 func newFlock(cfg Config) (Strategy, error) {
@@ -36,15 +37,8 @@ func newFlock(cfg Config) (Strategy, error) {
 			return nil, fmt.Errorf("flock: %w", err)
 		}
 		return &flockLock{f}, nil
-	}, flockHold, false)
+	}, sleepBound, false)
 }
-
-// flockHold bounds how long a holder polls before it lets go: a stopping
-// worker's thread waiting behind other workers' holders gets the lock
-// within about this times the number of workers. An idle worker's holder
-// pays for it: each return from its poll wakes Go's sysmon for a
-// millisecond (about 250 context switches a second, bench/idle.sh).
-const flockHold = 250 * time.Millisecond
 
 // flock's waits never keep the P. flock(2) is restarted after a caught
 // signal, so the runtime's preemption signal would not end a held wait;

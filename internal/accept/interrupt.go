@@ -37,8 +37,14 @@ import (
 // engine, are in the same position as with any Go program since Go 1.14,
 // whose release notes tell programs to expect slow system calls to fail
 // with EINTR for that reason.
+//
+// A thread in a wait that no signal ends — flock(2), which the kernel
+// restarts — is parked: a stop leaves it behind rather than wait for it.
+// When it gets the lock it sees the stop and lets go without accepting,
+// and if the worker exits first the kernel drops its request.
 type interrupter struct {
 	running atomic.Int32 // accepting threads that have not returned
+	parked  atomic.Int32 // of those, the ones in a wait no signal ends
 }
 
 // sleepBound bounds an accepting thread's sleep (accept4's SO_RCVTIMEO, the
@@ -53,17 +59,23 @@ const sleepBound = 10 * time.Second
 // its sleep is lost on it.
 const interruptEvery = 20 * time.Millisecond
 
-// enter and leave bracket an accepting thread's loop.
-func (in *interrupter) enter() { in.running.Add(1) }
-func (in *interrupter) leave() { in.running.Add(-1) }
+// enter and leave bracket an accepting thread's loop; park and unpark a
+// wait in it that no signal ends.
+func (in *interrupter) enter()  { in.running.Add(1) }
+func (in *interrupter) leave()  { in.running.Add(-1) }
+func (in *interrupter) park()   { in.parked.Add(1) }
+func (in *interrupter) unpark() { in.parked.Add(-1) }
+
+// settled reports whether every accepting thread has returned or is parked.
+func (in *interrupter) settled() bool { return in.running.Load() <= in.parked.Load() }
 
 // interrupt signals the process's threads every interruptEvery until every
-// accepting thread has returned, for at most bound: past it the threads'
-// own bounded sleeps end them.
+// accepting thread has returned or is parked, for at most bound: past it
+// the threads' own bounded sleeps end them.
 func (in *interrupter) interrupt(bound time.Duration) {
 	pid := unix.Getpid()
 	for range bound / interruptEvery {
-		if in.running.Load() == 0 {
+		if in.settled() {
 			return
 		}
 		signalThreads(pid)

@@ -48,16 +48,21 @@ type serialized struct {
 	// mayHoldP: while connections come, the waits may keep the thread's P
 	// (see thread).
 	mayHoldP bool
-	stopping atomic.Bool
-	out      exhaustion
-	in       interrupter
+	// leaveWaiters: no signal ends a wait for the lock (flock), so a stop
+	// leaves the threads in one behind (interrupter).
+	leaveWaiters bool
+	stopping     atomic.Bool
+	stopped      chan struct{} // closed by Stop
+	out          exhaustion
+	in           interrupter
 }
 
-func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration, mayHoldP bool) (*serialized, error) {
+func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration, interruptible bool) (*serialized, error) {
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold, mayHoldP: mayHoldP}, nil
+	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold,
+		mayHoldP: interruptible, leaveWaiters: !interruptible, stopped: make(chan struct{})}, nil
 }
 
 // setNonblock makes the listeners non-blocking: a holder that polled
@@ -74,19 +79,54 @@ func setNonblock(ls []Listener) error {
 
 func (s *serialized) Stop() {
 	if !s.stopping.Swap(true) {
+		close(s.stopped)
 		go s.in.interrupt(s.hold)
 	}
 }
 
+// Serve returns the first thread's error once every thread has returned,
+// or, after Stop, once the rest wait for a lock no signal interrupts.
 func (s *serialized) Serve(deliver func(fd int)) error {
-	return runThreads(s.cfg.Threads, func() error {
-		l, err := s.newLock()
-		if err != nil {
-			return err
+	errs := make(chan error, s.cfg.Threads)
+	for range s.cfg.Threads {
+		go func() {
+			err := s.run(deliver)
+			if err != nil {
+				s.Stop() // one broken thread stops the worker; the master replaces it
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	stopped, settle := s.stopped, (<-chan time.Time)(nil)
+	for left := s.cfg.Threads; left > 0; {
+		select {
+		case err := <-errs:
+			left--
+			if first == nil {
+				first = err
+			}
+		case <-stopped:
+			stopped = nil
+			t := time.NewTicker(interruptEvery)
+			defer t.Stop()
+			settle = t.C
+		case <-settle:
+			if s.in.settled() {
+				return first
+			}
 		}
-		defer l.close()
-		return s.thread(l, deliver)
-	}, s.Stop)
+	}
+	return first
+}
+
+func (s *serialized) run(deliver func(fd int)) error {
+	l, err := s.newLock()
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	return s.thread(l, deliver)
 }
 
 func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
@@ -114,7 +154,13 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 		} else {
 			y.Yield(now)
 		}
+		if s.leaveWaiters {
+			s.in.park()
+		}
 		got, err := l.lock(bound, s.stopping.Load, held)
+		if s.leaveWaiters {
+			s.in.unpark()
+		}
 		if err != nil {
 			return fmt.Errorf("%s: lock: %w", s.name, err)
 		}
