@@ -4,7 +4,6 @@ package accept
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,24 +91,16 @@ func (b *blocking) Serve(deliver func(fd int)) error {
 
 func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	st := b.cfg.Stats
-	var y Yielder
 	b.in.enter()
 	defer b.in.leave()
-	hold := b.cfg.HoldFor
-	if runtime.GOMAXPROCS(0) < 2 {
-		hold = 0
-	}
-	var active time.Time // when the last connection came
+	waits := NewHeldWaits(b.cfg.HoldFor)
 	for !b.stopping.Load() {
 		start := time.Now()
-		held := start.Sub(active) < hold
-		if !held {
-			y.Yield(start) // a held wait is preempted by sysmon instead
-		}
+		held := waits.Before(start)
 		fd, err := accept4(l.FD, b.cfg.acceptFlags(), !held)
 		switch {
 		case err == nil:
-			active = time.Now()
+			waits.Came(time.Now())
 			st.Inc(shm.Wakeups)
 			accepted(st, fd, deliver)
 			b.out.recovered(b.cfg.Log)

@@ -86,7 +86,7 @@ func (e *epollStrategy) Stop() { e.stop.signal() }
 
 func (e *epollStrategy) Serve(deliver func(fd int)) error {
 	defer unix.Close(e.stop.fd)
-	return runThreads(e.cfg.Threads, func() error { return e.thread(deliver) }, e.Stop)
+	return runThreads(e.cfg.Threads, func() error { return e.thread(deliver) }, e.Stop, nil, nil)
 }
 
 // listenerEvents is what the listeners are watched for.

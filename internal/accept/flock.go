@@ -37,7 +37,7 @@ func newFlock(cfg Config) (Strategy, error) {
 			return nil, fmt.Errorf("flock: %w", err)
 		}
 		return &flockLock{f}, nil
-	}, sleepBound, false)
+	}, false)
 }
 
 // flock's waits never keep the P. flock(2) is restarted after a caught

@@ -23,9 +23,8 @@ import (
 // copes with calls interrupted by it) and otherwise ignores. poll, accept4
 // on a socket with SO_RCVTIMEO and FUTEX_WAIT with a timeout then fail with
 // EINTR rather than restart (signal(7)), and the thread sees that it should
-// stop — as Apache's
-// prefork children learn of a graceful stop from a signal that interrupts
-// their wait.
+// stop — as Apache's prefork children learn of a graceful stop from a
+// signal that interrupts their wait.
 //
 // Every thread is signalled, not only the accepting ones: a goroutine moves
 // between threads, so knowing which thread an accepting goroutine sleeps on

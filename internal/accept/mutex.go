@@ -28,7 +28,7 @@ func newMutex(cfg Config) (Strategy, error) {
 	}
 	return newSerialized(cfg, "mutex", func() (acceptLock, error) {
 		return &mutexLock{m: cfg.Mutex, pid: cfg.PID}, nil
-	}, sleepBound, true) // the bound only in case a stop's signal misses (see serialized)
+	}, true)
 }
 
 func (l *mutexLock) lock(bound time.Duration, quit func() bool, held bool) (bool, error) {

@@ -68,7 +68,7 @@ func (s *nginxStrategy) Stop() { s.stop.signal() }
 
 func (s *nginxStrategy) Serve(deliver func(fd int)) error {
 	defer unix.Close(s.stop.fd)
-	return runThreads(s.cfg.Threads, func() error { return s.thread(deliver) }, s.Stop)
+	return runThreads(s.cfg.Threads, func() error { return s.thread(deliver) }, s.Stop, nil, nil)
 }
 
 // cycle is one event loop's side of the accept mutex: its epoll instance,

@@ -4,8 +4,6 @@ package accept
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -36,33 +34,29 @@ type acceptLock interface {
 	close() error
 }
 
+// A holder polls, and a waiter sleeps, for at most sleepBound before it
+// looks again: a stop's signal (interrupter) cuts the holder's poll short,
+// and a waiter's sleep where the lock allows it.
 type serialized struct {
 	cfg     Config
 	name    string
 	newLock func() (acceptLock, error)
-	// hold is how long a holder polls before it lets go of the lock, and
-	// how long a waiter sleeps before it looks again. A stop's signal
-	// (interrupter) cuts the holder's poll short, and a waiter's sleep
-	// where the lock allows it (mutex; not flock).
-	hold time.Duration
-	// mayHoldP: while connections come, the waits may keep the thread's P
-	// (see thread).
-	mayHoldP bool
-	// leaveWaiters: no signal ends a wait for the lock (flock), so a stop
-	// leaves the threads in one behind (interrupter).
-	leaveWaiters bool
-	stopping     atomic.Bool
-	stopped      chan struct{} // closed by Stop
-	out          exhaustion
-	in           interrupter
+	// interruptible: a signal ends a wait for the lock (mutex), so the
+	// waits may also keep the thread's P while connections come (see
+	// thread). If not (flock), a stop leaves the threads waiting for the
+	// lock behind (interrupter).
+	interruptible bool
+	stopping      atomic.Bool
+	stopped       chan struct{} // closed by Stop
+	out           exhaustion
+	in            interrupter
 }
 
-func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), hold time.Duration, interruptible bool) (*serialized, error) {
+func newSerialized(cfg Config, name string, newLock func() (acceptLock, error), interruptible bool) (*serialized, error) {
 	if err := setNonblock(cfg.Listeners); err != nil {
 		return nil, err
 	}
-	return &serialized{cfg: cfg, name: name, newLock: newLock, hold: hold,
-		mayHoldP: interruptible, leaveWaiters: !interruptible, stopped: make(chan struct{})}, nil
+	return &serialized{cfg: cfg, name: name, newLock: newLock, interruptible: interruptible, stopped: make(chan struct{})}, nil
 }
 
 // setNonblock makes the listeners non-blocking: a holder that polled
@@ -80,85 +74,50 @@ func setNonblock(ls []Listener) error {
 func (s *serialized) Stop() {
 	if !s.stopping.Swap(true) {
 		close(s.stopped)
-		go s.in.interrupt(s.hold)
+		go s.in.interrupt(sleepBound)
 	}
 }
 
-// Serve returns the first thread's error once every thread has returned,
-// or, after Stop, once the rest wait for a lock no signal interrupts.
+// Serve returns once every thread has returned, or, after Stop, once the
+// rest wait for a lock no signal interrupts.
 func (s *serialized) Serve(deliver func(fd int)) error {
-	errs := make(chan error, s.cfg.Threads)
-	for range s.cfg.Threads {
-		go func() {
-			err := s.run(deliver)
-			if err != nil {
-				s.Stop() // one broken thread stops the worker; the master replaces it
-			}
-			errs <- err
-		}()
-	}
-	var first error
-	stopped, settle := s.stopped, (<-chan time.Time)(nil)
-	for left := s.cfg.Threads; left > 0; {
-		select {
-		case err := <-errs:
-			left--
-			if first == nil {
-				first = err
-			}
-		case <-stopped:
-			stopped = nil
-			t := time.NewTicker(interruptEvery)
-			defer t.Stop()
-			settle = t.C
-		case <-settle:
-			if s.in.settled() {
-				return first
-			}
+	return runThreads(s.cfg.Threads, func() error {
+		l, err := s.newLock()
+		if err != nil {
+			return err
 		}
-	}
-	return first
-}
-
-func (s *serialized) run(deliver func(fd int)) error {
-	l, err := s.newLock()
-	if err != nil {
-		return err
-	}
-	defer l.close()
-	return s.thread(l, deliver)
+		defer l.close()
+		return s.thread(l, deliver)
+	}, s.Stop, s.stopped, s.in.settled)
 }
 
 func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	st := s.cfg.Stats
 	pfds := make([]unix.PollFd, len(s.cfg.Listeners))
 	var fds []int // accepted under the lock, handed on after it
-	var y Yielder
 	s.in.enter()
 	defer s.in.leave()
-	// While connections come the waits keep the thread's P (Config.HoldFor,
-	// as blocking's accept4): the holder's poll, and a mutex waiter's
-	// FUTEX_WAIT; the runtime's preemption signal ends both, as a stop's
-	// does. A held wait needs no yield: sysmon preempts it.
-	hold := s.cfg.HoldFor
-	if !s.mayHoldP || runtime.GOMAXPROCS(0) < 2 {
-		hold = 0
+	// While connections come the waits keep the thread's P (HeldWaits):
+	// the holder's poll, and a mutex waiter's FUTEX_WAIT; the runtime's
+	// preemption signal ends both, as a stop's does. flock's do not: a
+	// signal does not end flock(2), and a holder polling with its P comes
+	// back for the lock sooner and steals it more (see flockLock.lock).
+	hold := time.Duration(0)
+	if s.interruptible {
+		hold = s.cfg.HoldFor
 	}
-	var active time.Time // when this thread last accepted
+	waits := NewHeldWaits(hold)
 	for !s.stopping.Load() {
-		now := time.Now()
-		held := now.Sub(active) < hold
-		bound := s.hold
+		held := waits.Before(time.Now())
+		bound := sleepBound
 		if held {
 			bound = heldBound
-		} else {
-			y.Yield(now)
 		}
-		if s.leaveWaiters {
+		if !s.interruptible {
 			s.in.park()
 		}
 		got, err := l.lock(bound, s.stopping.Load, held)
-		if s.leaveWaiters {
+		if !s.interruptible {
 			s.in.unpark()
 		}
 		if err != nil {
@@ -192,7 +151,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 				fd, err := accept4(s.cfg.Listeners[i].FD, s.cfg.acceptFlags(), false)
 				switch {
 				case err == nil:
-					active = time.Now()
+					waits.Came(time.Now())
 					st.Inc(shm.Active) // held from here; accepted() below counts it in full
 					fds = append(fds, fd)
 				case err == unix.EAGAIN || err == unix.ECONNABORTED:
@@ -241,21 +200,39 @@ func poll(fds []unix.PollFd, timeout time.Duration, held bool) (int, error) {
 }
 
 // runThreads runs n copies of thread and returns the first error once all
-// have returned; an error in one calls stop so the others end too.
-func runThreads(n int, thread func() error, stop func()) error {
-	var wg sync.WaitGroup
+// have returned — or, once stopped is closed, once settled reports that
+// the rest may be left behind (nil, nil: never); an error in one calls stop
+// so the others end too.
+func runThreads(n int, thread func() error, stop func(), stopped <-chan struct{}, settled func() bool) error {
 	errs := make(chan error, n)
 	for range n {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			if err := thread(); err != nil {
+			err := thread()
+			if err != nil {
 				stop()
-				errs <- err
 			}
+			errs <- err
 		}()
 	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	var first error
+	var settle <-chan time.Time // ticks once stopped, while threads remain
+	for left := n; left > 0; {
+		select {
+		case err := <-errs:
+			left--
+			if first == nil {
+				first = err
+			}
+		case <-stopped:
+			stopped = nil
+			t := time.NewTicker(interruptEvery)
+			defer t.Stop()
+			settle = t.C
+		case <-settle:
+			if settled() {
+				return first
+			}
+		}
+	}
+	return first
 }

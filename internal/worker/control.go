@@ -5,7 +5,6 @@ package worker
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 	"unsafe"
@@ -79,29 +78,21 @@ func (c *control) send(msg proto.Msg) error {
 // A held wait is bounded by SO_RCVTIMEO, which also makes the runtime's
 // preemption signal end it with EINTR rather than restart it, so a
 // stop-the-world never waits on it. After a second without messages the
-// wait is the ordinary one, without a bound: an idle worker sleeps. A held
-// wait does not yield (accept.Yielder): sysmon preempts it every 10ms, and a
-// Gosched every 5ms besides was a hand-over of the goroutine to another
-// thread each time — fdpass 2.38 against 2.52 switches per connection
-// without it (medians of five interleaved runs, results/loop-wait.txt).
+// wait is the ordinary one, without a bound: an idle worker sleeps. The
+// rule is accept.HeldWaits, the accepting threads' too; a held wait does
+// not yield, which took fdpass from 2.52 to 2.38 switches per connection
+// (medians of five interleaved runs, results/loop-wait.txt).
 func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
 	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	var y accept.Yielder
-	holdP := httpd.CanHoldP(runtime.GOMAXPROCS(0))
-	var active time.Time // when the last message came
-	held := false        // SO_RCVTIMEO is httpd.HeldWaitBound
-	now := time.Now()    // when the last wait ended
+	waits := accept.NewHeldWaits(holdFor())
+	held := false     // SO_RCVTIMEO is httpd.HeldWaitBound
+	now := time.Now() // when the last wait ended
 	for {
-		if !held {
-			// A held wait is preempted by sysmon every 10ms, as the
-			// engine's loop is; yielding as well would double that cost.
-			y.Yield(now)
-		}
 		var n, oobn int
 		var err error
-		if hold := holdP && now.Sub(active) < httpd.IdleAfter; hold != held {
+		if hold := waits.Before(now); hold != held {
 			tv := unix.Timeval{} // no bound
 			if hold {
 				tv = unix.NsecToTimeval(httpd.HeldWaitBound.Nanoseconds())
@@ -122,7 +113,7 @@ func (c *control) read(gone chan<- struct{}) {
 		if err != nil || (n == 0 && oobn == 0) {
 			return
 		}
-		active = now
+		waits.Came(now)
 		fds := parseRights(oob[:oobn])
 		msg, err := proto.Decode(buf[:n])
 		if err == nil && msg.Kind == proto.Gather && len(fds) == 1 {

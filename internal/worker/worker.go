@@ -371,9 +371,10 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 	return eng, cfg.Inline != nil, err
 }
 
-// holdFor is how long a blocked accepting thread keeps its P after a
-// connection: the engine's rule (httpd.IdleAfter), where the runtime can
-// preempt a thread by signal (httpd.CanHoldP).
+// holdFor is how long a thread that waits for connections (accepting, or
+// fdpass's control reader) keeps its P after one came (accept.HeldWaits):
+// the engine's rule (httpd.IdleAfter), where the runtime can preempt a
+// thread by signal (httpd.CanHoldP).
 func holdFor() time.Duration {
 	if httpd.CanHoldP(2) {
 		return httpd.IdleAfter
