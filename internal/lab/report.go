@@ -305,7 +305,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 // WakeupsPerRequest is the server's voluntary context switches per
 // request: each a sleep that some wakeup ended, whatever the server.
 func (x Run) WakeupsPerRequest() float64 {
-	return float64(x.CtxSwitchesVoluntary) / float64(max(1, x.Requests+x.Errors))
+	return x.perRequest(x.CtxSwitchesVoluntary)
 }
 
 // ForcedPerRequest is the server's involuntary context switches per
@@ -315,7 +315,12 @@ func (x Run) WakeupsPerRequest() float64 {
 // connection's path (fdpass) is preempted more, where the load generator
 // busies the CPUs more (herd bench's own client more than wrk).
 func (x Run) ForcedPerRequest() float64 {
-	return float64(x.CtxSwitchesInvoluntary) / float64(max(1, x.Requests+x.Errors))
+	return x.perRequest(x.CtxSwitchesInvoluntary)
+}
+
+// perRequest is n per request answered or failed.
+func (x Run) perRequest(n uint64) float64 {
+	return float64(n) / float64(max(1, x.Requests+x.Errors))
 }
 
 // Server says whose run it is: "herd", or "peer" for another server.
