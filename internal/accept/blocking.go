@@ -34,7 +34,7 @@ import (
 // costs context switches in the runtime's threads. SO_RCVTIMEO also makes
 // the runtime's preemption signal end the raw wait with EINTR, so a
 // stop-the-world never waits on it. The master's accepting thread (fdpass)
-// does not hold: it measured dearer there (results/strategies-cost.txt). A
+// does not hold: it measured no better there (results/strategies-cost.txt). A
 // connection that arrives while a worker is stopping is either accepted by
 // that worker before it stops (and served) or left in the queue for
 // another: it is never dropped.
