@@ -68,7 +68,7 @@ EOF
 bench() {
 	local name=$1
 	shift
-	"$dir/herd" bench --workers 8 --concurrency 4 --mode close --duration "$DURATION" --requests 0 "$@" >"$dir/$name.out" 2>&1 &
+	"$dir/herd" bench --workers 8 --concurrency 4 --mode close --duration "$DURATION" --requests 0 --json "$dir/$name.json" "$@" >"$dir/$name.out" 2>&1 &
 	sleep 1.5
 }
 
@@ -107,11 +107,17 @@ print(f"acquisitions {acq}  waited {waited}  retaken {retaken} ({retaken / max(a
 '
 }
 
+# field NAME KEY: a field of the run in $dir/NAME.json (herd bench --json),
+# read by name: the table's columns move when the lab adds one.
+field() {
+	python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["runs"][0][sys.argv[2]])' "$dir/$1.json" "$2"
+}
+
 # wakeups NAME: flock wakeups per connection, from $dir/wake.data (a perf
 # record of sched_wakeup with call chains) and the run's req/s.
 wakeups() {
 	local rps
-	rps=$(awk '$1 == "-" {print $8}' "$dir/$1.out")
+	rps=$(field "$1" rps | cut -d. -f1)
 	perf script -i "$dir/wake.data" -F cpu,event,trace,ip,sym 2>/dev/null | awk -v rps="$rps" '
 		/sched:sched_wakeup/ { waker = $1; gsub(/[^0-9]/, "", waker); match($0, /target_cpu=[0-9]+/); target = substr($0, RSTART + 11, RLENGTH - 11) }
 		/__locks_wake_up_blocks/ {
@@ -134,6 +140,7 @@ wakeups() {
 		perf record -q -e sched:sched_wakeup -g -a -o "$dir/wake.data" -- sleep 1 >/dev/null 2>&1
 		wait
 		echo "$server: $(wakeups "$server")"
-		awk '$1 == "-" {printf "  %s: %s req/s, %s context switches per connection, %s µs CPU per request\n", $2, $8, $14, $15}' "$dir/$server.out"
+		printf '  %s: %.0f req/s, %.2f context switches per connection, %.0f µs CPU per request\n' \
+			"$(field "$server" strategy)" "$(field "$server" rps)" "$(field "$server" ctx_switches_per_request)" "$(field "$server" cpu_us_per_request)"
 	done
 } | tee results/flock-steals.txt

@@ -184,11 +184,11 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} .note{font
 {{with .R.Constants}}<div class="env">every run: {{range $i, $c := .}}{{if $i}} · {{end}}{{$c}}{{end}}</div>{{end}}
 {{range .Charts}}{{.}}{{end}}
 <table><tr>{{if .Peers}}<th>server</th>{{end}}<th>run</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th>
-<th>accepts</th><th>wakeups</th><th>spurious</th><th>wakeups/conn</th><th>cs/req</th><th>forced/req</th><th>cpu µs/req</th><th>jain</th><th>max/mean</th><th>per-worker conns</th>{{if .Kernel}}<th>k:accept4/conn</th><th>k:failed/conn</th><th>k:wakeups/conn</th><th>counted by</th>{{end}}</tr>
+<th>accepts</th><th>wakeups</th><th>spurious</th><th>wakeups/conn</th><th>cs/req</th><th>forced/req</th><th>cpu µs/req</th><th>client µs/req</th><th>jain</th><th>max/mean</th><th>per-worker conns</th>{{if .Kernel}}<th>k:accept4/conn</th><th>k:failed/conn</th><th>k:wakeups/conn</th><th>counted by</th>{{end}}</tr>
 {{range $i, $x := .R.Runs}}<tr>{{if $.Peers}}<td>{{$x.Server}}</td>{{end}}<td>{{index $.Labels $i}}</td><td>{{$x.Requests}}</td><td>{{$x.Errors}}</td><td>{{f "%.0f" $x.RPS}}</td>
 <td>{{f "%.3f" $x.LatencyMS.P50}}</td><td>{{f "%.3f" $x.LatencyMS.P99}}</td><td>{{f "%.3f" $x.LatencyMS.Max}}</td>
 <td>{{$x.Accepts}}</td><td>{{$x.Wakeups}}</td><td>{{$x.SpuriousWakeups}}</td><td>{{f "%.3f" $x.WakeupsPerConn}}</td>
-<td>{{f "%.2f" $x.CtxSwitchesPerRequest}}</td><td>{{f "%.2f" $x.ForcedPerRequest}}</td><td>{{f "%.0f" $x.CPUPerRequestUS}}</td><td>{{f "%.3f" $x.Jain}}</td><td>{{f "%.2f" $x.MaxOverMean}}</td>
+<td>{{f "%.2f" $x.CtxSwitchesPerRequest}}</td><td>{{f "%.2f" $x.ForcedPerRequest}}</td><td>{{f "%.0f" $x.CPUPerRequestUS}}</td><td>{{f "%.0f" $x.ClientCPUPerRequestUS}}</td><td>{{f "%.3f" $x.Jain}}</td><td>{{f "%.2f" $x.MaxOverMean}}</td>
 <td>{{range $x.PerWorkerConns}}{{.}} {{end}}</td>{{if $.Kernel}}<td>{{$x.KernelCell "accept4"}}</td><td>{{$x.KernelCell "failed"}}</td><td>{{$x.KernelCell "wakeups"}}</td><td>{{$x.KernelCell "method"}}</td>{{end}}</tr>
 {{end}}</table>
 {{with .R.Summary}}<h2>Medians over the rounds</h2>

@@ -7,15 +7,14 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -54,6 +53,7 @@ type Result struct {
 	Connections int            // connections opened
 	Elapsed     time.Duration
 	Latency     *hdrhistogram.Histogram // microseconds, successful requests
+	ClientCPU   time.Duration           // CPU time the load generator's thread used
 }
 
 // RPS is successful requests per second.
@@ -109,70 +109,60 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	end, _ := ctx.Deadline()
-	// over: the time bound has passed. The clock is checked too because a
-	// context's timer can fire a little after its deadline.
-	over := func() bool { return ctx.Err() != nil || !time.Now().Before(end) }
-
-	var (
-		issued, done atomic.Int64
-		mu           sync.Mutex
-		wg           sync.WaitGroup
-	)
-	res := &Result{ErrorKinds: map[string]int{}, Latency: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
-	sources := sourceAddrs(l.Addr, !l.KeepAlive)
+	to, family, err := sockaddr(l.Addr)
+	if err != nil {
+		return nil, err
+	}
+	var issued, done atomic.Int64
 	request := []byte("GET " + l.Path + " HTTP/1.1\r\nHost: " + l.Addr + "\r\nUser-Agent: herd-bench\r\n")
 	if l.KeepAlive {
 		request = append(request, "\r\n"...)
 	} else {
 		request = append(request, "Connection: close\r\n\r\n"...)
 	}
+	lp, err := newLoop(&l, to, family, request, l.Concurrency)
+	if err != nil {
+		return nil, err
+	}
+	lp.source = sourceAddrs(l.Addr, !l.KeepAlive)
+	lp.take = func() bool { return l.Requests <= 0 || issued.Add(1) <= int64(l.Requests) }
+	// The clock is checked too because a context's timer can fire a little
+	// after its deadline.
+	lp.over = func(now time.Time) bool { return ctx.Err() != nil || !now.Before(end) }
+	lp.done, lp.cancel = &done, ctx.Done()
+	lp.held = runtime.GOMAXPROCS(0) > 1
 	stopProgress := l.progress(&done)
 	start := time.Now()
-	for range l.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := &client{load: &l, request: request, source: sources}
-			defer c.close()
-			local := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
-			ok, conns := 0, 0
-			kinds := map[string]int{}
-			for !over() {
-				if l.Requests > 0 && issued.Add(1) > int64(l.Requests) {
-					break
-				}
-				t0 := time.Now()
-				err := c.do(ctx)
-				if err != nil && over() {
-					// The time bound cut this request (net reports a dial
-					// cut by a context deadline as "i/o timeout"): not a
-					// server error, and not a request.
-					break
-				}
-				done.Add(1)
-				if err != nil {
-					kinds[errorKind(err)]++
-					continue
-				}
-				ok++
-				local.RecordValue(int64(time.Since(t0) / time.Microsecond))
-			}
-			conns = c.dials
-			mu.Lock()
-			defer mu.Unlock()
-			res.Requests += ok
-			res.Connections += conns
-			for k, n := range kinds {
-				res.ErrorKinds[k] += n
-				res.Errors += n
-			}
-			res.Latency.Merge(local)
-		}()
+	ran := make(chan struct{})
+	go func() { defer close(ran); lp.run() }()
+	<-ran
+	res := &Result{Elapsed: time.Since(start), Requests: lp.ok, Connections: lp.dials, ErrorKinds: lp.kinds,
+		Latency: lp.latency, ClientCPU: lp.cpu}
+	for _, n := range lp.kinds {
+		res.Errors += n
 	}
-	wg.Wait()
-	res.Elapsed = time.Since(start)
 	stopProgress()
 	return res, nil
+}
+
+// sockaddr resolves a load's target once, for the loop's connect calls.
+func sockaddr(addr string) (unix.Sockaddr, int, error) {
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, 0, fmt.Errorf("lab: target %q: %w", addr, err)
+	}
+	if ip4 := a.IP.To4(); ip4 != nil {
+		return &unix.SockaddrInet4{Port: a.Port, Addr: [4]byte(ip4)}, unix.AF_INET, nil
+	}
+	sa := &unix.SockaddrInet6{Port: a.Port, Addr: [16]byte(a.IP.To16())}
+	if a.Zone != "" {
+		ifi, err := net.InterfaceByName(a.Zone)
+		if err != nil {
+			return nil, 0, fmt.Errorf("lab: target %q: %w", addr, err)
+		}
+		sa.ZoneId = uint32(ifi.Index)
+	}
+	return sa, unix.AF_INET6, nil
 }
 
 func (l *Load) progress(done *atomic.Int64) (stop func()) {
@@ -217,77 +207,6 @@ func sourceAddrs(target string, spread bool) func() *net.TCPAddr {
 		k := n.Add(1)
 		return &net.TCPAddr{IP: net.IPv4(127, byte(1+(k/62500)%200), byte((k/250)%250), byte(2+k%250))}
 	}
-}
-
-// client is one closed-loop client.
-type client struct {
-	load    *Load
-	request []byte
-	source  func() *net.TCPAddr
-	conn    net.Conn
-	br      *bufio.Reader
-	dials   int
-}
-
-func (c *client) close() {
-	if c.conn != nil {
-		c.conn.Close()
-		c.conn = nil
-	}
-}
-
-func (c *client) do(ctx context.Context) error {
-	l := c.load
-	if c.conn == nil {
-		d := net.Dialer{Timeout: l.Timeout}
-		if a := c.source(); a != nil {
-			d.LocalAddr = a
-			d.Control = bindNoPort
-		}
-		conn, err := d.DialContext(ctx, "tcp", l.Addr)
-		if err != nil {
-			return err
-		}
-		c.dials++
-		c.conn = conn
-		c.br = bufio.NewReaderSize(conn, 16<<10)
-	}
-	c.conn.SetDeadline(time.Now().Add(l.Timeout))
-	if _, err := c.conn.Write(c.request); err != nil {
-		c.close()
-		return err
-	}
-	resp, err := http.ReadResponse(c.br, nil)
-	if err != nil {
-		c.close()
-		return err
-	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		c.close()
-		return err
-	}
-	if resp.StatusCode != l.WantStatus || (l.WantLength >= 0 && n != l.WantLength) {
-		c.close()
-		return &badResponse{status: resp.StatusCode, length: n}
-	}
-	if !l.KeepAlive || resp.Close {
-		c.close()
-	}
-	return nil
-}
-
-// bindNoPort sets IP_BIND_ADDRESS_NO_PORT on a socket about to be bound
-// to a source address: the port is then chosen at connect(2), against the
-// whole 4-tuple, instead of at bind(2), where the kernel must find a port
-// free for every destination and gives up with EAGAIN under churn.
-func bindNoPort(_, _ string, rc syscall.RawConn) error {
-	var err error
-	rc.Control(func(fd uintptr) {
-		err = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-	})
-	return err
 }
 
 type badResponse struct {

@@ -74,6 +74,9 @@ type Run struct {
 	CtxSwitchesPerRequest  float64 `json:"ctx_switches_per_request"`
 	CPUSeconds             float64 `json:"cpu_seconds"`
 	CPUPerRequestUS        float64 `json:"cpu_us_per_request"`
+	// The load generator's own CPU per request: on a machine it shares
+	// with the server, what it takes the server does not get.
+	ClientCPUPerRequestUS float64 `json:"client_cpu_us_per_request"`
 
 	Warmup int           `json:"warmup"`           // requests sent before measuring
 	Addr   string        `json:"addr"`             // where the server listened
@@ -100,6 +103,7 @@ func newRun(c Cell, res *Result, before, after shm.Snapshot, board bool, procs P
 	if n := float64(res.Requests + res.Errors); n > 0 {
 		r.CtxSwitchesPerRequest = float64(r.CtxSwitches) / n
 		r.CPUPerRequestUS = r.CPUSeconds * 1e6 / n
+		r.ClientCPUPerRequestUS = float64(res.ClientCPU.Microseconds()) / n
 	}
 	if board {
 		r.Accepts = after.Total.Accepts - before.Total.Accepts
@@ -162,7 +166,7 @@ func maxOverMean(xs []uint64) float64 {
 func (r *Report) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	kernel, peers := r.hasKernel(), r.hasPeers()
-	head := "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tforced/req\tcpu µs/req\tjain\tmax/mean\tper-worker conns\t"
+	head := "phase\tstrategy\tworkers\tmode\tclients\trequests\terrors\treq/s\tp50 ms\tp99 ms\tmax ms\twakeups/conn\tspurious\tcs/req\tforced/req\tcpu µs/req\tclient µs/req\tjain\tmax/mean\tper-worker conns\t"
 	if kernel {
 		head += "k:accept4/conn\tk:failed/conn\tk:wakeups/conn\tcounted by\t"
 	}
@@ -185,11 +189,11 @@ func (r *Report) WriteTable(w io.Writer) {
 		if rounds {
 			fmt.Fprintf(tw, "%d\t", x.Round)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.2f\t%.0f\t%s\t%s\t%s\t",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.2f\t%.2f\t%.0f\t%.0f\t%s\t%s\t%s\t",
 			phase, x.Strategy, x.Workers, x.Mode, x.Concurrency, x.Requests, x.Errors, x.RPS,
 			x.LatencyMS.P50, x.LatencyMS.P99, x.LatencyMS.Max,
 			board(x, "%.3f", x.WakeupsPerConn), board(x, "%d", x.SpuriousWakeups),
-			x.CtxSwitchesPerRequest, x.ForcedPerRequest(), x.CPUPerRequestUS,
+			x.CtxSwitchesPerRequest, x.ForcedPerRequest(), x.CPUPerRequestUS, x.ClientCPUPerRequestUS,
 			board(x, "%.3f", x.Jain), board(x, "%.2f", x.MaxOverMean), perWorker(x))
 		if kernel {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t", x.KernelCell("accept4"), x.KernelCell("failed"), x.KernelCell("wakeups"), x.KernelCell("method"))
