@@ -22,10 +22,11 @@
 # Loopback only; every run is bounded by DURATION.
 #
 #   bench/flock-steals.sh
+#   OUT=/tmp/steals.txt DURATION=3s bench/flock-steals.sh    # elsewhere than results/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-DURATION=${DURATION:-4s}
+DURATION=${DURATION:-4s} OUT=${OUT:-results/flock-steals.txt}
 install_missing apache2=apache2-bin perf=linux-perf
 
 dir=$(mktemp -d)
@@ -143,4 +144,4 @@ wakeups() {
 		printf '  %s: %.0f req/s, %.2f context switches per connection, %.0f µs CPU per request\n' \
 			"$(field "$server" strategy)" "$(field "$server" rps)" "$(field "$server" ctx_switches_per_request)" "$(field "$server" cpu_us_per_request)"
 	done
-} | tee results/flock-steals.txt
+} | tee "$OUT"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -180,5 +181,40 @@ func TestIdleScript(t *testing.T) {
 				t.Errorf("an idle %s worker made %v context switches a second; want under 100:\n%s", strategy, v, out)
 			}
 		}
+	}
+}
+
+// bench/flock-steals.sh, one short run: for herd and for Apache on the same
+// flock lock, who took the lock, the lock's wakeups per connection, and the
+// lab's figures for the run, read from its JSON by name (the table's
+// columns moved when the lab added one, and the script printed forced/req
+// as the CPU per request).
+func TestFlockStealsScript(t *testing.T) {
+	needBench(t, "builds herd, runs it and Apache under perf", "apache2", "perf")
+	out := runBenchScript(t, []string{"DURATION=3s", "OUT=" + t.TempDir() + "/steals.txt"}, "flock-steals.sh")
+	for _, server := range []string{"herd", "apache"} {
+		for _, want := range []string{server + ": acquisitions ", server + ": flock wakeups per connection: re-queueing "} {
+			if !strings.Contains(out, want) {
+				t.Errorf("no %q line:\n%s", want, out)
+			}
+		}
+	}
+	runs := 0
+	for _, line := range strings.Split(out, "\n") {
+		var name string
+		var rps, cs, cpu float64
+		if n, _ := fmt.Sscanf(strings.TrimSpace(line), "%s %f req/s, %f context switches per connection, %f µs CPU per request", &name, &rps, &cs, &cpu); n != 4 {
+			continue
+		}
+		runs++
+		// A connection costs its server at least one sleep and some
+		// microseconds of CPU; forced/req, the column read before, is
+		// well under one.
+		if rps <= 0 || cs < 1 || cpu < 5 {
+			t.Errorf("%s: %v req/s, %v switches and %v µs of CPU per connection:\n%s", name, rps, cs, cpu, out)
+		}
+	}
+	if runs != 2 {
+		t.Errorf("want the lab's line for herd and for Apache:\n%s", out)
 	}
 }
