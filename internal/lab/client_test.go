@@ -184,3 +184,37 @@ func TestLoadIPv6AndClientCPU(t *testing.T) {
 		t.Errorf("client CPU %v for a load of %v", res.ClientCPU, res.Elapsed)
 	}
 }
+
+// Whatever a server sends, and however the reads cut it, the parser
+// neither panics nor keeps more than maxHead of a header, and an answer it
+// completes is the same whole or cut byte by byte.
+func FuzzResponse(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"), uint8(3))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nA: b\r\n\r\n"), uint8(1))
+	f.Add([]byte("HTTP/1.0 204 No Content\r\n\r\n"), uint8(7))
+	// A header whose end starts just inside, and just past, maxHead.
+	for _, n := range []int{maxHead - 3, maxHead - 2, maxHead - 1, maxHead} {
+		f.Add([]byte("HTTP/1.1 200 OK\r\nX: "+strings.Repeat("x", n-len("HTTP/1.1 200 OK\r\nX: "))+"\r\n\r\n"), uint8(5))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, step uint8) {
+		whole := func(step int) (bool, response, error) {
+			var r response
+			for i := 0; i < len(raw); i += step {
+				done, err := r.feed(raw[i:min(i+step, len(raw))], false)
+				if len(r.head) > maxHead+3+step {
+					t.Fatalf("kept %d bytes of header", len(r.head))
+				}
+				if done || err != nil {
+					return done, r, err
+				}
+			}
+			done, err := r.feed(nil, true)
+			return done, r, err
+		}
+		d1, r1, e1 := whole(len(raw) + 1)
+		d2, r2, e2 := whole(int(step%16) + 1)
+		if d1 != d2 || (e1 == nil) != (e2 == nil) || (d1 && (r1.status != r2.status || r1.bodyLen != r2.bodyLen || r1.close != r2.close)) {
+			t.Fatalf("whole: %v %v %d %d; in reads of %d: %v %v %d %d", d1, e1, r1.status, r1.bodyLen, step%16+1, d2, e2, r2.status, r2.bodyLen)
+		}
+	})
+}

@@ -71,13 +71,15 @@ func (r *response) feed(p []byte, eof bool) (done bool, err error) {
 			r.head = append(r.head, p...)
 			src = r.head
 		}
+		// A header's end must start within maxHead bytes, whether it came
+		// in one read or many.
 		i := bytes.Index(src, []byte("\r\n\r\n"))
+		if i > maxHead || (i < 0 && len(src) >= maxHead+4) {
+			return false, fmt.Errorf("%w: header over %d bytes", errMalformed, maxHead)
+		}
 		if i < 0 {
 			if len(r.head) == 0 {
 				r.head = append(r.head, p...)
-			}
-			if len(r.head) > maxHead {
-				return false, fmt.Errorf("%w: header over %d bytes", errMalformed, maxHead)
 			}
 			return false, nil
 		}
