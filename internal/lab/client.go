@@ -57,6 +57,7 @@ type loop struct {
 // clientConn is one closed-loop client: the connection it has open, if
 // any, and the request it waits for.
 type clientConn struct {
+	slot     int // its index in the loop's conns, carried by its epoll events
 	fd       int // -1: none open
 	busy     bool
 	dialing  bool
@@ -72,8 +73,8 @@ func newLoop(l *Load, to unix.Sockaddr, family int, request []byte, clients int)
 	}
 	lp := &loop{load: l, ep: ep, to: to, family: family, request: request, buf: make([]byte, 64<<10),
 		kinds: map[string]int{}, latency: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
-	for range clients {
-		lp.conns = append(lp.conns, &clientConn{fd: -1})
+	for i := range clients {
+		lp.conns = append(lp.conns, &clientConn{slot: i, fd: -1})
 	}
 	return lp, nil
 }
@@ -113,7 +114,7 @@ func (lp *loop) run() {
 			return
 		}
 		for _, ev := range events[:n] {
-			c := lp.conns[ev.Pad] // the slot's index, set at EPOLL_CTL_ADD
+			c := lp.conns[ev.Pad]
 			if !c.busy || int32(c.fd) != ev.Fd {
 				continue
 			}
@@ -189,7 +190,7 @@ func (lp *loop) dial(c *clientConn) error {
 	lp.dials++
 	// Edge-triggered, both ways, registered once: the connect's completion
 	// is the first EPOLLOUT, and an answer's arrival an EPOLLIN edge.
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(lp.slot(c))}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(c.slot)}
 	if err := unix.EpollCtl(lp.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return err
 	}
@@ -197,15 +198,6 @@ func (lp *loop) dial(c *clientConn) error {
 		return err
 	}
 	return nil
-}
-
-func (lp *loop) slot(c *clientConn) int {
-	for i, x := range lp.conns {
-		if x == c {
-			return i
-		}
-	}
-	panic("lab: connection not in its loop")
 }
 
 // send writes the request, which fits any socket's send buffer.

@@ -133,9 +133,7 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	lp.held = runtime.GOMAXPROCS(0) > 1
 	stopProgress := l.progress(&done)
 	start := time.Now()
-	ran := make(chan struct{})
-	go func() { defer close(ran); lp.run() }()
-	<-ran
+	lp.run()
 	res := &Result{Elapsed: time.Since(start), Requests: lp.ok, Connections: lp.dials, ErrorKinds: lp.kinds,
 		Latency: lp.latency, ClientCPU: lp.cpu}
 	for _, n := range lp.kinds {
