@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/herd-run/herd/internal/shm"
 )
 
 func testServer(t *testing.T, body string) string {
@@ -188,5 +191,29 @@ func TestSummaryOverRounds(t *testing.T) {
 	}
 	if (&Report{Runs: []Run{run("mutex", 0, 1, 1)}}).Summary() != nil {
 		t.Error("a summary for a matrix that ran once")
+	}
+}
+
+// What the load generator cost itself shows per request beside the
+// server's, in the run, the table and the page.
+func TestClientCPUInReport(t *testing.T) {
+	res := &Result{Requests: 990, Errors: 10, Elapsed: time.Second, ClientCPU: 75 * time.Millisecond,
+		Latency: hdrhistogram.New(1, 1000, 3)}
+	r := newRun(Cell{Strategy: "accept", Workers: 8, Mode: "close", Concurrency: 4}, res, shm.Snapshot{}, shm.Snapshot{}, false, ProcStats{})
+	if r.ClientCPUPerRequestUS != 75 {
+		t.Fatalf("client CPU per request %v, want 75 µs", r.ClientCPUPerRequestUS)
+	}
+	rep := &Report{Runs: []Run{*r}}
+	var b strings.Builder
+	rep.WriteTable(&b)
+	if !strings.Contains(b.String(), "client µs/req") || !strings.Contains(b.String(), "  75  ") {
+		t.Errorf("table without the client's CPU:\n%s", b.String())
+	}
+	b.Reset()
+	if err := rep.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "<th>client µs/req</th>") || !strings.Contains(b.String(), "<td>75</td>") {
+		t.Error("the page has no client CPU per request")
 	}
 }
