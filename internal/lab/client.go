@@ -37,8 +37,9 @@ type loop struct {
 	source  func() *net.TCPAddr
 	request []byte
 	conns   []*clientConn
-	buf     []byte // read buffer, shared by the loop's connections
-	held    bool   // epoll_wait keeps the thread's P (see wait)
+	retry   []*clientConn // to start their next request on the loop's next turn
+	buf     []byte        // read buffer, shared by the loop's connections
+	held    bool          // epoll_wait keeps the thread's P (see wait)
 
 	// Shared with the other loops of the load.
 	take   func() bool // takes one request from the load's count; false: spent
@@ -103,7 +104,11 @@ func (lp *loop) run() {
 	events := make([]unix.EpollEvent, len(lp.conns))
 	lastScan := now
 	for busy > 0 {
-		n, err := lp.wait(events, 10*time.Millisecond)
+		wait := 10 * time.Millisecond
+		if len(lp.retry) > 0 {
+			wait = 0
+		}
+		n, err := lp.wait(events, wait)
 		select {
 		case <-lp.cancel:
 			return
@@ -127,7 +132,7 @@ func (lp *loop) run() {
 		if now.Sub(lastScan) >= 10*time.Millisecond {
 			lastScan = now
 			for _, c := range lp.conns {
-				if c.busy && now.After(c.deadline) {
+				if c.busy && c.fd >= 0 && now.After(c.deadline) {
 					lp.fail(c, os.ErrDeadlineExceeded)
 					if !lp.next(c, now) {
 						busy--
@@ -135,35 +140,42 @@ func (lp *loop) run() {
 				}
 			}
 		}
+		// Clients whose last request failed before it was sent try again,
+		// once each per turn of the loop, so the others' answers are read
+		// meanwhile.
+		retry := lp.retry
+		lp.retry = nil
+		for _, c := range retry {
+			if !lp.next(c, now) {
+				busy--
+			}
+		}
 	}
 }
 
 // next starts c's next request if the load allows one: on the open
-// connection if it is kept alive, else on a new one. false: c is done.
+// connection if it is kept alive, else on a new one. false: c is done. A
+// request that fails before it is sent (a refused or impossible connect)
+// is counted, and c tries again on the loop's next turn (lp.retry).
 func (lp *loop) next(c *clientConn, now time.Time) bool {
-	for {
-		c.busy = false
-		if lp.over(now) || !lp.take() {
-			lp.hangUp(c)
-			return false
-		}
-		c.busy, c.start, c.deadline = true, now, now.Add(lp.load.Timeout)
-		c.resp.reset()
-		if c.fd >= 0 {
-			if err := lp.send(c); err != nil {
-				lp.fail(c, err)
-				now = time.Now()
-				continue
-			}
-			return true
-		}
-		if err := lp.dial(c); err != nil {
-			lp.fail(c, err)
-			now = time.Now()
-			continue
-		}
-		return true
+	c.busy = false
+	if lp.over(now) || !lp.take() {
+		lp.hangUp(c)
+		return false
 	}
+	c.busy, c.start, c.deadline = true, now, now.Add(lp.load.Timeout)
+	c.resp.reset()
+	var err error
+	if c.fd >= 0 {
+		err = lp.send(c)
+	} else {
+		err = lp.dial(c)
+	}
+	if err != nil {
+		lp.fail(c, err)
+		lp.retry = append(lp.retry, c)
+	}
+	return true
 }
 
 // dial opens c's connection; the request goes once connect completes.
