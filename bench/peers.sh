@@ -182,6 +182,26 @@ for sc in "${scenarios[@]}"; do
 		"$(ratio "${m[herd]}" "${m[nginx]}")" "$(ratio "${m[herd]}" "${m[nginx+d]}")" "$(ratio "${m[herd]}" "$best")" \
 		"${c[nginx]} ${c[nginx+d]} ${c[h2o]} ${c[lighttpd]} ${c[herd]}"
 done
+# Round by round: every server of a row runs back to back within a round,
+# so a slow spell of the machine falls on all of them alike, where the
+# medians above can each come from a different spell.
+printf '\n%-34s %s\n' "herd / the best peer of its round" "median (lowest-highest), rounds herd led"
+for sc in "${scenarios[@]}"; do
+	IFS='|' read -r name _ _ label <<<"$sc"
+	awk -v label="$label" -v herd="${rps[herd,$name]}" -v peers="${rps[nginx,$name]}|${rps[nginx+d,$name]}|${rps[h2o,$name]}|${rps[lighttpd,$name]}" 'BEGIN {
+		n = split(herd, h, " "); np = split(peers, p, "|")
+		for (j = 1; j <= np; j++) { split(p[j], one, " "); for (i = 1; i <= n; i++) r[j, i] = one[i] + 0 }
+		for (i = 1; i <= n; i++) {
+			best = 0
+			for (j = 1; j <= np; j++) if (r[j, i] > best) best = r[j, i]
+			x = h[i] / best; led += x > 1
+			for (k = i - 1; k >= 1 && q[k] > x; k--) q[k + 1] = q[k]
+			q[k + 1] = x
+		}
+		med = (n % 2) ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
+		printf "%-34s %.2f (%.2f-%.2f), %d of %d\n", label, med, q[1], q[n], led, n
+	}'
+done
 echo "(herd --strategy $STRATEGY${HERD_FLAGS:+ $HERD_FLAGS}, defaults otherwise; nginx $(nginx -v 2>&1 | cut -d/ -f2), sendfile on, tcp_nopush on, open_file_cache;"
 echo " nginx+d: the same with listen ... deferred; h2o $(h2o --version 2>/dev/null | head -1 | awk '{print $3}'), num-threads $WORKERS;"
 echo " lighttpd $(lighttpd -v 2>/dev/null | head -1 | cut -d/ -f2 | cut -d' ' -f1), max-worker $WORKERS, sendfile;"

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +50,21 @@ func runBenchScript(t *testing.T, env []string, script string, args ...string) s
 func TestPeersScriptWhereTheTimeWent(t *testing.T) {
 	needBench(t, "builds herd and runs five servers", "nginx", "h2o", "lighttpd", "wrk", "curl")
 	text := runBenchScript(t, []string{"ONLY=4k", "ROUNDS=2", "DURATION=1s", "THREADS=2"}, "peers.sh")
+	// herd against the best peer of each round, round by round.
+	m := regexp.MustCompile(`herd / the best peer of its round[^\n]*\nkeep-alive, 4 KiB +([\d.]+) \(([\d.]+)-([\d.]+)\), (\d) of 2\n`).FindStringSubmatch(text)
+	if m == nil {
+		t.Errorf("no round-by-round line for the row:\n%s", text)
+	} else {
+		med, _ := strconv.ParseFloat(m[1], 64)
+		lo, _ := strconv.ParseFloat(m[2], 64)
+		hi, _ := strconv.ParseFloat(m[3], 64)
+		if lo <= 0 || med < lo || med > hi {
+			t.Errorf("round by round: median %v outside the rounds' %v-%v", med, lo, hi)
+		}
+		if led, _ := strconv.Atoi(m[4]); (led == 0) != (hi <= 1) || (led == 2) != (lo > 1) {
+			t.Errorf("round by round: herd led %d of 2 rounds with ratios %v-%v", led, lo, hi)
+		}
+	}
 	i := strings.Index(text, "where the time went")
 	if i < 0 {
 		t.Fatalf("no where-the-time-went table:\n%s", text)
