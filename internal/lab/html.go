@@ -192,8 +192,8 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} .note{font
 <td>{{range $x.PerWorkerConns}}{{.}} {{end}}</td>{{if $.Kernel}}<td>{{$x.KernelCell "accept4"}}</td><td>{{$x.KernelCell "failed"}}</td><td>{{$x.KernelCell "wakeups"}}</td><td>{{$x.KernelCell "method"}}</td>{{end}}</tr>
 {{end}}</table>
 {{with .R.Summary}}<h2>Medians over the rounds</h2>
-<table><tr><th>run</th><th>rounds</th><th>req/s</th><th>÷ exclusive's, same round</th><th>cs/req</th><th>forced/req</th><th>cpu µs/req</th></tr>
-{{range .}}<tr><td>{{.Label}}</td><td>{{.Rounds}}</td><td>{{.RPS}}</td><td>{{.VsExclusive}}</td><td>{{.CtxSwitches}}</td><td>{{.Forced}}</td><td>{{.CPU}}</td></tr>
+<table><tr><th>run</th><th>rounds</th><th>req/s</th><th>÷ exclusive's, same round</th><th>cs/req</th><th>forced/req</th><th>cpu µs/req</th><th>client µs/req</th></tr>
+{{range .}}<tr><td>{{.Label}}</td><td>{{.Rounds}}</td><td>{{.RPS}}</td><td>{{.VsExclusive}}</td><td>{{.CtxSwitches}}</td><td>{{.Forced}}</td><td>{{.CPU}}</td><td>{{.ClientCPU}}</td></tr>
 {{end}}</table>{{end}}
 {{range .R.Notes}}<p class="note">{{.}}</p>{{end}}
 </body></html>

@@ -155,7 +155,7 @@ func TestSummaryOverRounds(t *testing.T) {
 	run := func(strategy string, round int, rps, cs float64) Run {
 		// a tenth of the switches forced, over 1,000 requests
 		return Run{Strategy: strategy, Workers: 8, Mode: "close", Concurrency: 4, Round: round, RPS: rps, CtxSwitchesPerRequest: cs, CPUPerRequestUS: 10,
-			Requests: 1000, CtxSwitchesInvoluntary: uint64(cs * 100)}
+			ClientCPUPerRequestUS: 70 + float64(round), Requests: 1000, CtxSwitchesInvoluntary: uint64(cs * 100)}
 	}
 	rep := &Report{Runs: []Run{
 		run("mutex", 1, 800, 2), run("exclusive", 1, 1000, 1),
@@ -168,7 +168,7 @@ func TestSummaryOverRounds(t *testing.T) {
 	}
 	m := sum[0]
 	if m.Rounds != 3 || m.RPS != "700 (450–800)" || m.VsExclusive != "0.80 (0.70–0.90)" || m.CtxSwitches != "2.50 (2.00–3.00)" ||
-		m.Forced != "0.25 (0.20–0.30)" {
+		m.Forced != "0.25 (0.20–0.30)" || m.ClientCPU != "72 (71–73)" {
 		t.Errorf("mutex: %+v", m)
 	}
 	var b strings.Builder

@@ -216,6 +216,7 @@ type CellSummary struct {
 	CtxSwitches string
 	Forced      string // the involuntary part of CtxSwitches
 	CPU         string
+	ClientCPU   string // the load generator's CPU per request
 }
 
 // Summary is the report's cells over their rounds, in run order; nil when
@@ -259,18 +260,20 @@ func (r *Report) Summary() []CellSummary {
 		xs := runs[k]
 		cell := k
 		cell.strategy = ""
-		var rps, cs, forced, cpu, vs []float64
+		var rps, cs, forced, cpu, client, vs []float64
 		for _, x := range xs {
 			rps = append(rps, x.RPS)
 			cs = append(cs, x.CtxSwitchesPerRequest)
 			forced = append(forced, x.ForcedPerRequest())
 			cpu = append(cpu, x.CPUPerRequestUS)
+			client = append(client, x.ClientCPUPerRequestUS)
 			if e := exclusive[roundOf{cell, x.Round}]; e > 0 {
 				vs = append(vs, x.RPS/e)
 			}
 		}
 		s := CellSummary{Label: label(xs[0]), Rounds: len(xs), RPS: spread(rps, "%.0f"),
-			CtxSwitches: spread(cs, "%.2f"), Forced: spread(forced, "%.2f"), CPU: spread(cpu, "%.0f"), VsExclusive: "-"}
+			CtxSwitches: spread(cs, "%.2f"), Forced: spread(forced, "%.2f"), CPU: spread(cpu, "%.0f"),
+			ClientCPU: spread(client, "%.0f"), VsExclusive: "-"}
 		if len(vs) == len(xs) {
 			s.VsExclusive = spread(vs, "%.2f")
 		}
@@ -299,9 +302,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nmedians over the rounds (lowest–highest):\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\trounds\treq/s\t÷ exclusive's, same round\tcs/req\tforced/req\tcpu µs/req\t")
+	fmt.Fprintln(tw, "run\trounds\treq/s\t÷ exclusive's, same round\tcs/req\tforced/req\tcpu µs/req\tclient µs/req\t")
 	for _, s := range sum {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", s.Label, s.Rounds, s.RPS, s.VsExclusive, s.CtxSwitches, s.Forced, s.CPU)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Label, s.Rounds, s.RPS, s.VsExclusive, s.CtxSwitches, s.Forced, s.CPU, s.ClientCPU)
 	}
 	tw.Flush()
 }
