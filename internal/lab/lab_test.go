@@ -177,18 +177,7 @@ func TestSummaryOverRounds(t *testing.T) {
 		t.Errorf("printed summary:\n%s", b.String())
 	}
 	// Each run's forced switches per request, in the table and the page.
-	b.Reset()
-	rep.WriteTable(&b)
-	if !strings.Contains(b.String(), "forced/req") || !strings.Contains(b.String(), "  0.30  ") {
-		t.Errorf("table without the runs' forced switches (0.30 for mutex's second round):\n%s", b.String())
-	}
-	b.Reset()
-	if err := rep.WriteHTML(&b); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(b.String(), "<th>forced/req</th>") || !strings.Contains(b.String(), "<td>0.30</td>") {
-		t.Error("the page has no forced switches per request")
-	}
+	wantColumn(t, rep, "forced/req", "0.30")
 	if (&Report{Runs: []Run{run("mutex", 0, 1, 1)}}).Summary() != nil {
 		t.Error("a summary for a matrix that ran once")
 	}
@@ -203,17 +192,23 @@ func TestClientCPUInReport(t *testing.T) {
 	if r.ClientCPUPerRequestUS != 75 {
 		t.Fatalf("client CPU per request %v, want 75 µs", r.ClientCPUPerRequestUS)
 	}
-	rep := &Report{Runs: []Run{*r}}
+	wantColumn(t, &Report{Runs: []Run{*r}}, "client µs/req", "75")
+}
+
+// wantColumn checks that rep's table and page have the column head and,
+// in some row, the cell value.
+func wantColumn(t *testing.T, rep *Report, head, value string) {
+	t.Helper()
 	var b strings.Builder
 	rep.WriteTable(&b)
-	if !strings.Contains(b.String(), "client µs/req") || !strings.Contains(b.String(), "  75  ") {
-		t.Errorf("table without the client's CPU:\n%s", b.String())
+	if !strings.Contains(b.String(), head) || !strings.Contains(b.String(), "  "+value+"  ") {
+		t.Errorf("table without %s %s:\n%s", head, value, b.String())
 	}
 	b.Reset()
 	if err := rep.WriteHTML(&b); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(b.String(), "<th>client µs/req</th>") || !strings.Contains(b.String(), "<td>75</td>") {
-		t.Error("the page has no client CPU per request")
+	if !strings.Contains(b.String(), "<th>"+head+"</th>") || !strings.Contains(b.String(), "<td>"+value+"</td>") {
+		t.Errorf("the page has no %s %s", head, value)
 	}
 }
