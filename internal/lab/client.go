@@ -200,7 +200,6 @@ func (lp *loop) dial(c *clientConn) error {
 		}
 	}
 	c.fd, c.dialing = fd, true
-	lp.dials++
 	// Edge-triggered, both ways, registered once: the connect's completion
 	// is the first EPOLLOUT, and an answer's arrival an EPOLLIN edge.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(c.slot)}
@@ -240,6 +239,7 @@ func (lp *loop) progress(c *clientConn, events uint32, now time.Time) bool {
 			lp.fail(c, err)
 			return false
 		}
+		lp.dials++ // connections opened, as the server accepted them
 		if err := lp.send(c); err != nil {
 			lp.fail(c, err)
 			return false

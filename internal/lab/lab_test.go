@@ -59,8 +59,8 @@ func TestLoadRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ErrorKinds["refused"] != 4 {
-		t.Errorf("closed port: %+v", res.ErrorKinds)
+	if res.ErrorKinds["refused"] != 4 || res.Connections != 0 {
+		t.Errorf("closed port: %+v, %d connections", res.ErrorKinds, res.Connections)
 	}
 }
 
