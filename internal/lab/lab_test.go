@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,7 +193,11 @@ func TestClientCPUInReport(t *testing.T) {
 	if r.ClientCPUPerRequestUS != 75 {
 		t.Fatalf("client CPU per request %v, want 75 µs", r.ClientCPUPerRequestUS)
 	}
-	wantColumn(t, &Report{Runs: []Run{*r}}, "client µs/req", "75")
+	rep := &Report{Runs: []Run{*r}}
+	wantColumn(t, rep, "client µs/req", "75")
+	if !slices.ContainsFunc(rep.Notes(), func(n string) bool { return strings.Contains(n, "client µs/req the load generator's own") }) {
+		t.Errorf("no note says what client µs/req is: %q", rep.Notes())
+	}
 }
 
 // wantColumn checks that rep's table and page have the column head and,

@@ -376,10 +376,13 @@ func (r *Report) Notes() []string {
 	}
 	notes = append(notes, "cs/req: the context switches of the master's and workers' threads per request (/proc), "+
 		"voluntary (a sleep some wakeup ended) and involuntary; forced/req is the involuntary part, preemption, "+
-		"which on a machine shared with the load generator is the machine's as much as the strategy's.")
+		"which on a machine shared with the load generator is the machine's as much as the strategy's. "+
+		"cpu µs/req is the server's CPU time per request, client µs/req the load generator's own (one thread, "+
+		"taken from the same CPUs).")
 	if r.hasKernel() {
 		notes = append(notes, "k: columns are counted by the kernel for every server alike, per connection: "+
-			"accept4 (and accept) calls, those that failed (EAGAIN: woken for a connection another process took), "+
+			"accept4 (and accept) calls, those that failed (EAGAIN: woken for a connection another process took; "+
+			"EINTR: a signal ended the wait, as the Go runtime's preemption does to a wait that keeps its thread's P), "+
 			"and wakeups: the voluntary context switches of all the server's threads (each one a sleep that a wakeup "+
 			"ended, whatever woke it; from /proc). The accept4 counts come from a second run of each cell, counted "+
 			"with perf (syscall tracepoints per process) or strace -f -c, so that tracing costs the other columns nothing.")
