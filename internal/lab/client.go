@@ -19,8 +19,9 @@ import (
 // The load generator shares the machine with the server it measures, so
 // what it costs is taken from the server: with a goroutine per client on
 // net.Conn (Go's netpoller, a timer per deadline, a goroutine parked and
-// woken per read) it used 1.2 CPUs of this 2-core machine to drive 10,000
-// new connections a second, 122 µs per request against the server's 47,
+// woken per read) it used 1.2 CPUs of this 2-core machine to drive about
+// 10,000 new connections a second, 121–143 µs per request against the
+// server's 45–55,
 // and the strategies whose path runs through two processes lost the most
 // to it (preempted more often: docs/LAB.md, forced/req). So the clients
 // are driven as wrk drives them: every connection of a loop is a
