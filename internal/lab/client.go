@@ -4,7 +4,6 @@ package lab
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -36,7 +35,7 @@ type loop struct {
 	ep      int
 	to      unix.Sockaddr
 	family  int
-	source  func() *net.TCPAddr
+	source  func() *unix.SockaddrInet4 // a source address to bind to, or nil
 	request []byte
 	conns   []*clientConn
 	retry   []*clientConn // to start their next request on the loop's next turn
@@ -195,7 +194,7 @@ func (lp *loop) dial(c *clientConn) error {
 			unix.Close(fd)
 			return err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte(a.IP.To4())}); err != nil {
+		if err := unix.Bind(fd, a); err != nil {
 			unix.Close(fd)
 			return err
 		}
@@ -314,11 +313,12 @@ func (lp *loop) hangUp(c *clientConn) {
 	}
 }
 
-// wait is epoll_wait for at most timeout. With a P to spare for the rest of
-// the process it is raw and keeps the thread's P, as herd's own loop does
-// (httpd.CanHoldP): an ordinary wait that outlasts sysmon's tick has its P
-// taken and handed to another thread, a context switch per wait that would
-// be the client's noise in the server's count.
+// wait is epoll_wait for at most timeout. Where herd's own loop would hold
+// its P (httpd.CanHoldP: a P to spare for the rest of the process, and
+// preemption by signal) it is raw and keeps the thread's P: an ordinary
+// wait that outlasts sysmon's tick has its P taken and handed to another
+// thread, a context switch per wait that would be the client's noise in
+// the server's count.
 func (lp *loop) wait(events []unix.EpollEvent, timeout time.Duration) (int, error) {
 	if !lp.held {
 		return unix.EpollWait(lp.ep, events, int(timeout/time.Millisecond))

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/herd-run/herd/internal/httpd"
 	"golang.org/x/sys/unix"
 )
 
@@ -130,7 +131,7 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	// after its deadline.
 	lp.over = func(now time.Time) bool { return ctx.Err() != nil || !now.Before(end) }
 	lp.done, lp.cancel = &done, ctx.Done()
-	lp.held = runtime.GOMAXPROCS(0) > 1
+	lp.held = httpd.CanHoldP(runtime.GOMAXPROCS(0))
 	stopProgress := l.progress(&done)
 	start := time.Now()
 	lp.run()
@@ -194,16 +195,19 @@ func (l *Load) progress(done *atomic.Int64) (stop func()) {
 // in TIME_WAIT for a minute, and with a fixed source address a fast load
 // soon collides with its own old connections (SYNs dropped, clients time
 // out) or runs out of the ~28,000 ephemeral ports.
-func sourceAddrs(target string, spread bool) func() *net.TCPAddr {
+//
+// The addresses go straight to bind(2): the loop that calls it binds each
+// new socket to the next one.
+func sourceAddrs(target string, spread bool) func() *unix.SockaddrInet4 {
 	host, _, _ := net.SplitHostPort(target)
 	ip, err := netip.ParseAddr(host)
 	if !spread || err != nil || !ip.Is4() {
-		return func() *net.TCPAddr { return nil }
+		return func() *unix.SockaddrInet4 { return nil }
 	}
-	var n atomic.Uint64
-	return func() *net.TCPAddr {
-		k := n.Add(1)
-		return &net.TCPAddr{IP: net.IPv4(127, byte(1+(k/62500)%200), byte((k/250)%250), byte(2+k%250))}
+	var n uint64
+	return func() *unix.SockaddrInet4 {
+		n++
+		return &unix.SockaddrInet4{Addr: [4]byte{127, byte(1 + (n/62500)%200), byte((n / 250) % 250), byte(2 + n%250)}}
 	}
 }
 
