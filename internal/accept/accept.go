@@ -130,10 +130,10 @@ type Config struct {
 	// Loop: the strategy will run inside the engine's event loop (see
 	// httpd.Inline) if it can; reuseport then takes its loop form.
 	Loop bool
-	// HoldFor: for how long after its last connection a thread blocked in
-	// accept4 keeps its P, as the engine's loop does in epoll_wait
-	// (httpd's waiter); 0: never. It holds only where the process has a
-	// second P (GOMAXPROCS ≥ 2 when it serves).
+	// HoldFor: for how long after its last connection a thread that waits
+	// for connections (accept4, the accept lock) keeps its P, as the
+	// engine's loop does in epoll_wait (held.Waits); 0: never. It holds only
+	// where the process may (held.CanHold).
 	HoldFor time.Duration
 }
 

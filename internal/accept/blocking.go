@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -93,11 +94,11 @@ func (b *blocking) thread(l Listener, deliver func(fd int)) error {
 	st := b.cfg.Stats
 	b.in.enter()
 	defer b.in.leave()
-	waits := NewHeldWaits(b.cfg.HoldFor)
+	waits := held.NewWaits(b.cfg.HoldFor)
 	for !b.stopping.Load() {
 		start := time.Now()
-		held := waits.Before(start)
-		fd, err := accept4(l.FD, b.cfg.acceptFlags(), !held)
+		keep := waits.Before(start)
+		fd, err := accept4(l.FD, b.cfg.acceptFlags(), !keep)
 		switch {
 		case err == nil:
 			waits.Came(time.Now())

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -112,7 +113,7 @@ func (e *epollStrategy) thread(deliver func(fd int)) error {
 	st := e.cfg.Stats
 	events := make([]unix.EpollEvent, len(e.cfg.Listeners)+1)
 	accepts := make([]int, len(e.cfg.Listeners)) // per listener, for reordering
-	var y Yielder
+	var y held.Yielder
 	for {
 		y.Yield(time.Now())
 		n, err := unix.EpollWait(ep, events, -1)

@@ -31,8 +31,8 @@ func newMutex(cfg Config) (Strategy, error) {
 	}, true)
 }
 
-func (l *mutexLock) lock(bound time.Duration, quit func() bool, held bool) (bool, error) {
-	return l.m.Lock(l.pid, bound, quit, held), nil
+func (l *mutexLock) lock(bound time.Duration, quit func() bool, keep bool) (bool, error) {
+	return l.m.Lock(l.pid, bound, quit, keep), nil
 }
 
 func (l *mutexLock) unlock() error {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -179,7 +180,7 @@ func (s *nginxStrategy) thread(deliver func(fd int)) error {
 	c := &cycle{s: s, ep: ep}
 	defer c.release()
 	events := make([]unix.EpollEvent, len(s.cfg.Listeners)+1)
-	var y Yielder
+	var y held.Yielder
 	for !s.stop.stopped.Load() {
 		y.Yield(time.Now())
 		// The holder waits with no bound, holding the mutex, as nginx

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -28,8 +28,8 @@ import (
 type acceptLock interface {
 	// lock waits for the lock, at most about bound where the lock allows
 	// a bound, and less if it can tell that quit reports true; false means
-	// not acquired. held: the wait may keep the thread's P (see thread).
-	lock(bound time.Duration, quit func() bool, held bool) (bool, error)
+	// not acquired. keep: the wait may keep the thread's P (see thread).
+	lock(bound time.Duration, quit func() bool, keep bool) (bool, error)
 	unlock() error
 	close() error
 }
@@ -97,7 +97,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	var fds []int // accepted under the lock, handed on after it
 	s.in.enter()
 	defer s.in.leave()
-	// While connections come the waits keep the thread's P (HeldWaits):
+	// While connections come the waits keep the thread's P (held.Waits):
 	// the holder's poll, and a mutex waiter's FUTEX_WAIT; the runtime's
 	// preemption signal ends both, as a stop's does. flock's do not: a
 	// signal does not end flock(2), and a holder polling with its P comes
@@ -106,17 +106,17 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	if s.interruptible {
 		hold = s.cfg.HoldFor
 	}
-	waits := NewHeldWaits(hold)
+	waits := held.NewWaits(hold)
 	for !s.stopping.Load() {
-		held := waits.Before(time.Now())
+		keep := waits.Before(time.Now())
 		bound := sleepBound
-		if held {
-			bound = heldBound
+		if keep {
+			bound = held.Bound
 		}
 		if !s.interruptible {
 			s.in.park()
 		}
-		got, err := l.lock(bound, s.stopping.Load, held)
+		got, err := l.lock(bound, s.stopping.Load, keep)
 		if !s.interruptible {
 			s.in.unpark()
 		}
@@ -134,7 +134,7 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 		for i, ls := range s.cfg.Listeners {
 			pfds[i] = unix.PollFd{Fd: int32(ls.FD), Events: unix.POLLIN}
 		}
-		n, err := poll(pfds, bound, held)
+		n, err := poll(pfds, bound, keep)
 		switch {
 		case err == unix.EINTR || n == 0:
 			st.Inc(shm.Timeouts)
@@ -179,24 +179,12 @@ func (s *serialized) thread(l acceptLock, deliver func(fd int)) error {
 	return nil
 }
 
-// heldBound bounds a wait that keeps the P (as httpd.HeldWaitBound does
-// the loop's), so that a thread looks again soon whether connections still
-// come: a mutex waiter's Lock goes back to sleep after the preemption
-// signal's EINTR, and an idle worker's waiter held for the 10s bound was
-// preempted every 10ms meanwhile — 400 context switches a second.
-const heldBound = 100 * time.Millisecond
-
-// poll is poll(2) for at most timeout, raw (keeping the P) if held.
-func poll(fds []unix.PollFd, timeout time.Duration, held bool) (int, error) {
-	if !held {
-		return unix.Poll(fds, int(timeout/time.Millisecond))
+// poll is poll(2) for at most timeout, keeping the P if keep.
+func poll(fds []unix.PollFd, timeout time.Duration, keep bool) (int, error) {
+	if keep {
+		return held.Poll(fds, timeout)
 	}
-	ts := unix.NsecToTimespec(timeout.Nanoseconds())
-	r, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
+	return unix.Poll(fds, int(timeout/time.Millisecond))
 }
 
 // runThreads runs n copies of thread and returns the first error once all

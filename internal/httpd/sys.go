@@ -3,12 +3,11 @@
 package httpd
 
 import (
-	"os"
 	"runtime"
-	"strings"
 	"time"
 	"unsafe"
 
+	"github.com/herd-run/herd/internal/held"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,13 +54,13 @@ func (e *Engine) sendfile(out, in int, off *int64, count int) (int, error) {
 	return rawSendfile(out, in, off, count)
 }
 
-// mayHoldP is CanHoldP for this process, asked once per engine (the
+// mayHoldP is held.CanHold for this process, asked once per engine (the
 // worker has set GOMAXPROCS before the engine runs): the loop's wait and
 // its sendfile both ask it, and a front's sendfile too.
 func (e *Engine) mayHoldP() bool {
 	if e.holdP == 0 {
 		e.holdP = -1
-		if CanHoldP(runtime.GOMAXPROCS(0)) {
+		if held.CanHold(runtime.GOMAXPROCS(0)) {
 			e.holdP = 1
 		}
 	}
@@ -100,10 +99,10 @@ func rawEpollCtl(ep, op, fd int, ev *unix.EpollEvent) error {
 // (GOMAXPROCS ≥ 2; mayHoldP): the runtime's preemption signal interrupts
 // epoll_wait with EINTR, so a stop-the-world never waits on a sleeping loop.
 // With asynchronous preemption turned off (GODEBUG=asyncpreemptoff=1) it
-// would, so CanHoldP says no and the ordinary wait is used. A held wait is
-// never longer than HeldWaitBound, which bounds it even if a signal is lost.
+// would, so held.CanHold says no and the ordinary wait is used. A held wait
+// is never longer than held.Bound, which bounds it even if a signal is lost.
 //
-// Once the loop has had no events for IdleAfter, the wait is the ordinary
+// Once the loop has had no events for held.IdleAfter, the wait is the ordinary
 // one. A goroutine that holds its P in a call looks, to sysmon, as if it had
 // run since it was last scheduled, and after 10ms sysmon preempts it: a
 // signal, and the scheduler's round with the P — with the loop locked to its
@@ -130,54 +129,18 @@ type waiter struct {
 	active time.Time // when a wait last returned events (set by the loop)
 }
 
-// IdleAfter is how long a loop goes without events before its waits stop
-// holding the P; HeldWaitBound bounds a wait that holds it. The worker's
-// control reader (fdpass) waits by the same rule.
-const (
-	IdleAfter     = time.Second
-	HeldWaitBound = 100 * time.Millisecond
-)
-
 func (w *waiter) wait(events []unix.EpollEvent, msec int, busy bool, now time.Time) (int, error) {
-	if w.holdP && now.Sub(w.active) < IdleAfter {
-		timeout := int(HeldWaitBound / time.Millisecond)
+	if w.holdP && now.Sub(w.active) < held.IdleAfter {
+		timeout := int(held.Bound / time.Millisecond)
 		if msec >= 0 {
 			timeout = min(msec, timeout)
 		}
-		return rawEpollWait(w.ep, events, timeout)
+		return held.EpollWait(w.ep, events, timeout)
 	}
 	if busy {
-		if n, err := rawEpollWait(w.ep, events, 0); n > 0 || (err != nil && err != unix.EINTR) {
+		if n, err := held.EpollWait(w.ep, events, 0); n > 0 || (err != nil && err != unix.EINTR) {
 			return n, err
 		}
 	}
 	return unix.EpollWait(w.ep, events, msec)
-}
-
-func rawEpollWait(ep int, events []unix.EpollEvent, msec int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-// CanHoldP reports whether a goroutine may keep its P in a raw blocking
-// wait, as the loop does in epoll_wait: the process has a second P for its
-// other goroutines, and the runtime can preempt a thread by signal (see
-// wait).
-func CanHoldP(procs int) bool {
-	return procs >= 2 && !asyncPreemptOff(os.Getenv("GODEBUG"))
-}
-
-// asyncPreemptOff reads GODEBUG as the runtime does: comma-separated
-// settings, the last one for a key wins.
-func asyncPreemptOff(godebug string) bool {
-	off := false
-	for _, kv := range strings.Split(godebug, ",") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "asyncpreemptoff="); ok {
-			off = v == "1"
-		}
-	}
-	return off
 }

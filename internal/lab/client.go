@@ -9,9 +9,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/herd-run/herd/internal/held"
 	"golang.org/x/sys/unix"
 )
 
@@ -314,7 +314,7 @@ func (lp *loop) hangUp(c *clientConn) {
 }
 
 // wait is epoll_wait for at most timeout. Where herd's own loop would hold
-// its P (httpd.CanHoldP: a P to spare for the rest of the process, and
+// its P (held.CanHold: a P to spare for the rest of the process, and
 // preemption by signal) it is raw and keeps the thread's P: an ordinary
 // wait that outlasts sysmon's tick has its P taken and handed to another
 // thread, a context switch per wait that would be the client's noise in
@@ -323,12 +323,7 @@ func (lp *loop) wait(events []unix.EpollEvent, timeout time.Duration) (int, erro
 	if !lp.held {
 		return unix.EpollWait(lp.ep, events, int(timeout/time.Millisecond))
 	}
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(lp.ep), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(timeout/time.Millisecond), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
+	return held.EpollWait(lp.ep, events, int(timeout/time.Millisecond))
 }
 
 // threadCPU is the CPU time the calling thread has used.

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/herd-run/herd/internal/httpd"
+	"github.com/herd-run/herd/internal/held"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,7 +131,7 @@ func (l Load) Run(ctx context.Context) (*Result, error) {
 	// after its deadline.
 	lp.over = func(now time.Time) bool { return ctx.Err() != nil || !now.Before(end) }
 	lp.done, lp.cancel = &done, ctx.Done()
-	lp.held = httpd.CanHoldP(runtime.GOMAXPROCS(0))
+	lp.held = held.CanHold(runtime.GOMAXPROCS(0))
 	stopProgress := l.progress(&done)
 	start := time.Now()
 	lp.run()

@@ -3,8 +3,7 @@
 package worker
 
 import (
-	"unsafe"
-
+	"github.com/herd-run/herd/internal/held"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,7 +27,7 @@ import (
 //
 // It is the native engine's held epoll_wait (internal/httpd, wait) without
 // the events, and safe for the same reasons, which setProcs checks with
-// httpd.CanHoldP: the runtime's preemption signal interrupts the wait with
+// held.CanHold: the runtime's preemption signal interrupts the wait with
 // EINTR — sysmon's every 10ms, a stop-the-world's at once — and the wait
 // returns into a function call, where the goroutine can be preempted; the
 // wait is bounded anyway (50ms) should a signal be lost.
@@ -57,5 +56,5 @@ func anchor(stop <-chan struct{}, msec int) {
 //
 //go:noinline
 func anchorWait(ep int, ev *[1]unix.EpollEvent, msec int) {
-	unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&ev[0])), 1, uintptr(msec), 0, 0)
+	held.EpollWait(ep, ev[:], msec)
 }

@@ -10,7 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/herd-run/herd/internal/accept"
-	"github.com/herd-run/herd/internal/httpd"
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
@@ -79,29 +79,29 @@ func (c *control) send(msg proto.Msg) error {
 // preemption signal end it with EINTR rather than restart it, so a
 // stop-the-world never waits on it. After a second without messages the
 // wait is the ordinary one, without a bound: an idle worker sleeps. The
-// rule is accept.HeldWaits, the accepting threads' too; a held wait does
+// rule is held.Waits, the accepting threads' too; a held wait does
 // not yield, which took fdpass from 2.52 to 2.38 switches per connection
 // (medians of five interleaved runs, results/loop-wait.txt).
 func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
 	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	waits := accept.NewHeldWaits(holdFor())
-	held := false     // SO_RCVTIMEO is httpd.HeldWaitBound
+	waits := held.NewWaits(holdFor())
+	keep := false     // SO_RCVTIMEO is held.Bound
 	now := time.Now() // when the last wait ended
 	for {
 		var n, oobn int
 		var err error
-		if hold := waits.Before(now); hold != held {
+		if hold := waits.Before(now); hold != keep {
 			tv := unix.Timeval{} // no bound
 			if hold {
-				tv = unix.NsecToTimeval(httpd.HeldWaitBound.Nanoseconds())
+				tv = unix.NsecToTimeval(held.Bound.Nanoseconds())
 			}
 			if unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) == nil {
-				held = hold
+				keep = hold
 			}
 		}
-		if held {
+		if keep {
 			n, oobn, err = rawRecvmsg(c.fd, buf, oob)
 		} else {
 			n, oobn, _, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/herd-run/herd/internal/accept"
-	"github.com/herd-run/herd/internal/httpd"
+	"github.com/herd-run/herd/internal/held"
 )
 
 type idleStrategy struct{}
@@ -22,7 +22,7 @@ func (idleStrategy) Stop()                 {}
 // a spec's own number as it is, without the anchor.
 func TestSetProcs(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	if !httpd.CanHoldP(2) {
+	if !held.CanHold(2) {
 		t.Skip("GODEBUG=asyncpreemptoff=1: no P may be held")
 	}
 	var s idleStrategy

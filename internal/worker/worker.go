@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/accept"
+	"github.com/herd-run/herd/internal/held"
 	"github.com/herd-run/herd/internal/httpd"
 	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
@@ -372,14 +373,11 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 }
 
 // holdFor is how long a thread that waits for connections (accepting, or
-// fdpass's control reader) keeps its P after one came (accept.HeldWaits):
-// the engine's rule (httpd.IdleAfter), where the runtime can preempt a
-// thread by signal (httpd.CanHoldP).
+// fdpass's control reader) keeps its P after one came (held.Waits): the
+// engine's rule (held.IdleAfter); held.Waits asks whether the process may
+// hold a P at all (held.CanHold).
 func holdFor() time.Duration {
-	if httpd.CanHoldP(2) {
-		return httpd.IdleAfter
-	}
-	return 0
+	return held.IdleAfter
 }
 
 // setProcs sets the worker's GOMAXPROCS, unless the spec names one.
@@ -415,7 +413,7 @@ func (w *proc) setProcs(lanes []lane) (anchored bool) {
 		case waiters > 0:
 			want++ // net/http keeps the goroutines' P busy: one idle beside it
 		}
-		if spec.Engine != "native" && httpd.CanHoldP(want+1) {
+		if spec.Engine != "native" && held.CanHold(want+1) {
 			want++ // the anchor's
 			anchored = true
 		}
