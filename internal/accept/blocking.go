@@ -4,7 +4,6 @@ package accept
 
 import (
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,24 +69,17 @@ func (b *blocking) Stop() {
 	}
 }
 
+// Serve runs Threads accepting threads per listener and returns the first
+// error once all have returned; one broken listener stops the worker (the
+// master replaces it).
 func (b *blocking) Serve(deliver func(fd int)) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, len(b.cfg.Listeners)*b.cfg.Threads)
+	next := make(chan Listener, len(b.cfg.Listeners)*b.cfg.Threads)
 	for _, l := range b.cfg.Listeners {
 		for range b.cfg.Threads {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := b.thread(l, deliver); err != nil {
-					b.Stop() // one broken listener stops the worker; the master replaces it
-					errs <- err
-				}
-			}()
+			next <- l
 		}
 	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return runThreads(cap(next), func() error { return b.thread(<-next, deliver) }, b.Stop, nil, nil)
 }
 
 func (b *blocking) thread(l Listener, deliver func(fd int)) error {
