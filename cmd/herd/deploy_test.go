@@ -273,21 +273,27 @@ func TestUpgradeKeepsAdminSocket(t *testing.T) {
 			go func() {
 				site <- load("http://"+h.addr+"/hello.txt", []byte("hello, herd\n"), 2, 100_000, 30*time.Second, stop)
 			}()
-			adminFailed := make(chan int)
+			type adminResult struct {
+				failed int
+				first  string
+			}
+			adminFailed := make(chan adminResult)
 			go func() {
-				failed := 0
+				var res adminResult
 				for i := 0; i < 100_000; i++ {
 					select {
 					case <-stop:
-						adminFailed <- failed
+						adminFailed <- res
 						return
 					default:
 					}
 					if code, _, err := get(adminClient, adminURL+"/healthz"); err != nil || code != 200 {
-						failed++
+						if res.failed++; res.first == "" {
+							res.first = fmt.Sprintf("%s: %d %v", time.Now().Format("15:04:05.000"), code, err)
+						}
 					}
 				}
-				adminFailed <- failed
+				adminFailed <- res
 			}()
 			old := h.pid()
 			h.signal(syscall.SIGUSR2)
@@ -306,8 +312,8 @@ func TestUpgradeKeepsAdminSocket(t *testing.T) {
 			if res := <-site; res.failed != 0 {
 				t.Errorf("site across the upgrade: %d of %d failed (%s)", res.failed, res.sent, res.firstErr)
 			}
-			if n := <-adminFailed; n != 0 {
-				t.Errorf("%d admin requests failed across the upgrade", n)
+			if res := <-adminFailed; res.failed != 0 {
+				t.Errorf("%d admin requests failed across the upgrade; the first at %s", res.failed, res.first)
 			}
 			code, body, err := get(adminClient, adminURL+"/status?format=json")
 			if err != nil || code != 200 || !strings.Contains(string(body), fmt.Sprintf(`"master_pid": %d`, newPID)) {

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-run/herd/internal/shm"
@@ -45,14 +46,61 @@ const (
 	MaxConns          = 32
 )
 
-// Server returns the http.Server for the endpoint, with its timeouts.
-func Server(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
-		WriteTimeout: WriteTimeout, IdleTimeout: IdleTimeout, MaxHeaderBytes: 16 << 10}
+// An Endpoint serves the admin handler on a listener (Start) until Stop.
+type Endpoint struct {
+	srv    *http.Server
+	l      net.Listener
+	served chan struct{} // closed when Serve has returned
+	open   atomic.Int64  // connections accepted and not yet closed
 }
 
-// LimitListener caps the connections the endpoint serves at once.
-func LimitListener(l net.Listener) net.Listener { return netutil.LimitListener(l, MaxConns) }
+// Start serves h on l, with the timeouts above and at most MaxConns
+// connections at once (more wait in the backlog).
+func Start(l net.Listener, h http.Handler) *Endpoint {
+	e := &Endpoint{l: l, served: make(chan struct{})}
+	e.srv = &http.Server{Handler: h, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
+		WriteTimeout: WriteTimeout, IdleTimeout: IdleTimeout, MaxHeaderBytes: 16 << 10,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				e.open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				e.open.Add(-1)
+			}
+		}}
+	go func() {
+		defer close(e.served)
+		e.srv.Serve(netutil.LimitListener(l, MaxConns))
+	}()
+	return e
+}
+
+// Stop stops accepting and answers what was accepted: each connection the
+// endpoint took before Stop has its request read and answered, without
+// keep-alive, for at most timeout in all; what is left then is closed.
+//
+// http.Server.Shutdown is not that: a connection whose request it has not
+// read when Shutdown begins is closed unanswered (net/http's conn.serve
+// returns once the server is shutting down), and the client reads EOF.
+// Across an upgrade the old master closes its listener and stops a moment
+// after taking a connection whose request was still on its way: a health
+// check, failed for nothing, since the new master answers on the same
+// socket. (A worker's net/http engine drains around the same trap:
+// internal/worker/nethttp.go.) The listener may have been closed already
+// (the master closes it when an upgrade hands over).
+func (e *Endpoint) Stop(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	e.l.Close()
+	select {
+	case <-e.served: // no connection is accepted, or counted, after this
+	case <-time.After(timeout):
+	}
+	e.srv.SetKeepAlivesEnabled(false) // and closes the idle ones
+	for e.open.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.srv.Close()
+}
 
 // Source is what the endpoint reads from the master.
 type Source interface {

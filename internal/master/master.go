@@ -25,7 +25,6 @@
 package master
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -356,15 +355,8 @@ func (m *Master) Run() error {
 	m.every(ticketRotation, evRotateTickets)
 	m.every(time.Second, evHeartbeat) // always: a reload may turn --worker-timeout on
 	if m.admin != nil {
-		srv := admin.Server(admin.Handler(adminSource{m}))
-		go srv.Serve(admin.LimitListener(m.admin))
-		defer func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if srv.Shutdown(ctx) != nil {
-				srv.Close()
-			}
-		}()
+		endpoint := admin.Start(m.admin, admin.Handler(adminSource{m}))
+		defer endpoint.Stop(time.Second)
 		m.log.Info("admin endpoint", "listen", m.admin.Addr().String())
 	}
 	m.fillSlots()
