@@ -86,7 +86,7 @@ func (c *control) read(gone chan<- struct{}) {
 	defer close(gone)
 	buf := make([]byte, proto.MaxMsg)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	waits := held.NewWaits(holdFor())
+	waits := held.NewWaits(held.IdleAfter)
 	keep := false     // SO_RCVTIMEO is held.Bound
 	now := time.Now() // when the last wait ended
 	for {

@@ -244,9 +244,10 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 			Options: spec.Accept, Listeners: ls, Stats: st, Log: log, PID: os.Getpid(),
 			LockFile: lockFile, Mutex: mutex, Passes: w.ctrl.passes, Nonblock: true,
 			Loop: loop && spec.Accept.WithDefaults().Threads == 1,
-			// Blocked accepting threads wait as the loop does. setProcs
-			// sets GOMAXPROCS later; the strategy checks it when it serves.
-			HoldFor: holdFor(),
+			// Blocked accepting threads wait as the loop does (held.Waits:
+			// held for a second after a connection came). setProcs sets
+			// GOMAXPROCS later; held.Waits asks held.CanHold when it serves.
+			HoldFor: held.IdleAfter,
 		})
 	}
 	handler := func() http.Handler {
@@ -370,14 +371,6 @@ func (w *proc) nativeEngine(strat accept.Strategy, deferred bool, alog *accessLo
 	}
 	eng, err := httpd.New(cfg)
 	return eng, cfg.Inline != nil, err
-}
-
-// holdFor is how long a thread that waits for connections (accepting, or
-// fdpass's control reader) keeps its P after one came (held.Waits): the
-// engine's rule (held.IdleAfter); held.Waits asks whether the process may
-// hold a P at all (held.CanHold).
-func holdFor() time.Duration {
-	return held.IdleAfter
 }
 
 // setProcs sets the worker's GOMAXPROCS, unless the spec names one.
