@@ -24,6 +24,23 @@ const (
 	lingerTime    = 30 * time.Second
 )
 
+// A turn of the loop gives each connection it serves a share: at most
+// turnRead bytes read and turnSend bytes sent. A connection that uses its
+// share up waits for the next turn, after every other connection ready in
+// this one, and the loop's wait does not block while one waits (again).
+// Without the shares a client that kept its socket busy held the loop for
+// as long as it liked, and every other client of the worker waited: by
+// pipelining requests with large heads, by sending a body to a lingering
+// close, or by reading a large file as fast as loopback carries it. nginx
+// bounds the sending side the same way (sendfile_max_chunk, 2 MiB by
+// default since 1.21.4: without it one fast connection may seize the
+// worker); the reading share is four of the largest heads a client may
+// send.
+const (
+	turnRead = 4 * MaxHeaderBytes
+	turnSend = 2 << 20
+)
+
 // conn is one client connection.
 type conn struct {
 	fd          int
@@ -50,6 +67,10 @@ type conn struct {
 	since       time.Time
 	lingerStart time.Time
 	requests    int
+	turn        uint64 // the loop's turn readLeft and sendLeft are for
+	readLeft    int    // of this turn's share (turnRead)
+	sendLeft    int    // of this turn's share (turnSend)
+	again       bool   // used its share: queued for the next turn
 	answerLog          // of the answer being sent
 	peer        string // the client's address, once the access log asked
 
@@ -211,6 +232,9 @@ func (e *Engine) read(c *conn) bool {
 		}
 		return false
 	}
+	if e.shareUsed(c, &c.readLeft) {
+		return false
+	}
 	if len(c.rbuf) == cap(c.rbuf) {
 		if cap(c.rbuf) >= MaxHeaderBytes+MaxBody {
 			e.fail(c, refuse(431, "Request Header Fields Too Large"))
@@ -249,6 +273,7 @@ func (e *Engine) read(c *conn) bool {
 	}
 	c.dry = c.tls == nil && n < cap(c.rbuf)-len(c.rbuf)
 	c.rbuf = c.rbuf[:len(c.rbuf)+n]
+	c.readLeft -= n
 	return true
 }
 
@@ -268,6 +293,9 @@ func (e *Engine) flush(c *conn) bool {
 			// the client may have sent more: that connection lingers.
 			flags |= unix.MSG_MORE
 		}
+		if e.shareUsed(c, &c.sendLeft) {
+			return false
+		}
 		n, err := rawSend(c.fd, c.out[c.outOff:], flags)
 		if err == unix.EAGAIN {
 			return e.watchWrites(c)
@@ -276,13 +304,17 @@ func (e *Engine) flush(c *conn) bool {
 			e.closeConn(c)
 			return false
 		}
+		c.sendLeft -= max(n, 0)
 		c.outOff += n
 		c.since = e.now
 		e.cfg.Stats.Add(shm.BytesOut, int64(n))
 	}
 	for c.file != nil && c.off < c.end {
+		if e.shareUsed(c, &c.sendLeft) {
+			return false
+		}
 		off := c.off
-		n, err := e.sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, 1<<30)))
+		n, err := e.sendfile(c.fd, c.file.fd, &off, int(min(c.end-c.off, int64(c.sendLeft))))
 		if err == unix.EAGAIN {
 			return e.watchWrites(c)
 		}
@@ -296,6 +328,7 @@ func (e *Engine) flush(c *conn) bool {
 		}
 		c.off += int64(n)
 		c.fileSent += int64(n)
+		c.sendLeft -= n
 		c.since = e.now
 		e.cfg.Stats.Add(shm.BytesOut, int64(n))
 	}
@@ -368,7 +401,7 @@ func (e *Engine) linger(c *conn) {
 // closes it at the client's FIN (or an error).
 func (e *Engine) discard(c *conn) {
 	buf := c.rbuf[:cap(c.rbuf)]
-	for {
+	for !e.shareUsed(c, &c.readLeft) {
 		n, err := rawRead(c.fd, buf)
 		switch {
 		case err == unix.EAGAIN:
@@ -379,8 +412,36 @@ func (e *Engine) discard(c *conn) {
 			e.closeConn(c)
 			return
 		}
+		c.readLeft -= n
 		c.since = e.now
 	}
+}
+
+// shareUsed reports whether c has used up the part of its share for this
+// turn that left counts (its readLeft or sendLeft; see turnRead), and if
+// so queues it for the next turn. A connection's first look in a turn
+// gives it a new share.
+func (e *Engine) shareUsed(c *conn, left *int) bool {
+	if c.turn != e.turn {
+		c.turn, c.readLeft, c.sendLeft = e.turn, turnRead, turnSend
+	}
+	if *left > 0 {
+		return false
+	}
+	e.again(c)
+	return true
+}
+
+// again queues c to be served in the next turn of the loop, as if its
+// socket had reported both readable and writable: what it stopped at goes
+// on from there. A front queues nothing: it hands the connection to the
+// loop, whose registration reports what is ready (adopt).
+func (e *Engine) again(c *conn) {
+	if e.loop != nil || c.again {
+		return
+	}
+	c.again = true
+	e.next = append(e.next, c)
 }
 
 func (e *Engine) closeConn(c *conn) {

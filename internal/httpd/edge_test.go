@@ -3,14 +3,18 @@ package httpd
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -595,4 +599,374 @@ func TestRedirectHTTPS(t *testing.T) {
 			t.Errorf("%s: %d %q, want 301 %q", firstLine(tc.raw), r.StatusCode, r.Header.Get("Location"), tc.location)
 		}
 	}
+}
+
+// One client cannot hold a worker's loop: a connection that keeps its
+// socket busy gets a share of each turn (turnRead, turnSend), and a request
+// on another connection is answered in the next turn. Each flood is queued
+// in the kernel while the loop is held in OnRequest, with buffers large
+// enough that the socket cannot run dry or fill within a few shares; then
+// the victim asks, the loop goes on, and what the loop had moved of the
+// flood when the victim's answer came is measured in the kernel's queues.
+// Without the shares the loop moved all of it first.
+func TestOneClientCannotHoldTheLoop(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
+	}
+	root, _ := siteRoot(t)
+	fat := "GET /hello.txt HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 90)+"\r\n", 90) + "\r\n"
+	for _, tc := range []struct {
+		name  string
+		first string // answered while the loop is held
+		flood string // queued meanwhile, as often as the kernel takes it
+		send  bool   // the flood is of answers the loop sends, not bytes it reads
+		tls   bool   // over TLS (the loop's sends of sealed records)
+		limit int    // what the loop may move of it before the victim's turn
+	}{
+		{"pipelined requests with 9 KB heads", fat, strings.Repeat(fat, 8), false, false, 4 * turnRead},
+		{"a body sent to a lingering close", "POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+			strings.Repeat("x", 64<<10), false, false, 4 * turnRead},
+		{"a large file taken as fast as it comes", get("/big.bin"), strings.Repeat(get("/big.bin"), 64), true, false, 3 * turnSend},
+		{"a large file over TLS", get("/big.bin"), strings.Repeat(get("/big.bin"), 64), true, true, 3 * turnSend},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The loop is held twice: in OnRequest while the flood is
+			// queued, and in the access log's write for the victim's
+			// answer while the queues are measured.
+			entered, release := make(chan struct{}), make(chan struct{})
+			answered, measured := make(chan struct{}), make(chan struct{})
+			var hold atomic.Bool
+			var cert tls.Certificate
+			if tc.tls {
+				cert = testCert(t)
+			}
+			addr, _ := inlineEngine(t, root, func(c *Config) {
+				if tc.tls {
+					c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+				}
+				c.OnRequest = func(uint64) {
+					if hold.CompareAndSwap(true, false) {
+						close(entered)
+						<-release
+					}
+				}
+				c.AccessLog = writerFunc(func(line []byte) {
+					if bytes.Contains(line, []byte("GET /index.html ")) {
+						close(answered)
+						<-measured
+					}
+				})
+			})
+			var clientTLS *tls.Config
+			if tc.tls {
+				clientTLS = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+			}
+			connect := func() (net.Conn, *net.TCPConn) { return bigConn(t, addr, clientTLS) }
+			victim, _ := connect()
+			vr := bufio.NewReader(victim)
+			ask := func() {
+				t.Helper()
+				io.WriteString(victim, get("/hello.txt"))
+				resp, err := http.ReadResponse(vr, nil)
+				if err != nil {
+					t.Fatalf("the victim's answer: %v", err)
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			ask() // the victim is the loop's, idle between requests
+
+			flood, sock := connect()
+			hold.Store(true)
+			io.WriteString(flood, tc.first)
+			select {
+			case <-entered:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the flood's first request was not answered")
+			}
+			wrote := queueFlood(t, flood, sock, tc.flood, tc.send)
+			io.WriteString(victim, get("/index.html"))
+			close(release)
+			select {
+			case <-answered:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the victim was not answered")
+			}
+			defer close(measured)
+
+			var moved, queued int
+			if tc.send {
+				// Nothing of the flood's answers was read: the client's
+				// receive queue holds what the loop sent.
+				moved = socketQueue(t, sock, unix.SIOCINQ)
+				queued = (strings.Count(tc.flood, "GET ") + 1) * (1 << 20)
+			} else {
+				// Written (all of it received), less what the server has not
+				// read.
+				moved = wrote - serverReceiveQueue(t, sock)
+				queued = wrote
+			}
+			t.Logf("the loop had moved %d bytes of the flood (%d queued) when the victim was answered", moved, queued)
+			if queued < 4*tc.limit {
+				t.Fatalf("the kernel queued %d bytes of the flood; the test needs %d", queued, 4*tc.limit)
+			}
+			if moved > tc.limit {
+				t.Errorf("the loop moved %d bytes of one connection's flood before it answered another (limit %d): one client held the loop", moved, tc.limit)
+			}
+		})
+	}
+}
+
+// A front (front.go) takes its share of a connection and no more: an
+// accepting thread that answered a flood's first request hands the
+// connection to the loop after a share, and goes on accepting. Without the
+// share it read the whole flood first — and a front busy for a second
+// stops the worker's heartbeat (frontStuck), so one client could have the
+// worker replaced.
+func TestFrontTakesOneShare(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
+	}
+	root, _ := siteRoot(t)
+	fat := "GET /hello.txt HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 90)+"\r\n", 90) + "\r\n"
+	// Held in turn, each in OnRequest: the loop (so that it cannot serve
+	// the flood once a front hands it over), then the accepting goroutine's
+	// front (while the flood is queued); and the front answering the
+	// victim, in its access log write, while the queues are measured.
+	var holdLoop, holdFront atomic.Bool
+	loopHeld, loopRelease := make(chan struct{}), make(chan struct{})
+	frontHeld, frontRelease := make(chan struct{}), make(chan struct{})
+	answered, measured := make(chan struct{}), make(chan struct{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := l.(*net.TCPListener).SyscallConn()
+	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := serveListener(t, l, root, func(c *Config) {
+		c.ReadFirst = true // accepted once the first request is there, so a front answers it
+		c.OnRequest = func(uint64) {
+			switch {
+			case holdLoop.CompareAndSwap(true, false):
+				close(loopHeld)
+				<-loopRelease
+			case holdFront.CompareAndSwap(true, false):
+				close(frontHeld)
+				<-frontRelease
+			}
+		}
+		c.AccessLog = writerFunc(func(line []byte) {
+			if bytes.Contains(line, []byte("GET /index.html ")) {
+				close(answered)
+				<-measured
+			}
+		})
+	})
+	wait := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s did not come", what)
+		}
+	}
+	keeper, _ := bigConn(t, addr, nil)
+	kr := bufio.NewReader(keeper)
+	io.WriteString(keeper, get("/hello.txt"))
+	if _, err := http.ReadResponse(kr, nil); err != nil { // a front answers; the loop adopts it
+		t.Fatal(err)
+	}
+	holdLoop.Store(true)
+	for range 100 { // until the loop, not a front, answers it
+		io.WriteString(keeper, get("/hello.txt"))
+		select {
+		case <-loopHeld:
+		case <-time.After(100 * time.Millisecond):
+			if _, err := http.ReadResponse(kr, nil); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		break
+	}
+	defer close(loopRelease)
+	wait(loopHeld, "the loop's hold")
+
+	// The accepting goroutine is held in a front answering another
+	// connection while the flood is queued behind it, whole, before the
+	// flood is accepted.
+	gate, _ := bigConn(t, addr, nil)
+	holdFront.Store(true)
+	io.WriteString(gate, get("/hello.txt"))
+	wait(frontHeld, "the front's hold")
+	flood, sock := bigConn(t, addr, nil)
+	wrote := queueFlood(t, flood, sock, strings.Repeat(fat, 8), false)
+	victim, _ := bigConn(t, addr, nil) // accepted after the flood
+	io.WriteString(victim, get("/index.html"))
+	close(frontRelease)
+	wait(answered, "the victim's answer")
+	defer close(measured)
+	moved := wrote - serverReceiveQueue(t, sock)
+	t.Logf("the front had read %d bytes of the flood (%d queued) when the next connection was answered", moved, wrote)
+	if moved > 4*turnRead {
+		t.Errorf("the front read %d bytes of one connection before it took the next (limit %d)", moved, 4*turnRead)
+	}
+}
+
+// bigConn dials addr with a receive buffer of 64 MiB, over TLS if conf is
+// set, and returns the connection and its socket.
+func bigConn(t *testing.T, addr string, conf *tls.Config) (net.Conn, *net.TCPConn) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) })
+		return err
+	}}
+	raw, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	raw.SetDeadline(time.Now().Add(30 * time.Second))
+	if conf == nil {
+		return raw, raw.(*net.TCPConn)
+	}
+	c := tls.Client(raw, conf)
+	if err := c.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return c, raw.(*net.TCPConn)
+}
+
+// queueFlood writes flood to c once (requests whose answers are the flood:
+// once) or until 8 MiB are written, and waits until all of it is in the
+// server's receive queue, so that nothing moves between the sockets while
+// the test measures them. It returns the bytes written.
+func queueFlood(t *testing.T, c net.Conn, sock *net.TCPConn, flood string, once bool) int {
+	t.Helper()
+	var wrote int
+	for wrote < 8<<20 {
+		n, err := io.WriteString(c, flood)
+		wrote += n
+		if err != nil {
+			t.Fatalf("queueing the flood: %v after %d bytes", err, wrote)
+		}
+		if once {
+			break
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); socketQueue(t, sock, unix.SIOCOUTQNSD) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's receive queue took %d bytes of %d", wrote-socketQueue(t, sock, unix.SIOCOUTQNSD), wrote)
+		}
+	}
+	return wrote
+}
+
+// writerFunc is an io.Writer that is a function.
+type writerFunc func(p []byte)
+
+func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }
+
+// socketQueue is a client socket's receive queue (SIOCINQ) or the part of
+// its send queue not sent yet (SIOCOUTQNSD), in bytes.
+func socketQueue(t *testing.T, c *net.TCPConn, req uint) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), req) })
+	if err != nil {
+		t.Fatalf("ioctl: %v", err)
+	}
+	return n
+}
+
+// serverReceiveQueue is what the server's end of c has received and the
+// server not yet read: rx_queue in /proc/net/tcp.
+func serverReceiveQueue(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	hexAddr := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	local, remote := hexAddr(c.RemoteAddr().(*net.TCPAddr)), hexAddr(c.LocalAddr().(*net.TCPAddr))
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[1] == local && f[2] == remote {
+			_, rx, _ := strings.Cut(f[4], ":")
+			n, err := strconv.ParseInt(rx, 16, 64)
+			if err != nil {
+				t.Fatalf("/proc/net/tcp: %q: %v", line, err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("/proc/net/tcp has no socket %s -> %s", local, remote)
+	return 0
+}
+
+// inlineEngine runs an engine that accepts inside its loop, as under the
+// exclusive strategy (testEngine's connections are answered first on the
+// accepting goroutine, a front), and returns its address. Its listener's
+// receive buffer, which accepted connections inherit, is 64 MiB.
+func inlineEngine(t *testing.T, root string, tune func(*Config)) (string, *shm.Record) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := dupFD(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	in := &testInline{fd: fd}
+	cfg := Config{Root: root, Inline: in, Nonblocking: true}
+	if tune != nil {
+		tune(&cfg)
+	}
+	_, st := runEngine(t, cfg)
+	in.st.Store(st)
+	return l.Addr().String(), st
+}
+
+// testInline is an Inline strategy with one listener, accepting one
+// connection per readiness, as exclusive does without multi-accept.
+type testInline struct {
+	fd int
+	st atomic.Pointer[shm.Record] // set once the engine runs, before the test dials
+}
+
+func (in *testInline) Attach(ep int, base int32) error {
+	return unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, in.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: base})
+}
+
+func (in *testInline) Ready(ep int, i int, deliver func(fd int)) error {
+	fd, _, err := unix.Accept4(in.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err == nil {
+		in.st.Load().Inc(shm.Active)
+		deliver(fd)
+	}
+	return nil
+}
+
+func (in *testInline) Detach(ep int, deliver func(fd int)) {
+	unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, in.fd, nil)
 }

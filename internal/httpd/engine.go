@@ -159,6 +159,9 @@ type Engine struct {
 	lastCheck time.Time    // a front's last look at the document root
 	busySince atomic.Int64 // a front answering since (UnixNano), or 0
 
+	turn    uint64  // the loop's turns, counted (conn.turn)
+	next    []*conn // connections that used their share of this turn, for the next (again)
+	later   []*conn // the list being served, kept for its array
 	free    []*conn // closed connections, with their buffers, for reuse
 	now     time.Time
 	date    []byte
@@ -286,6 +289,9 @@ func (e *Engine) Run() error {
 				return err
 			}
 		}
+		if len(e.next) > 0 {
+			timeout = 0 // connections wait for their next share (again)
+		}
 		n, err := w.wait(e.events, timeout, busy, e.now)
 		busy = n > 1
 		if err != nil && err != unix.EINTR {
@@ -296,6 +302,12 @@ func (e *Engine) Run() error {
 		if n > 0 {
 			w.active = e.now
 		}
+		// A new turn: every connection served from here on gets a new
+		// share, and those that used theirs in the last turn are served
+		// after this turn's events.
+		e.turn++
+		again := e.next
+		e.next = e.later[:0]
 		// Accept first, as nginx handles its posted accept events first.
 		// Under a Cycler the new connections' first reads wait until the
 		// mutex is released (postReads), as nginx posts them too.
@@ -335,6 +347,14 @@ func (e *Engine) Run() error {
 				e.serve(c, ev.Events)
 			}
 		}
+		for i, c := range again {
+			again[i] = nil
+			c.again = false
+			if e.conns[c.fd] == c {
+				e.serve(c, unix.EPOLLIN|unix.EPOLLOUT)
+			}
+		}
+		e.later = again[:0]
 		if e.now.Sub(lastSweep) >= 500*time.Millisecond {
 			e.sweep()
 			lastSweep = e.now

@@ -111,6 +111,7 @@ func (f *Engine) serveFirst(fd int) {
 	}
 	c := f.newConn(fd)
 	f.conns[fd] = c
+	f.turn++ // a share of its own for each connection (turnRead)
 	f.onReadable(c)
 	if f.conns[fd] != c {
 		return // answered and closed
@@ -138,6 +139,7 @@ func (f *Engine) serveFirst(fd int) {
 // partly read, with an answer partly sent, or lingering.
 func (e *Engine) adopt(c *conn) {
 	e.conns[c.fd] = c
+	c.turn = 0 // the front's turns are not the loop's
 	if e.atLimit() {
 		e.closeConn(c)
 		return

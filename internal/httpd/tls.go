@@ -348,6 +348,9 @@ func (e *Engine) settleTLS(c *conn) bool {
 func (e *Engine) sendSealed(c *conn) bool {
 	s := c.sock
 	for s.sent < len(s.out) {
+		if e.shareUsed(c, &c.sendLeft) {
+			return false
+		}
 		n, err := rawSend(c.fd, s.out[s.sent:], unix.MSG_NOSIGNAL)
 		if err == unix.EAGAIN {
 			return e.watchWrites(c)
@@ -356,6 +359,7 @@ func (e *Engine) sendSealed(c *conn) bool {
 			e.closeConn(c)
 			return false
 		}
+		c.sendLeft -= max(n, 0)
 		s.sent += max(n, 0)
 		c.since = e.now
 		e.cfg.Stats.Add(shm.BytesOut, int64(max(n, 0)))
