@@ -473,7 +473,9 @@ func (e *Engine) closeConn(c *conn) {
 	rawClose(c.fd)
 	e.cfg.Stats.Add(shm.Active, -1)
 	c.tls, c.sock, c.h2 = nil, nil, nil
-	if len(e.free) < 1024 && cap(c.rbuf) <= 8<<10 && cap(c.out) <= 8<<10 {
+	// One queued for the next turn (again) is not reused: the queue knows
+	// it by its pointer.
+	if len(e.free) < 1024 && cap(c.rbuf) <= 8<<10 && cap(c.out) <= 8<<10 && !c.again {
 		e.free = append(e.free, c)
 	}
 }
