@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Does each defence in docs/SECURITY.md have a test that fails without it?
+
+For each mutation below — one change that removes or loosens one defence —
+this applies it to a scratch worktree of HEAD, runs the tests that claim to
+cover the defence, and reports CAUGHT (a test failed) or MISSED (all
+passed; the claim is not backed). The work tree is not touched.
+
+    bench/mutations.py            # every mutation (about five minutes here)
+    bench/mutations.py share      # those whose name contains "share"
+
+Needs root for the tests that force socket buffers (TestOneClientCannotHoldTheLoop).
+"""
+import os, subprocess, sys, tempfile
+
+# name, file, the text removed, what replaces it, the tests (a -run pattern), the package
+MUTATIONS = [
+    ('FIFO opened blocking',
+     'internal/httpd/files.go',
+     'unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK)',
+     'unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY)',
+     'TestSpecialFilesDoNotBlock', './internal/httpd'),
+    ('climbing above / not refused',
+     'internal/httpd/files.go',
+     '\t\t\tif depth--; depth < 0 {\n\t\t\t\treturn true',
+     '\t\t\tif depth--; depth < -1000 {\n\t\t\t\treturn true',
+     'TestClimbingAboveTheRoot|TestServeFiles|TestParse', './internal/httpd'),
+    ('RESOLVE_BENEATH dropped',
+     'internal/httpd/files.go',
+     '\t\t\thow.Resolve |= unix.RESOLVE_BENEATH',
+     '\t\t\thow.Resolve |= 0',
+     'TestContainment', './internal/httpd'),
+    ('redirect segments not escaped',
+     'internal/httpd/response.go',
+     '\t\tb.WriteString(url.PathEscape(seg))',
+     '\t\tb.WriteString(seg)',
+     'TestRedirectLocation', './internal/httpd'),
+    ('listing names not escaped',
+     'internal/httpd/response.go',
+     'label, href := ent.Name, "./"+url.PathEscape(ent.Name)',
+     'label, href := ent.Name, ent.Name',
+     'TestAutoindexLinksStayRelative|TestAutoindex', './internal/httpd'),
+    ('accept does not pause on EMFILE',
+     'internal/accept/accept.go',
+     '\ttime.Sleep(exhaustionPause)\n\treturn true',
+     '\treturn true',
+     'TestDescriptorExhaustion', './...'),
+    ('EMFILE at open is a 500',
+     'internal/httpd/response.go',
+     '\tcase unix.EMFILE, unix.ENFILE:\n\t\tif !e.files.shortLogged {',
+     '\tcase unix.Errno(12345):\n\t\tif !e.files.shortLogged {',
+     'TestOutOfDescriptors', './internal/httpd'),
+    ('no TCP_DEFER_ACCEPT',
+     'internal/master/listen.go',
+     'unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs)',
+     'unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1+0*secs)',
+     'TestDeferAccept', './...'),
+    ('access log counts the whole file',
+     'internal/httpd/response.go',
+     'e.endAnswer(&c.answerLog, int64(max(0, min(c.outOff, len(c.out))-c.headLen))+c.fileSent)',
+     'e.endAnswer(&c.answerLog, int64(max(0, min(c.outOff, len(c.out))-c.headLen))+c.end)',
+     'TestAccessLogCountsWhatWasSent', './internal/httpd'),
+    ('no header timeout',
+     'internal/httpd/engine.go',
+     '\t\t\tif e.now.Sub(c.since) > e.cfg.HeaderTimeout {\n\t\t\t\te.fail(c, refuse(408',
+     '\t\t\tif e.now.Sub(c.since) > 1000*e.cfg.HeaderTimeout {\n\t\t\t\te.fail(c, refuse(408',
+     'TestTimeouts|TestSlowloris', './...'),
+    ('TLS handshakes unbounded',
+     'internal/httpd/tls.go',
+     'refuse := e.stopped || len(e.shaking) >= e.cfg.WorkerConnections',
+     'refuse := e.stopped',
+     'TestTLSHandshakesBounded|TestTLSHandshakeFailures', './internal/httpd'),
+    ('h2 CONTINUATION unbounded',
+     'internal/httpd/h2.go',
+     '\t\tif len(h.block)+len(p) > MaxHeaderBytes {\n\t\t\treturn errEnhanceYourCalm',
+     '\t\tif len(h.block)+len(p) > 1000*MaxHeaderBytes {\n\t\t\treturn errEnhanceYourCalm',
+     'TestH2Limits', './internal/httpd'),
+    ('h2 unended streams unbounded',
+     'internal/httpd/h2.go',
+     '\t\tif len(h.open) >= 2*h2Streams {',
+     '\t\tif len(h.open) >= 2000*h2Streams {',
+     'TestH2UnendedStreamsBounded', './internal/httpd'),
+    ('h2 streams unbounded',
+     'internal/httpd/h2.go',
+     '\tif len(h.streams) >= h2Streams || len(h.open) > h2Streams {',
+     '\tif false {',
+     'TestH2StreamLimit|TestH2UnendedStreamsBounded', './internal/httpd'),
+    ('backlog above somaxconn not reported',
+     'internal/master/master.go',
+     '\tif max := somaxconn(); max > 0 && cfg.Backlog > max {',
+     '\tif max := somaxconn(); false && max > 0 && cfg.Backlog > max {',
+     'TestBacklogAboveSomaxconnIsReported', './...'),
+    ('root not followed by the loop',
+     'internal/httpd/engine.go',
+     '\tswitch changed, err := e.files.refreshRoot(); {',
+     '\tswitch changed, err := false, error(nil); {',
+     'TestRootFollowsDeploy', './internal/httpd'),
+    ('changed file not rechecked (valid forever)',
+     'internal/httpd/files.go',
+     'valid: time.Second, max: 4096',
+     'valid: time.Hour, max: 4096',
+     'TestChangedFileServedAnew', './internal/httpd'),
+    ('TE with CL accepted',
+     'internal/httpd/request.go',
+     '\tcase r.encoding && (r.lengths > 0 || r.minor == 0):',
+     '\tcase r.encoding && (r.minor == 0):',
+     'TestLimitsAndMalformed|TestParseTable|TestParseProtocolDetails', './internal/httpd'),
+    ('two CLs that differ accepted',
+     'internal/httpd/request.go',
+     '\t\tif !ok || (r.lengths > 0 && n != r.length) {',
+     '\t\tif !ok {',
+     'TestLimitsAndMalformed|TestParseTable', './internal/httpd'),
+    ('h2 CR LF in values',
+     'internal/httpd/h2.go',
+     '\t\tif strings.ContainsAny(f.Value, "\\r\\n\\x00") {',
+     '\t\tif strings.ContainsAny(f.Value, "\\x00") {',
+     'TestH2Head|TestH2FlowControlAndFrames', './internal/httpd'),
+    ('h2 stream window ignored',
+     'internal/httpd/h2.go',
+     '\t\tn := int(min(int64(h.maxFrame), h.window, s.window, s.left()))',
+     '\t\tn := int(min(int64(h.maxFrame), h.window, s.left()))',
+     'TestH2FlowControlAndFrames', './internal/httpd'),
+    ('admin no header timeout',
+     'internal/admin/admin.go',
+     '\tReadHeaderTimeout = 5 * time.Second',
+     '\tReadHeaderTimeout = 5000 * time.Second',
+     'TestAdminIdleClientsAreBounded', './...'),
+    ('no read share per turn',
+     'internal/httpd/conn.go',
+     '\tturnRead = 4 * MaxHeaderBytes',
+     '\tturnRead = 1 << 40',
+     'TestOneClientCannotHoldTheLoop|TestFrontTakesOneShare', './internal/httpd'),
+    ('no send share per turn',
+     'internal/httpd/conn.go',
+     '\tturnSend = 2 << 20',
+     '\tturnSend = 1 << 40',
+     'TestOneClientCannotHoldTheLoop', './internal/httpd'),
+]
+
+
+def main():
+    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    tree = tempfile.mkdtemp(prefix="herd-mutations-")
+    subprocess.run(["git", "-C", repo, "worktree", "add", "-q", "--detach", tree, "HEAD"], check=True)
+    missed = 0
+    try:
+        print(f"# bench/mutations.py at {head}: one defence removed at a time, its tests run")
+        for name, path, old, new, tests, pkg in MUTATIONS:
+            if only not in name:
+                continue
+            file = os.path.join(tree, path)
+            text = open(file).read()
+            if text.count(old) != 1:
+                print(f"STALE   {name}: the text to change is found {text.count(old)} times in {path}")
+                missed += 1
+                continue
+            open(file, "w").write(text.replace(old, new))
+            try:
+                r = subprocess.run(["go", "test", "-count=1", "-timeout", "90s", "-run", tests, pkg],
+                                   cwd=tree, capture_output=True, text=True)
+            finally:
+                open(file, "w").write(text)
+            out = r.stdout + r.stderr
+            if "build failed" in out or "setup failed" in out:
+                verdict = "BROKEN "  # the mutation does not compile: fix the list
+                missed += 1
+            elif r.returncode != 0:
+                verdict = "CAUGHT "
+            else:
+                verdict = "MISSED "
+                missed += 1
+            failed = [l.strip()[8:].split(" ")[0] for l in out.splitlines() if l.strip().startswith("--- FAIL")]
+            if not failed and "panic: test timed out" in out:
+                failed = ["(timed out)"]
+            print(f"{verdict} {name}  [{path}; {', '.join(failed[:3]) or tests}]", flush=True)
+    finally:
+        subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree])
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
