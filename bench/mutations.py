@@ -171,7 +171,7 @@ def main():
             else:
                 verdict = "MISSED "
                 missed += 1
-            failed = [l.strip()[8:].split(" ")[0] for l in out.splitlines() if l.strip().startswith("--- FAIL")]
+            failed = [l.split()[2] for l in out.splitlines() if l.strip().startswith("--- FAIL:")]
             if not failed and "panic: test timed out" in out:
                 failed = ["(timed out)"]
             print(f"{verdict} {name}  [{path}; {', '.join(failed[:3]) or tests}]", flush=True)
