@@ -171,10 +171,10 @@ def main():
             else:
                 verdict = "MISSED "
                 missed += 1
-            failed = [l.split()[2] for l in out.splitlines() if l.strip().startswith("--- FAIL:")]
+            failed = [l.split()[2] for l in out.splitlines() if l.strip().startswith("--- FAIL:") and "/" not in l.split()[2]]
             if not failed and "panic: test timed out" in out:
                 failed = ["(timed out)"]
-            print(f"{verdict} {name}  [{path}; {', '.join(failed[:3]) or tests}]", flush=True)
+            print(f"{verdict} {name}  [{path}; {', '.join(failed[:4]) or tests}]", flush=True)
     finally:
         subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree])
     sys.exit(1 if missed else 0)
