@@ -134,7 +134,7 @@ MUTATIONS = [
      'internal/httpd/conn.go',
      '\tturnSend = 2 << 20',
      '\tturnSend = 1 << 40',
-     'TestOneClientCannotHoldTheLoop', './internal/httpd'),
+     'TestOneClientCannotHoldTheLoop|TestFrontTakesOneShare', './internal/httpd'),
 ]
 
 
