@@ -732,9 +732,10 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 // A front (front.go) takes its share of a connection and no more: an
 // accepting thread that answers a flood hands the connection to the loop
 // after a share, and goes on accepting. Without the share it read the
-// whole flood first, or sent answers for as long as the client took them —
-// and a front busy for a second stops the worker's heartbeat (frontStuck),
-// so one client could have the worker replaced.
+// whole flood first, or sent answers for as long as the client took them;
+// the accepting thread took no one else meanwhile, and a front on one
+// connection for a second stops the worker's heartbeat (frontStuck), which
+// past --worker-timeout has the master replace the worker.
 func TestFrontTakesOneShare(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
