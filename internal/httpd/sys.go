@@ -47,9 +47,16 @@ func rawSend(fd int, p []byte, flags int) (int, error) {
 // wrk -c16, 0.1 made raw (strace -c -f on the workers). The loop waits
 // for the call either way, also when the file must come from the disk
 // (as nginx's does without aio): only the handing off of the P is saved.
+//
+// Either way a failed call sends 0 bytes: unix.Sendfile returns the
+// system call's -1, which the caller would add to its offset on EINTR.
 func (e *Engine) sendfile(out, in int, off *int64, count int) (int, error) {
 	if !e.mayHoldP() {
-		return unix.Sendfile(out, in, off, count)
+		n, err := unix.Sendfile(out, in, off, count)
+		if err != nil {
+			return 0, err
+		}
+		return n, nil
 	}
 	return rawSendfile(out, in, off, count)
 }
