@@ -623,11 +623,8 @@ const (
 // flood when the victim's answer came is measured in the kernel's queues.
 // Without the shares the loop moved all of it first.
 func TestOneClientCannotHoldTheLoop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
-	}
+	needForcedBuffers(t)
 	root, _ := siteRoot(t)
-	fat := "GET /hello.txt HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 90)+"\r\n", 90) + "\r\n"
 	for _, tc := range []struct {
 		name  string
 		first string // answered while the loop is held
@@ -636,7 +633,7 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 		tls   bool   // over TLS (the loop's sends of sealed records)
 		limit int    // what the loop may move of it before the victim's turn
 	}{
-		{"pipelined requests with 9 KB heads", fat, strings.Repeat(fat, 8), false, false, readLimit},
+		{"pipelined requests with 9 KB heads", fatRequest, strings.Repeat(fatRequest, 8), false, false, readLimit},
 		{"a body sent to a lingering close", "POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
 			strings.Repeat("x", 64<<10), false, false, readLimit},
 		{"a large file taken as fast as it comes", get("/big.bin"), strings.Repeat(get("/big.bin"), 64), true, false, sendLimit},
@@ -663,12 +660,7 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 						<-release
 					}
 				}
-				c.AccessLog = writerFunc(func(line []byte) {
-					if bytes.Contains(line, []byte("GET /index.html ")) {
-						close(answered)
-						<-measured
-					}
-				})
+				c.AccessLog = holdOnAnswer("/index.html", answered, measured)
 			})
 			var clientTLS *tls.Config
 			if tc.tls {
@@ -706,17 +698,9 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 			}
 			defer close(measured)
 
-			var moved, queued int
+			moved, queued := floodMoved(t, sock, wrote, tc.send), wrote
 			if tc.send {
-				// Nothing of the flood's answers was read: the client's
-				// receive queue holds what the loop sent.
-				moved = socketQueue(t, sock, unix.SIOCINQ)
 				queued = (strings.Count(tc.flood, "GET ") + 1) * (1 << 20)
-			} else {
-				// Written (all of it received), less what the server has not
-				// read.
-				moved = wrote - serverReceiveQueue(t, sock)
-				queued = wrote
 			}
 			t.Logf("the loop had moved %d bytes of the flood (%d queued) when the victim was answered", moved, queued)
 			if queued < 4*tc.limit {
@@ -737,18 +721,15 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 // connection for a second stops the worker's heartbeat (frontStuck), which
 // past --worker-timeout has the master replace the worker.
 func TestFrontTakesOneShare(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
-	}
+	needForcedBuffers(t)
 	root, _ := siteRoot(t)
-	fat := "GET /hello.txt HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 90)+"\r\n", 90) + "\r\n"
 	for _, tc := range []struct {
 		name  string
 		flood string
 		send  bool // the flood is of answers the front sends, not bytes it reads
 		limit int
 	}{
-		{"pipelined requests with 9 KB heads", strings.Repeat(fat, 8), false, readLimit},
+		{"pipelined requests with 9 KB heads", strings.Repeat(fatRequest, 8), false, readLimit},
 		{"a large file taken as fast as it comes", strings.Repeat(get("/big.bin"), 64), true, sendLimit},
 	} {
 		t.Run(tc.name, func(t *testing.T) { frontTakesOneShare(t, root, tc.flood, tc.send, tc.limit) })
@@ -785,12 +766,7 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 				<-frontRelease
 			}
 		}
-		c.AccessLog = writerFunc(func(line []byte) {
-			if bytes.Contains(line, []byte("GET /index.html ")) {
-				close(answered)
-				<-measured
-			}
-		})
+		c.AccessLog = holdOnAnswer("/index.html", answered, measured)
 	})
 	wait := func(ch chan struct{}, what string) {
 		t.Helper()
@@ -836,14 +812,35 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 	close(frontRelease)
 	wait(answered, "the victim's answer")
 	defer close(measured)
-	moved := wrote - serverReceiveQueue(t, sock)
-	if send { // nothing of the answers was read: the client's receive queue holds what was sent
-		moved = socketQueue(t, sock, unix.SIOCINQ)
-	}
+	moved := floodMoved(t, sock, wrote, send)
 	t.Logf("the front had moved %d bytes of the flood when the next connection was answered", moved)
 	if moved > limit {
 		t.Errorf("the front moved %d bytes of one connection's flood before it took the next (limit %d)", moved, limit)
 	}
+}
+
+// fatRequest is a request with a head of about 9 KB: a flood of them is
+// cheap to send and dear to parse.
+var fatRequest = "GET /hello.txt HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 90)+"\r\n", 90) + "\r\n"
+
+// needForcedBuffers skips a test that sets socket buffers past
+// net.core.rmem_max, which takes CAP_NET_ADMIN.
+func needForcedBuffers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs SO_RCVBUFFORCE (CAP_NET_ADMIN) for socket buffers larger than net.core.rmem_max")
+	}
+}
+
+// floodMoved is how much of a queued flood the server has moved, measured
+// while it is held: of requests, what it read (wrote, all of it received,
+// less what waits in its receive queue); of answers (send), what the
+// client, which read none of them, has in its receive queue.
+func floodMoved(t *testing.T, sock *net.TCPConn, wrote int, send bool) int {
+	t.Helper()
+	if send {
+		return socketQueue(t, sock, unix.SIOCINQ)
+	}
+	return wrote - serverReceiveQueue(t, sock)
 }
 
 // bigConn dials addr with a receive buffer of 64 MiB, over TLS if conf is
@@ -894,6 +891,18 @@ func queueFlood(t *testing.T, c net.Conn, sock *net.TCPConn, flood string, once 
 		}
 	}
 	return wrote
+}
+
+// holdOnAnswer is an access log that holds the thread answering GET path
+// in its write (the answer has been sent): it closes answered and waits
+// until measured is closed.
+func holdOnAnswer(path string, answered, measured chan struct{}) io.Writer {
+	return writerFunc(func(line []byte) {
+		if bytes.Contains(line, []byte("GET "+path+" ")) {
+			close(answered)
+			<-measured
+		}
+	})
 }
 
 // writerFunc is an io.Writer that is a function.
