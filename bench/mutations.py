@@ -185,6 +185,8 @@ MUTATIONS = [
 
 def main():
     only = sys.argv[1] if len(sys.argv) > 1 else ""
+    if not any(only in m[0] for m in MUTATIONS):
+        sys.exit(f"bench/mutations.py: no mutation's name contains {only!r}")
     repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
     head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     tree = tempfile.mkdtemp(prefix="herd-mutations-")
