@@ -180,6 +180,21 @@ MUTATIONS = [
      '\treturn !strings.HasPrefix(v, "W/") && (v == etag || v == lastMod)',
      '\treturn v == etag || v == lastMod || strings.TrimPrefix(v, "W/") == etag',
      'TestNotModifiedAndIfRange|TestConditionalAndRange', './internal/httpd'),
+    ('bare LF line endings refused',
+     'internal/httpd/request.go',
+     "\ti := bytes.IndexByte(buf[from:], '\\n')\n\tif i < 0 {",
+     "\ti := bytes.IndexByte(buf[from:], '\\n')\n\tif i < 0 || i == 0 || buf[from+i-1] != '\\r' {",
+     'TestParseProtocolDetails|TestProtocolDetailsOverTheWire', './internal/httpd'),
+    ('HTTP/1.2 refused',
+     'internal/httpd/request.go',
+     "\tif version[5] != '1' {",
+     "\tif version[5] != '1' || version[7] > '1' {",
+     'TestParseProtocolDetails|TestProtocolDetailsOverTheWire', './internal/httpd'),
+    ('an upper-case scheme in an absolute target refused',
+     'internal/httpd/request.go',
+     '!(fold(target[:colon], "http") || fold(target[:colon], "https"))',
+     '!(string(target[:colon]) == "http" || string(target[:colon]) == "https")',
+     'TestParseProtocolDetails|TestProtocolDetailsOverTheWire', './internal/httpd'),
 ]
 
 
