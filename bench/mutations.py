@@ -195,6 +195,16 @@ MUTATIONS = [
      '!(fold(target[:colon], "http") || fold(target[:colon], "https"))',
      '!(string(target[:colon]) == "http" || string(target[:colon]) == "https")',
      'TestParseProtocolDetails|TestProtocolDetailsOverTheWire', './internal/httpd'),
+    ('empty lines before the request line refused',
+     'internal/httpd/request.go',
+     '\t\tif bytes.HasPrefix(buf[start:], []byte("\\r\\n")) {\n\t\t\tstart += 2',
+     '\t\tif false {\n\t\t\tstart += 2',
+     'TestParseProtocolDetails|TestProtocolDetailsOverTheWire', './internal/httpd'),
+    ('a chunked body on a GET not read',
+     'internal/httpd/conn.go',
+     '\tcase req.chunked:\n\t\tnext, end, perr := chunkedBody(',
+     '\tcase false:\n\t\tnext, end, perr := chunkedBody(',
+     'TestChunkedBody|TestProtocolDetailsOverTheWire|TestParseProtocolDetails', './internal/httpd'),
 ]
 
 
