@@ -225,6 +225,21 @@ MUTATIONS = [
      '\tMaxBody        = 64 << 10',
      '\tMaxBody        = 64 << 20',
      'TestLimitsAndMalformed|TestChunkedBody|TestParseTable', './internal/httpd'),
+    ('a non-loopback admin address accepted at the check',
+     'internal/master/config.go',
+     '\t\t\tif ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {\n\t\t\t\treturn fmt.Errorf("admin %s: must be a loopback address or a unix socket", cfg.Admin)',
+     '\t\t\tif ip := net.ParseIP(host); false && (ip == nil || !ip.IsLoopback()) {\n\t\t\t\treturn fmt.Errorf("admin %s: must be a loopback address or a unix socket", cfg.Admin)',
+     'TestServeErrors|TestConfigFileAndEnvironment|TestAdmin', './...'),
+    ('the worker count unchecked',
+     'internal/master/config.go',
+     '\tif cfg.Workers < 1 || cfg.Workers > maxWorkers {',
+     '\tif false {',
+     'TestServeErrors', './...'),
+    ('a root that is a file accepted',
+     'internal/httpd/static.go',
+     '\tif !fi.IsDir() {\n\t\treturn nil, fmt.Errorf("root %s: not a directory", root)',
+     '\tif false {\n\t\treturn nil, fmt.Errorf("root %s: not a directory", root)',
+     'TestServeErrors', './...'),
 ]
 
 
