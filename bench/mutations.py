@@ -240,6 +240,11 @@ MUTATIONS = [
      '\tif !fi.IsDir() {\n\t\treturn nil, fmt.Errorf("root %s: not a directory", root)',
      '\tif false && !fi.IsDir() {\n\t\treturn nil, fmt.Errorf("root %s: not a directory", root)',
      'TestServeErrors', './...'),
+    ('the wait blocks while a connection waits for its share',
+     'internal/httpd/engine.go',
+     '\t\t\ttimeout = 0 // connections wait for their next share (again)',
+     '\t\t\ttimeout = max(timeout, 0)',
+     'TestQueuedConnectionIsNotKeptWaiting', './internal/httpd'),
 ]
 
 

@@ -713,6 +713,32 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 	}
 }
 
+// A connection that used its share alone on the loop gets the next one at
+// once: the loop's wait does not block while a connection waits in the
+// queue. A 32 MiB answer to a client that reads as fast as it comes takes
+// sixteen shares, and nothing else wakes the loop between them (the socket
+// never fills, so no EPOLLOUT comes); with a blocking wait each share
+// would wait out its timeout, half a second, and the answer would take 8 s.
+// The deadline (4 s) is a bound on that, not a measure of speed.
+func TestQueuedConnectionIsNotKeptWaiting(t *testing.T) {
+	root, _ := siteRoot(t)
+	big := make([]byte, 32<<20)
+	if err := os.WriteFile(filepath.Join(root, "32m.bin"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := inlineEngine(t, root, nil)
+	c := dial(t, addr, 4*time.Second)
+	io.WriteString(c, get("/32m.bin"))
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1<<20), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || n != int64(len(big)) {
+		t.Fatalf("read %d of %d bytes: %v (the loop waited between shares)", n, len(big), err)
+	}
+}
+
 // A front (front.go) takes its share of a connection and no more: an
 // accepting thread that answers a flood hands the connection to the loop
 // after a share, and goes on accepting. Without the share it read the
