@@ -715,27 +715,32 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 
 // A connection that used its share alone on the loop gets the next one at
 // once: the loop's wait does not block while a connection waits in the
-// queue. A 32 MiB answer to a client that reads as fast as it comes takes
-// sixteen shares, and nothing else wakes the loop between them (the socket
-// never fills, so no EPOLLOUT comes); with a blocking wait each share
-// would wait out its timeout, half a second, and the answer would take 8 s.
-// The deadline (4 s) is a bound on that, not a measure of speed.
+// queue. A 128 MiB answer to a client that reads as fast as it comes takes
+// 64 shares, and nothing else wakes the loop between them (the socket
+// never fills, so no EPOLLOUT comes); with a blocking wait each share would
+// wait out the wait's bound (100 ms while the loop holds its P, 500 ms
+// otherwise), and the answer would take 6.4 s or more. The deadline (5 s)
+// is a bound on that, not a measure of speed: the answer takes a fraction
+// of a second here.
 func TestQueuedConnectionIsNotKeptWaiting(t *testing.T) {
 	root, _ := siteRoot(t)
-	big := make([]byte, 32<<20)
-	if err := os.WriteFile(filepath.Join(root, "32m.bin"), big, 0o644); err != nil {
+	const size = 128 << 20
+	f, err := os.Create(filepath.Join(root, "128m.bin"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	f.Truncate(size) // sparse: the page cache's zero pages
+	f.Close()
 	addr, _ := inlineEngine(t, root, nil)
-	c := dial(t, addr, 4*time.Second)
-	io.WriteString(c, get("/32m.bin"))
+	c := dial(t, addr, 5*time.Second)
+	io.WriteString(c, get("/128m.bin"))
 	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1<<20), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || n != int64(len(big)) {
-		t.Fatalf("read %d of %d bytes: %v (the loop waited between shares)", n, len(big), err)
+	if err != nil || n != size {
+		t.Fatalf("read %d of %d bytes: %v (the loop waited between shares)", n, size, err)
 	}
 }
 
