@@ -780,11 +780,7 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, _ := l.(*net.TCPListener).SyscallConn()
-	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) })
-	if err != nil {
-		t.Fatal(err)
-	}
+	setSockopt(t, l.(*net.TCPListener), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
 	addr, _ := serveListener(t, l, root, func(c *Config) {
 		c.ReadFirst = true // accepted once the first request is there, so a front answers it
 		c.OnRequest = func(uint64) {

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,13 +65,8 @@ func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)
 	if tune != nil {
 		tune(&cfg)
 	}
-	var err error
 	if cfg.ReadFirst { // as the master sets up the listener for it
-		rc, _ := l.(*net.TCPListener).SyscallConn()
-		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1) })
-		if err != nil {
-			t.Fatal(err)
-		}
+		setSockopt(t, l.(*net.TCPListener), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1)
 	}
 	eng, st := runEngine(t, cfg)
 	go func() {
@@ -99,6 +95,21 @@ func serveListener(t *testing.T, l net.Listener, root string, tune func(*Config)
 	}()
 	t.Cleanup(func() { l.Close() }) // before the engine's cleanup: cleanups run last first
 	return l.Addr().String(), st
+}
+
+// setSockopt sets an integer socket option on c's socket, or ends the test.
+func setSockopt(t *testing.T, c syscall.Conn, level, opt, value int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cerr := rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), level, opt, value) }); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatalf("setsockopt %d: %v", opt, err)
+	}
 }
 
 func dupFD(f *os.File) (int, error) {

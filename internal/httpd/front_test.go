@@ -25,11 +25,7 @@ func TestFrontHandsOverHalfSentAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, _ := l.(*net.TCPListener).SyscallConn()
-	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10) })
-	if err != nil {
-		t.Fatal(err)
-	}
+	setSockopt(t, l.(*net.TCPListener), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10)
 	addr, st := serveListener(t, l, root, func(c *Config) { c.ReadFirst = true })
 	// Twice: the descriptors open after the first round (the caches of
 	// the front and the loop filled) are all that may be open after the second.
