@@ -304,7 +304,7 @@ func (e *Engine) flush(c *conn) bool {
 			e.closeConn(c)
 			return false
 		}
-		c.sendLeft -= max(n, 0)
+		c.sendLeft -= n
 		c.outOff += n
 		c.since = e.now
 		e.cfg.Stats.Add(shm.BytesOut, int64(n))
