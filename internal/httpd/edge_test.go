@@ -494,6 +494,12 @@ func TestEnginesAgree(t *testing.T) {
 		{get("/hello.txt", "Range: bytes=0-4\r\n"), 206, ""},
 		{get("/hello.txt", "Range: bytes=13-\r\n"), 416, ""},
 		{get("/hello.txt", "Range: bytes=abc-\r\n"), 416, ""},
+		{get("/hello.txt", `If-Match: "stale"`+"\r\n"), 412, ""},
+		{get("/hello.txt", "If-Match: *\r\n"), 200, ""},
+		{get("/hello.txt", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"), 412, ""},
+		{get("/hello.txt", "Range: bytes=0-4\r\n", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"), 412, ""},
+		{get("/hello.txt", "If-Unmodified-Since: garbage\r\n"), 200, ""},
+		{get("/missing", `If-Match: "stale"`+"\r\n"), 404, ""},
 		{"POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, ""},
 		{"HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n", 404, ""},
 	} {

@@ -32,6 +32,8 @@ type request struct {
 	expect   bool   // Expect: 100-continue, in an HTTP/1.1 request
 	ims      []byte
 	inm      []byte
+	ifMatch  []byte
+	iums     []byte // If-Unmodified-Since
 	rng      []byte
 	ifRange  []byte
 	gzip     bool // Accept-Encoding allows gzip
@@ -226,6 +228,10 @@ func (r *request) field(line []byte) *parseError {
 		r.ims = value
 	case fold(name, "if-none-match"):
 		r.inm = value
+	case fold(name, "if-match"):
+		r.ifMatch = value
+	case fold(name, "if-unmodified-since"):
+		r.iums = value
 	case fold(name, "range"):
 		r.rng = value
 	case fold(name, "if-range"):

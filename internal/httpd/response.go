@@ -246,7 +246,7 @@ func dirLocation(name string, target []byte) string {
 	return b.String()
 }
 
-// sendFile answers with f: 200, 206, 304 or 416.
+// sendFile answers with f: 200, 206, 304, 412 or 416.
 func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 	// Hold the files while the answer is built (another lookup may evict
 	// them); the one sent by sendfile takes a hold of its own until sent.
@@ -261,6 +261,13 @@ func (e *Engine) sendFile(c *conn, req *request, f *file, head bool) {
 			defer e.files.release(gz)
 			f, encoding = gz, "gzip"
 		}
+	}
+	// The preconditions in RFC 9110 13.2.2's order: a client that resumes
+	// a download with Range and If-Unmodified-Since (or If-Match) must not
+	// get the rest of a newer file spliced onto what it has.
+	if preconditionFailed(req.ifMatch, req.iums, f.etag, f.mtime) {
+		e.errorPage(c, 412, "Precondition Failed", nil)
+		return
 	}
 	if notModified(req.inm, req.ims, f.etag, f.mtime) {
 		e.begin(c, 304, "Not Modified")
@@ -426,6 +433,30 @@ func notModified(inm, ims []byte, etag string, mtime time.Time) bool {
 	if ims != nil {
 		t, err := http.ParseTime(string(ims))
 		return err == nil && !mtime.Truncate(time.Second).After(t)
+	}
+	return false
+}
+
+// preconditionFailed applies If-Match, or else If-Unmodified-Since (RFC
+// 9110 13.1.1, 13.1.4, 13.2.2), to a file with this ETag and modification
+// time; true: the answer is 412. If-Match compares strongly (a weak tag
+// never matches) and "*" matches any file served; an If-Unmodified-Since
+// that is not a date is ignored, as the RFC says (nginx answers 412).
+func preconditionFailed(ifMatch, iums []byte, etag string, mtime time.Time) bool {
+	if ifMatch != nil {
+		if string(trim(ifMatch)) == "*" {
+			return false
+		}
+		for _, tag := range strings.Split(string(ifMatch), ",") {
+			if tag = strings.TrimSpace(tag); tag == etag && !strings.HasPrefix(tag, "W/") {
+				return false
+			}
+		}
+		return true
+	}
+	if iums != nil {
+		t, err := http.ParseTime(string(iums))
+		return err == nil && mtime.Truncate(time.Second).After(t)
 	}
 	return false
 }

@@ -92,6 +92,34 @@ func TestNotModifiedAndIfRange(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
+		ifMatch, iums string
+		failed        bool
+	}{
+		{"", "", false},
+		{`"abc-d"`, "", false},
+		{` "x" , "abc-d" `, "", false},
+		{`*`, "", false},
+		{` * `, "", false},
+		{`"x"`, "", true},
+		{`W/"abc-d"`, "", true}, // If-Match compares strongly (RFC 9110 13.1.1)
+		{`"abc-d"`, "Mon, 01 Jan 2001 00:00:00 GMT", false}, // If-Match wins over If-Unmodified-Since
+		{"", lastMod, false},
+		{"", mtime.Add(time.Hour).Format(http.TimeFormat), false},
+		{"", mtime.Add(-time.Hour).Format(http.TimeFormat), true},
+		{"", "yesterday", false}, // not a date: ignored (RFC 9110 13.1.4)
+	} {
+		var ifMatch, iums []byte
+		if tc.ifMatch != "" {
+			ifMatch = []byte(tc.ifMatch)
+		}
+		if tc.iums != "" {
+			iums = []byte(tc.iums)
+		}
+		if got := preconditionFailed(ifMatch, iums, etag, mtime); got != tc.failed {
+			t.Errorf("preconditionFailed(%q, %q) = %v", tc.ifMatch, tc.iums, got)
+		}
+	}
+	for _, tc := range []struct {
 		ifRange string
 		want    bool
 	}{{etag, true}, {lastMod, true}, {`W/"abc-d"`, false}, {`"stale"`, false}, {"Mon, 01 Jan 2001 00:00:00 GMT", false}} {
@@ -131,6 +159,7 @@ func FuzzRange(f *testing.F) {
 			t.Fatalf("status %d", status)
 		}
 		notModified(spec, spec, `"a"`, time.Unix(size, 0))
+		preconditionFailed(spec, spec, `"a"`, time.Unix(size, 0))
 	})
 }
 
