@@ -342,6 +342,16 @@ func (r *request) parseLine(line []byte) *parseError {
 		}
 		rest := target[colon+3:]
 		i := bytes.IndexAny(rest, "/?")
+		authority := rest
+		if i >= 0 {
+			authority = rest[:i]
+		}
+		if len(authority) == 0 || !validHost(authority) {
+			// An http URI needs a host, and userinfo ("http://u@h/") is
+			// refused: RFC 9110 4.2.4 calls it a likely phishing device
+			// (nginx: 400).
+			return errBadRequest
+		}
 		switch {
 		case i < 0:
 			target = []byte("/")
