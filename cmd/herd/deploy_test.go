@@ -220,6 +220,57 @@ func TestUSR1ReopensAccessLog(t *testing.T) {
 	}
 }
 
+// A disk that fills up costs the access log the lines written meanwhile,
+// not every line after: once there is room again, lines are written again,
+// and the worker's log says when writing failed and when it came back.
+// Before, the first failed write stopped the log for good (until USR1 or
+// the worker's replacement), without a word. Needs root, for a small tmpfs.
+func TestAccessLogSurvivesAFullDisk(t *testing.T) {
+	for _, engine := range []string{"native", "nethttp"} {
+		t.Run(engine, func(t *testing.T) {
+			root, _ := docroot(t)
+			dir := t.TempDir()
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+				t.Skipf("a small tmpfs for the log (needs root): %v", err)
+			}
+			t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+			logPath, fill := filepath.Join(dir, "access.log"), filepath.Join(dir, "fill")
+			h := startHerd(t, root, "--workers", "1", "--access-log", logPath, "--engine", engine)
+			// Fill the disk, then ask until the worker's write fails (its
+			// file's last page may take a few lines first).
+			f, err := os.Create(fill)
+			must(t, err)
+			for {
+				if _, err := f.Write(make([]byte, 4096)); err != nil {
+					break
+				}
+			}
+			f.Close()
+			for i, deadline := 0, time.Now().Add(10*time.Second); !strings.Contains(h.Log(), "access log: write failed"); i++ {
+				if time.Now().After(deadline) {
+					t.Fatalf("no failed write logged with the disk full:\n%s", h.Log())
+				}
+				get(client(), fmt.Sprintf("http://%s/hello.txt?full-%d", h.addr, i))
+				time.Sleep(5 * time.Millisecond)
+			}
+			must(t, os.Remove(fill))
+			for i, deadline := 0, time.Now().Add(5*time.Second); ; i++ {
+				get(client(), fmt.Sprintf("http://%s/hello.txt?after-%d", h.addr, i))
+				if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "?after-") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no line written once the disk had room again:\n%s", h.Log())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !h.logged("access log: writing again", 5*time.Second) {
+				t.Errorf("the recovery was not logged:\n%s", h.Log())
+			}
+		})
+	}
+}
+
 // README.md and docs/OPERATING.md show the signal table `herd help
 // signals` prints, row for row.
 func TestSignalTableDocumented(t *testing.T) {

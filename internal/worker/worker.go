@@ -224,7 +224,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	plain, secure := listeners[:split], listeners[split:]
 	var alog *accessLog
 	if spec.AccessLog != "" {
-		if alog, err = openAccessLog(spec.AccessLog); err != nil {
+		if alog, err = openAccessLog(spec.AccessLog, log); err != nil {
 			return err
 		}
 		w.alog = alog
