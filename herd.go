@@ -25,7 +25,10 @@
 // workers reopen the access log, USR2 upgrades the binary, TTIN and TTOU add
 // or remove a worker. A program that handles SIGTERM itself and calls
 // Shutdown gets the same graceful stop: both ask for it, and asking twice
-// changes nothing.
+// changes nothing. While the master serves, and in workers, SIGPIPE is
+// caught: a write to a standard output or error whose reader has gone fails
+// with EPIPE instead of ending the process (Go's default), as nginx ignores
+// it.
 package herd
 
 import (

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -268,6 +269,60 @@ func TestAccessLogSurvivesAFullDisk(t *testing.T) {
 				t.Errorf("the recovery was not logged:\n%s", h.Log())
 			}
 		})
+	}
+}
+
+// A master whose standard error is a pipe that nobody reads any more
+// (`herd serve 2>&1 | logger`, the logger gone) serves on, reloads and
+// stops gracefully, its workers too. Go ends a program that writes to a
+// broken pipe on descriptor 1 or 2 with SIGPIPE unless it asks for the
+// signal: before, the master died at its first log line after (here, the
+// reload's), and every worker with it.
+func TestLogReaderGone(t *testing.T) {
+	root, _ := docroot(t)
+	// At debug level a worker logs as it starts.
+	h := startHerd(t, root, "--workers", "2", "--log-level", "debug")
+	h.stderr.Close()
+	h.signal(syscall.SIGHUP) // the reload logs, the new workers too
+	h.signal(syscall.SIGTTIN)
+	children := func() string { // whichever of the master's threads started them
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", h.pid()))
+		var pids []string
+		for _, task := range tasks {
+			b, _ := os.ReadFile(task)
+			pids = append(pids, strings.Fields(string(b))...)
+		}
+		slices.Sort(pids)
+		return strings.Join(pids, " ")
+	}
+	// The old generation drains and leaves; three workers stay, and stay
+	// the same (a worker that died at its first log line would be replaced).
+	before := children()
+	for deadline := time.Now().Add(10 * time.Second); len(strings.Fields(before)) != 3; before = children() {
+		select {
+		case <-h.exited:
+			t.Fatalf("the master exited (%v) once its log's reader had gone", h.cmd.ProcessState)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %q; want three within 10s", before)
+		}
+	}
+	time.Sleep(time.Second)
+	if after := children(); after != before {
+		t.Fatalf("workers %q, a second later %q; want the same three", before, after)
+	}
+	if code, body, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+		t.Fatalf("after the reload: %d %q %v", code, body, err)
+	}
+	h.signal(syscall.SIGTERM)
+	select {
+	case <-h.exited:
+		if !h.cmd.ProcessState.Success() {
+			t.Errorf("the master's graceful stop ended with %v", h.cmd.ProcessState)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the master did not stop within 15s of TERM")
 	}
 }
 

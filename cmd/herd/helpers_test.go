@@ -43,6 +43,7 @@ type herdProc struct {
 	addr    string   // first listen address, host:port
 	addrs   []string // every listen address as bound, plain ones first, from the ready line
 	pidFile string
+	stderr  *os.File // the read end of the master's standard error
 	mu      sync.Mutex
 	log     bytes.Buffer
 	exited  chan struct{}
@@ -79,13 +80,13 @@ func startBinary(t testing.TB, wrapper []string, exe string, args ...string) *he
 	h.cmd.Env = append(os.Environ(), "HERD_TEST_MAIN=1")
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// A pipe of our own rather than StderrPipe: Wait closes that one's read
-	// end when the process exits, and a new master started by USR2, which
-	// outlives it and writes to the same stderr, would then die of SIGPIPE
-	// at its next log line.
+	// end when the process exits, and the log of a new master started by
+	// USR2, which outlives it and writes to the same stderr, would be lost.
 	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.stderr = stderr
 	h.cmd.Stderr = w
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)

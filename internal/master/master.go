@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/admin"
+	"github.com/herd-run/herd/internal/proto"
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/sys/unix"
 )
@@ -338,6 +339,7 @@ func (m *Master) Run() error {
 	signal.Notify(m.signals, unix.SIGHUP, unix.SIGQUIT, unix.SIGTERM, unix.SIGINT,
 		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
 	defer signal.Stop(m.signals)
+	defer proto.SurviveBrokenPipes()()
 	defer m.close()
 	defer close(m.done)
 

@@ -10,8 +10,11 @@ package proto
 import (
 	"errors"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // A worker inherits, in this order:
@@ -20,6 +23,21 @@ const (
 	ShmFD           = 4 // the scoreboard memfd
 	FirstListenerFD = 5 // the listening sockets, in the order of the worker's spec
 )
+
+// Standard output and error are the master's own, shared by its workers.
+// SurviveBrokenPipes keeps a process alive when they are a pipe whose
+// reader has gone (`herd serve 2>&1 | logger`, a log collector restarted):
+// Go ends a program that writes there with SIGPIPE unless it asks for the
+// signal, and the master's next log line would take the whole service
+// down, a worker's would kill it. Asked for, the write fails with EPIPE and
+// the line is lost, as in nginx, which ignores SIGPIPE. The signal is
+// caught rather than ignored because an ignored signal stays ignored
+// across exec, into every program a handler starts. It returns the undo.
+func SurviveBrokenPipes() (undo func()) {
+	c := make(chan os.Signal, 1) // never read: a full channel drops the signal
+	signal.Notify(c, unix.SIGPIPE)
+	return func() { signal.Stop(c) }
+}
 
 // WorkerEnv carries a worker's spec (JSON); its presence makes the process
 // a worker.

@@ -192,6 +192,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 	signal.Notify(sigs, unix.SIGQUIT, unix.SIGTERM, unix.SIGINT, unix.SIGUSR1)
 	// The master alone decides about reloads and worker counts.
 	signal.Ignore(unix.SIGHUP, unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR2)
+	defer proto.SurviveBrokenPipes()()
 
 	region, err := shm.Open(os.NewFile(proto.ShmFD, "scoreboard"), true)
 	if err != nil {
