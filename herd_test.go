@@ -55,6 +55,8 @@ func TestMain(m *testing.M) {
 			hooksServer().Start()
 		case "appmetrics":
 			appMetricsServer().Start()
+		case "writers":
+			writersServer().Start()
 		}
 		os.Exit(3) // Start does not return in a worker
 	}
@@ -256,6 +258,141 @@ func tlsServer() *herd.Server {
 	s.Listen, s.TLSListen = nil, []string{"127.0.0.1:0"}
 	s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	return s
+}
+
+// writersServer's handler says which of net/http's optional interfaces
+// its ResponseWriter has, streams with w.(http.Flusher), and hijacks with
+// w.(http.Hijacker) — the way net/http's documentation and WebSocket
+// libraries ask for them — on a plain and a TLS listener, with an access
+// log.
+func writersServer() *herd.Server {
+	files := strings.Split(os.Getenv("HERD_TEST_CERT"), ",")
+	cert, err := tls.LoadX509KeyPair(files[0], files[1])
+	if err != nil {
+		panic(err)
+	}
+	return &herd.Server{
+		Listen: []string{"127.0.0.1:0"}, TLSListen: []string{"127.0.0.1:0"}, Workers: 1,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+		AccessLog: os.Getenv("HERD_TEST_LOG"),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case "/kinds":
+				_, flusher := w.(http.Flusher)
+				_, hijacker := w.(http.Hijacker)
+				_, pusher := w.(http.Pusher)
+				_, readerFrom := w.(io.ReaderFrom)
+				_, stringWriter := w.(io.StringWriter)
+				fmt.Fprintf(w, "flusher=%v hijacker=%v pusher=%v readerfrom=%v stringwriter=%v",
+					flusher, hijacker, pusher, readerFrom, stringWriter)
+			case "/stream":
+				f, ok := w.(http.Flusher)
+				if !ok {
+					http.Error(w, "streaming unsupported", 500)
+					return
+				}
+				io.WriteString(w, "event one\n")
+				f.Flush()
+				select { // the client reads the event while the handler waits
+				case <-r.Context().Done():
+				case <-time.After(5 * time.Second):
+				}
+			case "/hijack":
+				h, ok := w.(http.Hijacker)
+				if !ok {
+					http.Error(w, "hijacking unsupported", 500)
+					return
+				}
+				c, rw, err := h.Hijack()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				rw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nhijacked\n")
+				rw.Flush()
+			}
+		}),
+	}
+}
+
+// A handler finds on its ResponseWriter what net/http's own offers:
+// Flusher, Hijacker on HTTP/1 and Pusher on HTTP/2, ReaderFrom (where
+// sendfile happens) and StringWriter. Before, herd's wrappers that count
+// answers and write the access log hid all but ReaderFrom, so a handler that
+// streamed with w.(http.Flusher), or a WebSocket library that asked for
+// w.(http.Hijacker), failed under herd and worked under net/http.
+func TestHandlersSeeWhatNetHTTPOffers(t *testing.T) {
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	os.WriteFile(certFile, certPEM, 0o644)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	logFile := filepath.Join(dir, "access.log")
+	t.Setenv("HERD_TEST_SERVER", "writers")
+	t.Setenv("HERD_TEST_CERT", certFile+","+keyFile)
+	t.Setenv("HERD_TEST_LOG", logFile)
+	srv := writersServer()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	plain, secure := "http://"+srv.Addrs()[0], "https://"+srv.Addrs()[1]
+	h1 := &http.Client{Timeout: 10 * time.Second}
+	h2 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	for _, tc := range []struct {
+		client *http.Client
+		url    string
+		proto  int
+		want   string
+	}{
+		{h1, plain + "/kinds", 1, "flusher=true hijacker=true pusher=false readerfrom=true stringwriter=true"},
+		{h2, secure + "/kinds", 2, "flusher=true hijacker=false pusher=true readerfrom=true stringwriter=true"},
+	} {
+		resp, err := tc.client.Get(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != tc.proto || string(body) != tc.want {
+			t.Errorf("%s over %s: %q; want %q", tc.url, resp.Proto, body, tc.want)
+		}
+	}
+	for _, base := range []struct {
+		client *http.Client
+		url    string
+	}{{h1, plain}, {h2, secure}} {
+		resp, err := base.client.Get(base.url + "/stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(resp.Body).ReadString('\n')
+		resp.Body.Close()
+		if resp.StatusCode != 200 || line != "event one\n" || err != nil {
+			t.Errorf("%s/stream: %d %q %v; want the event while the handler still runs", base.url, resp.StatusCode, line, err)
+		}
+	}
+	resp, err := h1.Get(plain + "/hijack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hijacked\n" {
+		t.Errorf("/hijack: %d %q", resp.StatusCode, body)
+	}
+	// The access log still has each answer's status and body bytes.
+	want := `"GET /kinds HTTP/1.1" 200 73`
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		b, _ := os.ReadFile(logFile)
+		if strings.Contains(string(b), want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the access log has no %q:\n%s", want, b)
+		}
+	}
 }
 
 // The library honours TLSConfig: the TLS listener serves HTTPS, with

@@ -135,17 +135,8 @@ func (a *accessLog) Close() error {
 	return err
 }
 
-// wrap logs every request h answers.
-func (a *accessLog) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-		start := time.Now()
-		h.ServeHTTP(rec, r)
-		a.log(r, rec, start)
-	})
-}
-
-func (a *accessLog) log(r *http.Request, rec *recorder, t time.Time) {
+// log writes the line of one answer: its status and the body bytes sent.
+func (a *accessLog) log(r *http.Request, status int, sent int64, t time.Time) {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
@@ -162,44 +153,10 @@ func (a *accessLog) log(r *http.Request, rec *recorder, t time.Time) {
 	b = append(b, "] "...)
 	b = strconv.AppendQuote(b, r.Method+" "+r.RequestURI+" "+r.Proto)
 	b = append(b, ' ')
-	b = strconv.AppendInt(b, int64(rec.status), 10)
+	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
-	b = strconv.AppendInt(b, rec.bytes, 10)
+	b = strconv.AppendInt(b, sent, 10)
 	b = append(b, '\n')
 	a.add(b)
 	a.line = b
 }
-
-// recorder notes the status and body size of a response. It keeps
-// ReadFrom, which is how net/http sends a file with sendfile(2), and
-// Unwrap, which http.ResponseController uses.
-type recorder struct {
-	http.ResponseWriter
-	status int
-	bytes  int64
-}
-
-func (r *recorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(p []byte) (int, error) {
-	n, err := r.ResponseWriter.Write(p)
-	r.bytes += int64(n)
-	return n, err
-}
-
-func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
-	var n int64
-	var err error
-	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{r.ResponseWriter}, src)
-	}
-	r.bytes += n
-	return n, err
-}
-
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -3,6 +3,7 @@
 package worker
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"io"
@@ -289,54 +290,117 @@ func (c *countedConn) Close() error {
 }
 
 // countRequests counts every answer once its handler has returned — in
-// Requests, by status class and duration — and tells after (if set) the
-// new count.
-func countRequests(h http.Handler, st *shm.Record, after func(n uint64)) http.Handler {
+// Requests, by status class and duration — writes its access log line
+// (if alog is set), and tells after (if set) the new count.
+func countRequests(h http.Handler, st *shm.Record, alog *accessLog, after func(n uint64)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
-		h.ServeHTTP(sw, r)
+		aw := &answerWriter{ResponseWriter: w}
+		h.ServeHTTP(aw.outer(), r)
 		n := st.Add(shm.Requests, 1)
-		if sw.status == 0 {
-			sw.status = http.StatusOK
+		if aw.status == 0 {
+			aw.status = http.StatusOK
 		}
-		st.Observe(sw.status, time.Since(start))
+		st.Observe(aw.status, time.Since(start))
+		if alog != nil {
+			alog.log(r, aw.status, aw.sent, start)
+		}
 		if after != nil {
 			after(n)
 		}
 	})
 }
 
-// statusWriter notes the status a handler answers with. Like the access
-// log's recorder it keeps ReadFrom (sendfile) and Unwrap
-// (http.ResponseController) reachable.
-type statusWriter struct {
+// answerWriter notes what a handler answers: the status and the body bytes.
+//
+// A handler must find on it every optional interface net/http's own
+// ResponseWriters have: http.Flusher, which is how net/http's documentation
+// streams (w.(http.Flusher)); http.Hijacker on HTTP/1 and http.Pusher on
+// HTTP/2, which WebSocket and push code asks for the same way;
+// io.ReaderFrom, where sendfile(2) happens (a plain Write wrapper would copy
+// every file through user space); io.StringWriter; and Unwrap, for
+// http.ResponseController. Hijack and Push are on variants (outer), so that
+// a writer offers them only where the one it wraps does.
+type answerWriter struct {
 	http.ResponseWriter
-	status int
+	status int   // 0 until the head is sent (1xx answers do not count)
+	sent   int64 // body bytes
 }
 
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
+// outer is aw as the handler sees it, with Hijack or Push if the writer it
+// wraps has them.
+func (aw *answerWriter) outer() http.ResponseWriter {
+	switch aw.ResponseWriter.(type) {
+	case http.Hijacker:
+		return hijackableWriter{aw}
+	case http.Pusher:
+		return pushableWriter{aw}
 	}
-	w.ResponseWriter.WriteHeader(code)
+	return aw
 }
 
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
+func (aw *answerWriter) WriteHeader(code int) {
+	if aw.status == 0 && code >= 200 {
+		aw.status = code
 	}
-	return w.ResponseWriter.Write(p)
+	aw.ResponseWriter.WriteHeader(code)
 }
 
-func (w *statusWriter) ReadFrom(src io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
+func (aw *answerWriter) Write(p []byte) (int, error) {
+	if aw.status == 0 {
+		aw.status = http.StatusOK
 	}
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(src)
-	}
-	return io.Copy(struct{ io.Writer }{w.ResponseWriter}, src)
+	n, err := aw.ResponseWriter.Write(p)
+	aw.sent += int64(n)
+	return n, err
 }
 
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (aw *answerWriter) WriteString(s string) (int, error) {
+	if aw.status == 0 {
+		aw.status = http.StatusOK
+	}
+	n, err := io.WriteString(aw.ResponseWriter, s)
+	aw.sent += int64(n)
+	return n, err
+}
+
+func (aw *answerWriter) ReadFrom(src io.Reader) (int64, error) {
+	if aw.status == 0 {
+		aw.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := aw.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{aw.ResponseWriter}, src)
+	}
+	aw.sent += n
+	return n, err
+}
+
+// Flush sends what is buffered, the head first if it was not sent.
+func (aw *answerWriter) Flush() {
+	if aw.status == 0 {
+		aw.status = http.StatusOK
+	}
+	if f, ok := aw.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (aw *answerWriter) Unwrap() http.ResponseWriter { return aw.ResponseWriter }
+
+// hijackableWriter is an answerWriter over an HTTP/1 ResponseWriter.
+type hijackableWriter struct{ *answerWriter }
+
+func (w hijackableWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return w.ResponseWriter.(http.Hijacker).Hijack()
+}
+
+// pushableWriter is an answerWriter over an HTTP/2 ResponseWriter.
+type pushableWriter struct{ *answerWriter }
+
+func (w pushableWriter) Push(target string, opts *http.PushOptions) error {
+	return w.ResponseWriter.(http.Pusher).Push(target, opts)
+}

@@ -252,11 +252,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		})
 	}
 	handler := func() http.Handler {
-		var h http.Handler = opts.Handler
-		if alog != nil {
-			h = alog.wrap(h)
-		}
-		return countRequests(h, st, recycler(spec, w.ctrl))
+		return countRequests(opts.Handler, st, alog, recycler(spec, w.ctrl))
 	}
 	st.Store(shm.Heartbeat, uint64(time.Now().UnixNano()))
 	var lanes []lane
@@ -276,7 +272,7 @@ func run(spec *Spec, opts Options, log *slog.Logger) error {
 		} else {
 			h := handler()
 			if spec.RedirectHTTPS != "" {
-				h = countRequests(redirectHTTPS(spec.RedirectHTTPS), st, nil)
+				h = countRequests(redirectHTTPS(spec.RedirectHTTPS), st, nil, nil)
 			}
 			eng := newHTTPEngine(httpd.LocalAddr(plain[0].FD), h, opts.Configure, st, log)
 			lanes = append(lanes, lane{name: "http server", eng: eng, strat: strat, beat: eng.ln.serving(), listeners: len(plain)})
