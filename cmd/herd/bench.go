@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strconv"
@@ -74,6 +75,16 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			if !contains(herd.Strategies(), s) {
 				return fmt.Errorf("bench: unknown strategy %q (have: %s)", s, strings.Join(herd.Strategies(), ", "))
 			}
+		}
+	}
+	if *chaos && *htmlOut != "" {
+		return errors.New("bench: --chaos writes no HTML page; leave out --html (--json has its report)")
+	}
+	// The reports are written last: a path that cannot take them is found
+	// now, not after the run it would have cost.
+	for _, path := range []string{*jsonOut, *htmlOut} {
+		if err := writable(path); err != nil {
+			return fmt.Errorf("bench: %w", err)
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
@@ -193,6 +204,24 @@ func printSeed002(w io.Writer, rep *lab.Report) {
 	if tp, tx := find("throughput", "epoll"), find("throughput", "exclusive"); tp != nil && tx != nil {
 		fmt.Fprintf(w, "  %-34s %12.0f %12.0f\n", "requests/s, here", tp.RPS, tx.RPS)
 	}
+}
+
+// writable reports why a file could not be written at path ("" is fine),
+// leaving an existing file as it is and creating none.
+func writable(path string) error {
+	if path == "" {
+		return nil
+	}
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	if errors.Is(statErr, fs.ErrNotExist) {
+		os.Remove(path)
+	}
+	return nil
 }
 
 func writeReports(rep *lab.Report, jsonPath, htmlPath string) error {

@@ -197,11 +197,20 @@ func TestBenchErrors(t *testing.T) {
 		{[]string{"--listen", "0.0.0.0:8080"}, "not a loopback address"},
 		{[]string{"--warmup", "-1"}, "warm-up of -1"},
 		{[]string{"--rounds", "-1"}, "-1 rounds"},
+		{[]string{"--requests", "-5", "--duration", "1s"}, "-5 requests"},
+		{[]string{"--duration", "-1s"}, "a duration of -1s"},
+		// Found before the run, not after it.
+		{[]string{"--json", "/nonexistent/dir/r.json"}, "/nonexistent/dir/r.json: no such file or directory"},
+		{[]string{"--html", "/nonexistent/dir/r.html"}, "/nonexistent/dir/r.html: no such file or directory"},
+		{[]string{"--chaos", "--html", "r.html"}, "leave out --html"},
 		{[]string{"--preset", "peers", "--command", "true", "--target", "127.0.0.1:9"}, "leave out --command"},
 	} {
-		_, errOut, code := runHerd(t, append([]string{"bench", "--requests", "10"}, tc.args...)...)
+		out, errOut, code := runHerd(t, append([]string{"bench", "--requests", "10"}, tc.args...)...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("bench %v: exit %d, stderr %q; want an error with %q", tc.args, code, errOut, tc.want)
+		}
+		if out != "" {
+			t.Errorf("bench %v ran before it refused (its table):\n%s", tc.args, out)
 		}
 	}
 }

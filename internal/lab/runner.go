@@ -111,6 +111,12 @@ func (m *Matrix) check() error {
 			return fmt.Errorf("lab: concurrency %d", c)
 		}
 	}
+	if m.Requests < 0 {
+		return fmt.Errorf("lab: %d requests", m.Requests)
+	}
+	if m.Duration < 0 {
+		return fmt.Errorf("lab: a duration of %v", m.Duration)
+	}
 	if m.Requests <= 0 && m.Duration <= 0 {
 		return errors.New("lab: give a request count or a duration per cell")
 	}
