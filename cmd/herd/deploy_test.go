@@ -479,6 +479,56 @@ func TestUserDropsPrivileges(t *testing.T) {
 	}
 }
 
+// A private key only root may read (Let's Encrypt's privkey.pem, Debian's
+// /etc/ssl/private) serves workers that run as another user: the master
+// reads the certificate and key, as nginx's does, and hands them to each
+// worker in a sealed memfd, which the worker closes once read. Before, the
+// workers opened the files themselves, and --user nobody with such a key
+// could not start ("tls: open key.pem: permission denied").
+func TestTLSKeyOnlyRootCanRead(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to have privileges to drop")
+	}
+	exe := copyTestBinary(t, 0o755)
+	root, _ := docroot(t)
+	for _, p := range []string{exe, root} {
+		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	os.Chmod(root, 0o755)
+	cert, key := writeCert(t, t.TempDir(), 1) // key.pem 0600 in a 0700 directory, both root's
+	h := startBinary(t, nil, exe, root, "--workers", "2", "--user", "nobody", "--listen", "127.0.0.1:0",
+		"--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key)
+	for range 4 {
+		if code, body, err := get(tlsClient(), "https://"+h.addrs[1]+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
+			t.Fatalf("HTTPS from workers running as nobody: %d %q %v", code, body, err)
+		}
+	}
+	for _, w := range h.status().Live {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.PID))
+		for _, fd := range fds {
+			if target, _ := os.Readlink(fd); strings.Contains(target, "herd-tls") {
+				t.Errorf("worker %d still holds the certificate's memfd (%s)", w.PID, fd)
+			}
+		}
+	}
+	// The master keeps none either, and a reload reads the files again.
+	h.signal(syscall.SIGHUP)
+	if !h.logged("reload done", 10*time.Second) {
+		t.Fatalf("no reload:\n%s", h.Log())
+	}
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", h.pid()))
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fd); strings.Contains(target, "herd-tls") {
+			t.Errorf("the master still holds a certificate's memfd (%s)", fd)
+		}
+	}
+	if code, _, err := get(tlsClient(), "https://"+h.addrs[1]+"/hello.txt"); err != nil || code != 200 {
+		t.Errorf("HTTPS after the reload: %d %v", code, err)
+	}
+}
+
 // openableBy reports whether uid may execute path, walking its directories.
 func openableBy(path string, uid int) error {
 	cmd := exec.Command("/bin/sh", "-c", `test -x "$1"`, "sh", path)

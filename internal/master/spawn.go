@@ -134,7 +134,19 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 		return nil, err
 	}
 	defer closeFiles(socks) // the worker has its own copies once started
-	files := proto.WorkerFiles(child, m.region.File(), socks)
+	var extra []*os.File
+	tlsPEM := 0
+	if m.cfg.TLSCert != "" {
+		pem, err := proto.TLSFiles(m.cfg.TLSCert, m.cfg.TLSKey)
+		if err != nil {
+			ctrl.Close()
+			m.board.Release(rec)
+			return nil, err
+		}
+		defer pem.Close()
+		extra, tlsPEM = append(extra, pem), proto.FirstListenerFD+len(socks)
+	}
+	files := proto.WorkerFiles(child, m.region.File(), socks, extra...)
 	engine := ""
 	if m.cfg.StaticRoot != "" {
 		engine = "native"
@@ -142,7 +154,7 @@ func (m *Master) spawn(slot, gen int) (*proc, error) {
 	spec := worker.Spec{
 		Engine: engine,
 		Slot:   slot, Workers: m.workers, Generation: gen, Record: rec, Listeners: names, TLSFrom: len(names) - len(m.cfg.TLSListen),
-		TLSCert: m.cfg.TLSCert, TLSKey: m.cfg.TLSKey, RedirectHTTPS: m.httpsPort(),
+		TLSPEM: tlsPEM, RedirectHTTPS: m.httpsPort(),
 		Strategy: m.cfg.Strategy, Accept: m.cfg.Accept, DrainTimeout: m.cfg.DrainTimeout,
 		MaxRequests: m.cfg.MaxRequests, MaxRequestsJitter: m.cfg.MaxRequestsJitter, AccessLog: m.cfg.AccessLog,
 		StaticRoot: m.cfg.StaticRoot, Static: m.cfg.Static, Procs: m.cfg.WorkerProcs,

@@ -26,9 +26,11 @@ type Spec struct {
 	Generation int      `json:"gen"`
 	Record     int      `json:"record"`
 	Listeners  []string `json:"listeners"`
-	TLSFrom    int      `json:"tls_from"`           // listeners from this index on are TLS
-	TLSCert    string   `json:"tls_cert,omitempty"` // the certificate and key files, or none (the program's tls.Config)
-	TLSKey     string   `json:"tls_key,omitempty"`
+	TLSFrom    int      `json:"tls_from"` // listeners from this index on are TLS
+	// TLSPEM is the descriptor of the certificate chain and its key, PEM,
+	// read from their files by the master (proto.TLSFiles), or 0: none
+	// (the program's tls.Config).
+	TLSPEM int `json:"tls_pem,omitempty"`
 	// RedirectHTTPS (":443"): plain listeners redirect everything to HTTPS
 	// on this port.
 	RedirectHTTPS string         `json:"redirect_https,omitempty"`

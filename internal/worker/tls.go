@@ -11,21 +11,29 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/herd-run/herd/internal/proto"
 )
 
 // tlsConfig is the worker's TLS configuration, for Go's crypto/tls: the
-// certificate from the spec's files and the program's own tls.Config (if
-// any), TLS 1.2 and 1.3 with Go's defaults (which Mozilla's "intermediate"
-// profile agrees with), HTTP/2 negotiated by ALPN with HTTP/1.1 after it,
-// and the session ticket keys the master sends, so that a session resumes
-// on whichever worker the next connection reaches.
+// certificate the master read from its files (Spec.TLSPEM) and the
+// program's own tls.Config (if any), TLS 1.2 and 1.3 with Go's defaults
+// (which Mozilla's "intermediate" profile agrees with), HTTP/2 negotiated
+// by ALPN with HTTP/1.1 after it, and the session ticket keys the master
+// sends, so that a session resumes on whichever worker the next connection
+// reaches.
 func (w *proc) tlsConfig(base *tls.Config) (*tls.Config, error) {
 	cfg := &tls.Config{}
 	if base != nil {
 		cfg = base.Clone()
 	}
-	if w.spec.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(w.spec.TLSCert, w.spec.TLSKey)
+	if w.spec.TLSPEM > 0 {
+		pem, err := proto.ReadTLSFiles(w.spec.TLSPEM)
+		if err != nil {
+			return nil, err
+		}
+		cert, err := tls.X509KeyPair(pem, pem)
+		clear(pem)
 		if err != nil {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
