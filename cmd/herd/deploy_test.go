@@ -529,6 +529,45 @@ func TestTLSKeyOnlyRootCanRead(t *testing.T) {
 	}
 }
 
+// USR1 after logrotate has moved the access log works for workers that run
+// as --user, in a log directory only root may write to (as /var/log/nginx
+// is): the master creates the new file and gives it to them, as nginx's
+// does. Before, the workers could not create it and wrote on to the moved
+// file ("cannot reopen the access log; writing to the old one").
+func TestUSR1ReopensAccessLogAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to have privileges to drop")
+	}
+	exe := copyTestBinary(t, 0o755)
+	root, _ := docroot(t)
+	logDir := t.TempDir()
+	for _, p := range []string{exe, root, logDir} {
+		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	os.Chmod(root, 0o755)
+	os.Chmod(logDir, 0o755) // root's: nobody cannot create files in it
+	logPath := filepath.Join(logDir, "access.log")
+	h := startBinary(t, nil, exe, root, "--workers", "1", "--user", "nobody", "--listen", "127.0.0.1:0", "--access-log", logPath)
+	get(client(), "http://"+h.addr+"/hello.txt?before")
+	must(t, os.Rename(logPath, logPath+".1"))
+	h.signal(syscall.SIGUSR1)
+	for i, deadline := 0, time.Now().Add(5*time.Second); ; i++ {
+		get(client(), fmt.Sprintf("http://%s/hello.txt?after-%d", h.addr, i))
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "?after-") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line in a new %s after USR1:\n%s", logPath, h.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Contains(h.Log(), "cannot reopen") {
+		t.Errorf("a worker could not reopen the log:\n%s", h.Log())
+	}
+}
+
 // openableBy reports whether uid may execute path, walking its directories.
 func openableBy(path string, uid int) error {
 	cmd := exec.Command("/bin/sh", "-c", `test -x "$1"`, "sh", path)

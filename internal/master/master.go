@@ -416,6 +416,13 @@ func (m *Master) handleSignal(sig os.Signal) {
 	case unix.SIGQUIT:
 		m.stop(true, sig)
 	case unix.SIGUSR1:
+		// After logrotate has moved the log, workers running as --user may
+		// not create a new one in a directory that is root's (/var/log/herd,
+		// as nginx's): the master creates it and gives it to them first, as
+		// nginx's master does.
+		if err := prepareAccessLog(m.cfg.AccessLog, m.creds); err != nil {
+			m.log.Error("USR1: cannot create the access log for the workers", "err", err)
+		}
 		m.log.Info("USR1: workers reopen their logs", "workers", len(m.procs))
 		for p := range m.procs {
 			p.process.Signal(unix.SIGUSR1)
