@@ -283,8 +283,9 @@ func writersServer() *herd.Server {
 				_, pusher := w.(http.Pusher)
 				_, readerFrom := w.(io.ReaderFrom)
 				_, stringWriter := w.(io.StringWriter)
-				fmt.Fprintf(w, "flusher=%v hijacker=%v pusher=%v readerfrom=%v stringwriter=%v",
-					flusher, hijacker, pusher, readerFrom, stringWriter)
+				_, closeNotifier := w.(interface{ CloseNotify() <-chan bool }) // http.CloseNotifier, deprecated
+				fmt.Fprintf(w, "flusher=%v hijacker=%v pusher=%v readerfrom=%v stringwriter=%v closenotifier=%v",
+					flusher, hijacker, pusher, readerFrom, stringWriter, closeNotifier)
 			case "/stream":
 				f, ok := w.(http.Flusher)
 				if !ok {
@@ -317,7 +318,8 @@ func writersServer() *herd.Server {
 
 // A handler finds on its ResponseWriter what net/http's own offers:
 // Flusher, Hijacker on HTTP/1 and Pusher on HTTP/2, ReaderFrom (where
-// sendfile happens) and StringWriter. Before, herd's wrappers that count
+// sendfile happens), StringWriter and the deprecated CloseNotifier (gin's
+// Context.Stream asserts it, and panics without). Before, herd's wrappers that count
 // answers and write the access log hid all but ReaderFrom, so a handler that
 // streamed with w.(http.Flusher), or a WebSocket library that asked for
 // w.(http.Hijacker), failed under herd and worked under net/http.
@@ -346,8 +348,8 @@ func TestHandlersSeeWhatNetHTTPOffers(t *testing.T) {
 		proto  int
 		want   string
 	}{
-		{h1, plain + "/kinds", 1, "flusher=true hijacker=true pusher=false readerfrom=true stringwriter=true"},
-		{h2, secure + "/kinds", 2, "flusher=true hijacker=false pusher=true readerfrom=true stringwriter=true"},
+		{h1, plain + "/kinds", 1, "flusher=true hijacker=true pusher=false readerfrom=true stringwriter=true closenotifier=true"},
+		{h2, secure + "/kinds", 2, "flusher=true hijacker=false pusher=true readerfrom=true stringwriter=true closenotifier=true"},
 	} {
 		resp, err := tc.client.Get(tc.url)
 		if err != nil {
@@ -383,7 +385,7 @@ func TestHandlersSeeWhatNetHTTPOffers(t *testing.T) {
 		t.Errorf("/hijack: %d %q", resp.StatusCode, body)
 	}
 	// The access log still has each answer's status and body bytes.
-	want := `"GET /kinds HTTP/1.1" 200 73`
+	want := `"GET /kinds HTTP/1.1" 200 92`
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		b, _ := os.ReadFile(logFile)
 		if strings.Contains(string(b), want) {

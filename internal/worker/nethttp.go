@@ -316,7 +316,8 @@ func countRequests(h http.Handler, st *shm.Record, alog *accessLog, after func(n
 // A handler must find on it every optional interface net/http's own
 // ResponseWriters have: http.Flusher, which is how net/http's documentation
 // streams (w.(http.Flusher)); http.Hijacker on HTTP/1 and http.Pusher on
-// HTTP/2, which WebSocket and push code asks for the same way;
+// HTTP/2, which WebSocket and push code asks for the same way; the
+// deprecated http.CloseNotifier, which gin's streaming still calls;
 // io.ReaderFrom, where sendfile(2) happens (a plain Write wrapper would copy
 // every file through user space); io.StringWriter; and Unwrap, for
 // http.ResponseController. Hijack and Push are on variants (outer), so that
@@ -387,6 +388,15 @@ func (aw *answerWriter) Flush() {
 	if f, ok := aw.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// CloseNotify is the deprecated http.CloseNotifier's, which both of
+// net/http's ResponseWriters still have and code still asks for: gin's
+// Context.Stream (its SSE) calls it through a type assertion that panics
+// without it.
+func (aw *answerWriter) CloseNotify() <-chan bool {
+	//lint:ignore SA1019 gin and older handlers still ask for it
+	return aw.ResponseWriter.(http.CloseNotifier).CloseNotify()
 }
 
 func (aw *answerWriter) Unwrap() http.ResponseWriter { return aw.ResponseWriter }
