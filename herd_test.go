@@ -319,16 +319,13 @@ func writersServer() *herd.Server {
 // A handler finds on its ResponseWriter what net/http's own offers:
 // Flusher, Hijacker on HTTP/1 and Pusher on HTTP/2, ReaderFrom (where
 // sendfile happens), StringWriter and the deprecated CloseNotifier (gin's
-// Context.Stream asserts it, and panics without). Before, herd's wrappers that count
-// answers and write the access log hid all but ReaderFrom, so a handler that
-// streamed with w.(http.Flusher), or a WebSocket library that asked for
-// w.(http.Hijacker), failed under herd and worked under net/http.
+// Context.Stream asserts it, and panics without). Before, herd's wrappers
+// that count answers and write the access log hid all but ReaderFrom, so a
+// handler that streamed with w.(http.Flusher), or a WebSocket library that
+// asked for w.(http.Hijacker), failed under herd and worked under net/http.
 func TestHandlersSeeWhatNetHTTPOffers(t *testing.T) {
 	dir := t.TempDir()
-	certPEM, keyPEM := selfSigned(t)
-	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	os.WriteFile(certFile, certPEM, 0o644)
-	os.WriteFile(keyFile, keyPEM, 0o600)
+	certFile, keyFile := certFiles(t, dir)
 	logFile := filepath.Join(dir, "access.log")
 	t.Setenv("HERD_TEST_SERVER", "writers")
 	t.Setenv("HERD_TEST_CERT", certFile+","+keyFile)
@@ -402,10 +399,7 @@ func TestHandlersSeeWhatNetHTTPOffers(t *testing.T) {
 // error, never plain HTTP.
 func TestLibraryTLS(t *testing.T) {
 	dir := t.TempDir()
-	certPEM, keyPEM := selfSigned(t)
-	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	os.WriteFile(certFile, certPEM, 0o644)
-	os.WriteFile(keyFile, keyPEM, 0o600)
+	certFile, keyFile := certFiles(t, dir)
 	t.Setenv("HERD_TEST_SERVER", "tls")
 	t.Setenv("HERD_TEST_CERT", certFile+","+keyFile)
 	srv := tlsServer()
@@ -429,6 +423,16 @@ func TestLibraryTLS(t *testing.T) {
 	if err := plain.Check(); err == nil || !strings.Contains(err.Error(), "no TLS listener") {
 		t.Errorf("TLSConfig without TLSListen: %v", err)
 	}
+}
+
+// certFiles writes a self-signed certificate and its key (selfSigned) as
+// PEM files in dir.
+func certFiles(t *testing.T, dir string) (certFile, keyFile string) {
+	certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile = filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	os.WriteFile(certFile, certPEM, 0o644)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	return certFile, keyFile
 }
 
 func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {

@@ -441,16 +441,7 @@ func TestUserDropsPrivileges(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to have privileges to drop")
 	}
-	// The binary and the root where nobody can reach them: go test's
-	// build directory and t.TempDir are 0700.
-	exe := copyTestBinary(t, 0o755)
-	root, _ := docroot(t)
-	for _, p := range []string{exe, root} {
-		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	os.Chmod(root, 0o755)
+	exe, root := forNobody(t)
 	if err := openableBy(exe, 65534); err != nil {
 		t.Fatalf("nobody cannot execute %s: %v", exe, err)
 	}
@@ -489,14 +480,7 @@ func TestTLSKeyOnlyRootCanRead(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to have privileges to drop")
 	}
-	exe := copyTestBinary(t, 0o755)
-	root, _ := docroot(t)
-	for _, p := range []string{exe, root} {
-		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	os.Chmod(root, 0o755)
+	exe, root := forNobody(t)
 	cert, key := writeCert(t, t.TempDir(), 1) // key.pem 0600 in a 0700 directory, both root's
 	h := startBinary(t, nil, exe, root, "--workers", "2", "--user", "nobody", "--listen", "127.0.0.1:0",
 		"--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key)
@@ -538,15 +522,8 @@ func TestUSR1ReopensAccessLogAsUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to have privileges to drop")
 	}
-	exe := copyTestBinary(t, 0o755)
-	root, _ := docroot(t)
+	exe, root := forNobody(t)
 	logDir := t.TempDir()
-	for _, p := range []string{exe, root, logDir} {
-		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	os.Chmod(root, 0o755)
 	os.Chmod(logDir, 0o755) // root's: nobody cannot create files in it
 	logPath := filepath.Join(logDir, "access.log")
 	h := startBinary(t, nil, exe, root, "--workers", "1", "--user", "nobody", "--listen", "127.0.0.1:0", "--access-log", logPath)
@@ -566,6 +543,21 @@ func TestUSR1ReopensAccessLogAsUser(t *testing.T) {
 	if strings.Contains(h.Log(), "cannot reopen") {
 		t.Errorf("a worker could not reopen the log:\n%s", h.Log())
 	}
+}
+
+// forNobody returns a copy of the test binary and a document root that the
+// user nobody can reach: go test's build directory and t.TempDir are 0700.
+func forNobody(t *testing.T) (exe, root string) {
+	t.Helper()
+	exe = copyTestBinary(t, 0o755)
+	root, _ = docroot(t)
+	for _, p := range []string{exe, root} {
+		for d := filepath.Dir(p); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	os.Chmod(root, 0o755)
+	return exe, root
 }
 
 // openableBy reports whether uid may execute path, walking its directories.
