@@ -719,6 +719,85 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 	}
 }
 
+// Over TLS a client chooses how small its records are, and each costs a
+// decryption and the handling of what is in it: one request per record
+// here (an HTTP/2 client did the same with a PING per record). The loop
+// charges each record beside its bytes (tlsRecordCost), and reads records
+// until its buffer is full, so that what they hold is answered together.
+// Before, a share was 64 KiB of plaintext, some 1,800 of these records,
+// each answered with a send(2) of its own: the loop's other clients waited
+// 50 ms and more each turn (an HTTP/2 PING flood, measured beside nginx,
+// which kept them at 3 ms). Measured like the floods above: how many of the
+// flood's requests the loop had answered when it answered the victim's.
+func TestSmallTLSRecordsTakeTheirShare(t *testing.T) {
+	needForcedBuffers(t)
+	root, _ := siteRoot(t)
+	const limit = 400 // requests, against some 60 a share
+	entered, release := make(chan struct{}), make(chan struct{})
+	answered, measured := make(chan struct{}), make(chan struct{})
+	var hold atomic.Bool
+	var before atomic.Int64 // flood requests answered before the victim's
+	cert := testCert(t)
+	addr, _ := inlineEngine(t, root, func(c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+		c.OnRequest = func(uint64) {
+			if hold.CompareAndSwap(true, false) {
+				close(entered)
+				<-release
+			}
+		}
+		victimsAnswer := holdOnAnswer("/index.html", answered, measured)
+		c.AccessLog = writerFunc(func(line []byte) {
+			if bytes.Contains(line, []byte("GET /hello.txt?f ")) {
+				before.Add(1)
+			}
+			victimsAnswer.Write(line)
+		})
+	})
+	clientTLS := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+	victim, _ := bigConn(t, addr, clientTLS)
+	vr := bufio.NewReader(victim)
+	io.WriteString(victim, get("/hello.txt"))
+	if resp, err := http.ReadResponse(vr, nil); err != nil {
+		t.Fatalf("the victim's first answer: %v", err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+
+	flood, sock := bigConn(t, addr, clientTLS)
+	hold.Store(true)
+	io.WriteString(flood, get("/hello.txt?first"))
+	select {
+	case <-entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the flood's first request was not answered")
+	}
+	const records = 4000
+	for range records {
+		if _, err := io.WriteString(flood, get("/hello.txt?f")); err != nil { // a record each
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); socketQueue(t, sock, unix.SIOCOUTQNSD) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server's receive queue did not take the flood")
+		}
+	}
+	io.WriteString(victim, get("/index.html"))
+	close(release)
+	select {
+	case <-answered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the victim was not answered")
+	}
+	defer close(measured)
+	n := before.Load()
+	t.Logf("the loop had answered %d of the flood's %d requests when it answered the victim", n, records)
+	if n > limit {
+		t.Errorf("the loop answered %d requests of one connection, in records of their own, before it answered another (limit %d): one client held the loop", n, limit)
+	}
+}
+
 // A connection that used its share alone on the loop gets the next one at
 // once: the loop's wait does not block while a connection waits in the
 // queue. A 128 MiB answer to a client that reads as fast as it comes takes

@@ -271,19 +271,36 @@ func (e *Engine) adoptTLS(h handshaken) {
 }
 
 // readTLS is read's crypto/tls form: EAGAIN when neither crypto/tls nor
-// the socket has anything more, 0 at the client's close.
-func (c *conn) readTLS(p []byte) (int, error) {
-	n, err := c.tls.Read(p)
-	switch err.(type) {
-	case nil:
-		return n, nil
-	case wouldBlock:
-		return 0, unix.EAGAIN
+// the socket has anything more, 0 at the client's close. crypto/tls gives
+// one record per Read, so it reads record after record until p is full,
+// nothing more has come, or the records read have cost budget (their bytes
+// and tlsRecordCost each): the frames or requests of many small records
+// are then handled, and answered, together — as nginx fills its buffer
+// with SSL_read — rather than a send(2) for each. charge is what they cost.
+func (c *conn) readTLS(p []byte, budget int) (n, charge int, err error) {
+	for n < len(p) && charge < budget {
+		m, err := c.tls.Read(p[n:])
+		if m > 0 {
+			n, charge = n+m, charge+m+tlsRecordCost
+		}
+		switch err.(type) {
+		case nil:
+			continue
+		case wouldBlock:
+			if n > 0 {
+				return n, charge, nil // the next read finds EAGAIN
+			}
+			return 0, 0, unix.EAGAIN
+		}
+		if n > 0 {
+			return n, charge, nil // the close or the error again, at the next read
+		}
+		if err == io.EOF {
+			return 0, 0, nil
+		}
+		return 0, 0, err
 	}
-	if err == io.EOF {
-		return 0, nil
-	}
-	return 0, err
+	return n, charge, nil
 }
 
 // sealBatch is how much plaintext is sealed before it is sent: four full
