@@ -22,6 +22,7 @@ func TLSFiles(certFile, keyFile string) (*os.File, error) {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 		pem = append(append(pem, b...), '\n')
+		clear(b)
 	}
 	fd, err := unix.MemfdCreate("herd-tls", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
