@@ -111,7 +111,14 @@ func (m *Master) startReload() {
 		return
 	}
 	if m.reload != nil {
-		m.log.Warn("HUP: a reload is already under way; ignored")
+		// Not ignored: a deploy that writes its configuration and sends
+		// HUP while the last one's reload is under way must get its own
+		// (nginx's master reloads at every HUP). Any number of HUPs meanwhile
+		// make one more reload, which reads the configuration as it is then.
+		if !m.reloadAgain {
+			m.log.Info("HUP: a reload is under way; another follows it")
+		}
+		m.reloadAgain = true
 		return
 	}
 	prev := m.settings()
@@ -159,6 +166,16 @@ func (m *Master) finishReload() {
 	m.board.CountReload()
 	m.log.Info("reload done: old workers are draining", "gen", r.gen)
 	notify(daemon.SdNotifyReady)
+	m.reloadFollows()
+}
+
+// reloadFollows starts the reload a HUP asked for while the last one was
+// under way.
+func (m *Master) reloadFollows() {
+	if m.reloadAgain {
+		m.reloadAgain = false
+		m.startReload()
+	}
 }
 
 // failReload stops the new generation and keeps the old one serving.
@@ -177,6 +194,7 @@ func (m *Master) failReload(why string) {
 	}
 	m.log.Error("reload failed; the old workers keep serving", "reason", why)
 	notify(daemon.SdNotifyReady)
+	m.reloadFollows()
 }
 
 func (m *Master) stopProc(p *proc, sig unix.Signal) {
@@ -225,6 +243,7 @@ func (m *Master) stopWorkers(graceful bool, sig os.Signal) {
 		m.reload.timer.Stop()
 		m.reload = nil
 	}
+	m.reloadAgain = false
 	m.half.stopping(graceful)
 	wsig, bound := unix.SIGINT, m.cfg.StopTimeout
 	if graceful {

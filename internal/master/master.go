@@ -80,6 +80,7 @@ type Master struct {
 	workers       int
 	slots         map[int]*slotState
 	reload        *reloadState
+	reloadAgain   bool // a HUP came while reload was under way: another reload follows it
 	stopping      bool
 	fast          bool    // stopping, and not gracefully
 	lameDuck      stopper // stopping, still serving for ShutdownDelay

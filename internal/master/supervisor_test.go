@@ -362,6 +362,47 @@ func TestSupervisorGivesUpAtStartup(t *testing.T) {
 	}
 }
 
+// A HUP that comes while a reload is under way is not lost: one more
+// reload follows it, reading the configuration as it is then, however many
+// HUPs came meanwhile. A deploy that writes its configuration and sends HUP
+// twice in quick succession gets its second configuration; before, the
+// second HUP was ignored with a warning, and the workers served the first.
+func TestSupervisorHUPDuringReloadFollows(t *testing.T) {
+	reads := 0
+	s := newSup(t, func(c *Config) {
+		c.Reload = func() (Config, error) {
+			reads++
+			next := *c
+			next.Reload = nil
+			return next, nil
+		}
+	}, nil)
+	s.allReady()
+	s.signal(unix.SIGHUP)
+	s.signal(unix.SIGHUP)
+	s.signal(unix.SIGHUP)
+	if reads != 1 || s.m.gen != 2 {
+		t.Fatalf("during the first reload: %d configurations read, generation %d", reads, s.m.gen)
+	}
+	for _, p := range s.gen(2) {
+		p.ready()
+	}
+	s.until("the next reload", func() bool { return s.m.gen == 3 })
+	for _, p := range s.gen(3) {
+		p.ready()
+	}
+	s.until("reload done", func() bool { return s.m.reload == nil })
+	s.quiet()
+	if reads != 2 || s.m.gen != 3 || len(s.gen(4)) != 0 {
+		t.Errorf("%d configurations read, generation %d, %d workers of a fourth; want 2, 3 and none", reads, s.m.gen, len(s.gen(4)))
+	}
+	for _, p := range s.gen(2) {
+		if !p.got(unix.SIGQUIT) {
+			t.Errorf("generation 2's worker in slot %d was not asked to drain: %v", p.spec.Slot, p.signals())
+		}
+	}
+}
+
 // TTOU during a reload: the reload waits only for the slots still wanted,
 // and the removed slot's workers, old and new, are stopped.
 func TestSupervisorTTOUDuringReload(t *testing.T) {
