@@ -169,12 +169,17 @@ func (m *Master) finishReload() {
 	m.reloadFollows()
 }
 
-// reloadFollows starts the reload a HUP asked for while the last one was
-// under way.
+// reloadFollows starts what was asked for while the last reload was under
+// way: another reload (HUP), then the upgrade (USR2), in that order — an
+// upgrade waits for a reload to end.
 func (m *Master) reloadFollows() {
-	if m.reloadAgain {
+	switch {
+	case m.reloadAgain:
 		m.reloadAgain = false
 		m.startReload()
+	case m.upgradeAfter:
+		m.upgradeAfter = false
+		m.startUpgrade()
 	}
 }
 
@@ -243,7 +248,7 @@ func (m *Master) stopWorkers(graceful bool, sig os.Signal) {
 		m.reload.timer.Stop()
 		m.reload = nil
 	}
-	m.reloadAgain = false
+	m.reloadAgain, m.upgradeAfter = false, false
 	m.half.stopping(graceful)
 	wsig, bound := unix.SIGINT, m.cfg.StopTimeout
 	if graceful {

@@ -81,6 +81,7 @@ type Master struct {
 	slots         map[int]*slotState
 	reload        *reloadState
 	reloadAgain   bool // a HUP came while reload was under way: another reload follows it
+	upgradeAfter  bool // a USR2 came while reload was under way: the upgrade follows it
 	stopping      bool
 	fast          bool    // stopping, and not gracefully
 	lameDuck      stopper // stopping, still serving for ShutdownDelay

@@ -543,6 +543,29 @@ func TestSupervisorUpgradeTimeout(t *testing.T) {
 	}
 }
 
+// A USR2 that comes while a reload is under way is not lost either: the
+// upgrade starts once the reload has ended. Before, it was ignored with a
+// warning, and the old binary served on.
+func TestSupervisorUpgradeAfterReload(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "herd.pid")
+	s := newSup(t, func(c *Config) { c.Path, c.Args, c.PIDFile = "/bin/sleep", []string{"30"}, pidFile }, nil)
+	s.allReady()
+	s.signal(unix.SIGHUP)
+	s.signal(unix.SIGUSR2)
+	if s.m.upgrade != nil {
+		t.Fatal("an upgrade started during the reload")
+	}
+	for _, p := range s.gen(2) {
+		p.ready()
+	}
+	s.until("the upgrade", func() bool { return s.m.upgrade != nil })
+	newMaster := s.m.upgrade.cmd.Process
+	t.Cleanup(func() { newMaster.Kill() })
+	if s.m.gen != 2 {
+		t.Errorf("generation %d; the reload should have ended first", s.m.gen)
+	}
+}
+
 // procFor finds the master's proc of a fake.
 func (m *Master) procFor(f *fakeProc) *proc {
 	for p := range m.procs {

@@ -54,7 +54,12 @@ func (m *Master) startUpgrade() {
 		return
 	}
 	if m.reload != nil {
-		m.log.Warn("USR2: ignored while a reload is under way")
+		// Not ignored, as a HUP is not: a deploy that installs a binary and
+		// sends USR2 gets its upgrade once the reload has ended.
+		if !m.upgradeAfter {
+			m.log.Info("USR2: a reload is under way; the upgrade follows it")
+		}
+		m.upgradeAfter = true
 		return
 	}
 	in := inheritance{}
