@@ -689,19 +689,11 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 			flood, sock := connect()
 			hold.Store(true)
 			io.WriteString(flood, tc.first)
-			select {
-			case <-entered:
-			case <-time.After(20 * time.Second):
-				t.Fatal("the flood's first request was not answered")
-			}
+			await(t, entered, "the answer to the flood's first request")
 			wrote := queueFlood(t, flood, sock, tc.flood, tc.send)
 			io.WriteString(victim, get("/index.html"))
 			close(release)
-			select {
-			case <-answered:
-			case <-time.After(20 * time.Second):
-				t.Fatal("the victim was not answered")
-			}
+			await(t, answered, "the victim's answer")
 			defer close(measured)
 
 			moved, queued := floodMoved(t, sock, wrote, tc.send), wrote
@@ -767,11 +759,7 @@ func TestSmallTLSRecordsTakeTheirShare(t *testing.T) {
 	flood, sock := bigConn(t, addr, clientTLS)
 	hold.Store(true)
 	io.WriteString(flood, get("/hello.txt?first"))
-	select {
-	case <-entered:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the flood's first request was not answered")
-	}
+	await(t, entered, "the answer to the flood's first request")
 	const records = 4000
 	for range records {
 		if _, err := io.WriteString(flood, get("/hello.txt?f")); err != nil { // a record each
@@ -785,11 +773,7 @@ func TestSmallTLSRecordsTakeTheirShare(t *testing.T) {
 	}
 	io.WriteString(victim, get("/index.html"))
 	close(release)
-	select {
-	case <-answered:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the victim was not answered")
-	}
+	await(t, answered, "the victim's answer")
 	defer close(measured)
 	n := before.Load()
 	t.Logf("the loop had answered %d of the flood's %d requests when it answered the victim", n, records)
@@ -880,14 +864,6 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 		}
 		c.AccessLog = holdOnAnswer("/index.html", answered, measured)
 	})
-	wait := func(ch chan struct{}, what string) {
-		t.Helper()
-		select {
-		case <-ch:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s did not come", what)
-		}
-	}
 	keeper, _ := bigConn(t, addr, nil)
 	kr := bufio.NewReader(keeper)
 	io.WriteString(keeper, get("/hello.txt"))
@@ -908,7 +884,7 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 		break
 	}
 	defer close(loopRelease)
-	wait(loopHeld, "the loop's hold")
+	await(t, loopHeld, "the loop's hold")
 
 	// The accepting goroutine is held in a front answering another
 	// connection while the flood is queued behind it, whole, before the
@@ -916,13 +892,13 @@ func frontTakesOneShare(t *testing.T, root, floodText string, send bool, limit i
 	gate, _ := bigConn(t, addr, nil)
 	holdFront.Store(true)
 	io.WriteString(gate, get("/hello.txt"))
-	wait(frontHeld, "the front's hold")
+	await(t, frontHeld, "the front's hold")
 	flood, sock := bigConn(t, addr, nil)
 	wrote := queueFlood(t, flood, sock, floodText, send)
 	victim, _ := bigConn(t, addr, nil) // accepted after the flood
 	io.WriteString(victim, get("/index.html"))
 	close(frontRelease)
-	wait(answered, "the victim's answer")
+	await(t, answered, "the victim's answer")
 	defer close(measured)
 	moved := floodMoved(t, sock, wrote, send)
 	t.Logf("the front had moved %d bytes of the flood when the next connection was answered", moved)
@@ -1003,6 +979,16 @@ func queueFlood(t *testing.T, c net.Conn, sock *net.TCPConn, flood string, once 
 		}
 	}
 	return wrote
+}
+
+// await waits until ch is closed, failing the test after 20 s.
+func await(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s did not come", what)
+	}
 }
 
 // holdOnAnswer is an access log that holds the thread answering GET path
