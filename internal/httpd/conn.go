@@ -441,6 +441,16 @@ func (e *Engine) shareUsed(c *conn, left *int) bool {
 	return true
 }
 
+// yieldReads spends what is left of c's read share in this turn: c reads
+// nothing more until the next, for which it is queued.
+func (e *Engine) yieldReads(c *conn) {
+	if c.turn != e.turn {
+		c.turn, c.sendLeft = e.turn, turnSend
+	}
+	c.readLeft = 0
+	e.again(c)
+}
+
 // again queues c to be served in the next turn of the loop, as if its
 // socket had reported both readable and writable: what it stopped at goes
 // on from there. A front queues nothing: it hands the connection to the

@@ -74,6 +74,14 @@ const (
 	h2Batch       = 64 << 10  // plaintext framed before it is sealed and sent
 	h2Backlog     = 256 << 10 // output waiting for the client: read no more frames until it drains
 	h2MaxWindow   = 1<<31 - 1
+
+	// h2TurnStreams bounds the streams one connection opens in a turn of
+	// the loop: a client that opens and resets streams as fast as it can
+	// ("rapid reset", CVE-2023-44487) never has more than h2Streams open,
+	// yet each costs an answer. nginx 1.25.3 bounds them the same way, to
+	// twice its concurrent streams per event loop iteration. A HEADERS
+	// frame past the bound waits in the buffer for the next turn.
+	h2TurnStreams = 2 * h2Streams
 )
 
 // h2conn is a connection's HTTP/2 state.
@@ -104,6 +112,9 @@ type h2conn struct {
 	selfDep  bool                 // the header block's HEADERS made its stream depend on itself
 	goAway   bool                 // GOAWAY sent: no new streams, close once the open ones end
 	peerGone bool                 // the client sent GOAWAY
+
+	turn   uint64 // the loop's turn that opened counts in
+	opened int    // streams opened in that turn (h2TurnStreams)
 }
 
 // h2recv is what is known of a request body still arriving.
@@ -272,6 +283,16 @@ func (e *Engine) h2Frames(c *conn) bool {
 		}
 		if len(buf)-pos < 9+length {
 			return true
+		}
+		if typ == frameHeaders {
+			if h.turn != e.turn {
+				h.turn, h.opened = e.turn, 0
+			}
+			if h.opened >= h2TurnStreams {
+				e.yieldReads(c) // the rest waits in the buffer for the next turn
+				return true
+			}
+			h.opened++
 		}
 		payload := buf[pos+9 : pos+9+length]
 		pos += 9 + length
