@@ -285,32 +285,35 @@ func TestLogReaderGone(t *testing.T) {
 	h.stderr.Close()
 	h.signal(syscall.SIGHUP) // the reload logs, the new workers too
 	h.signal(syscall.SIGTTIN)
-	children := func() string { // whichever of the master's threads started them
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", h.pid()))
-		var pids []string
-		for _, task := range tasks {
-			b, _ := os.ReadFile(task)
-			pids = append(pids, strings.Fields(string(b))...)
+	// The reload ends with three ready workers of the new generation, and
+	// none has died meanwhile or a second later (a worker that died at its
+	// first log line would have been replaced: a restart).
+	settled := func(s shm.Snapshot) bool {
+		if s.Reloads < 1 || s.Workers != 3 || len(s.Live) != 3 {
+			return false
 		}
-		slices.Sort(pids)
-		return strings.Join(pids, " ")
+		for _, w := range s.Live {
+			if w.Generation != s.Generation || w.State != "ready" {
+				return false
+			}
+		}
+		return true
 	}
-	// The old generation drains and leaves; three workers stay, and stay
-	// the same (a worker that died at its first log line would be replaced).
-	before := children()
-	for deadline := time.Now().Add(10 * time.Second); len(strings.Fields(before)) != 3; before = children() {
+	var s shm.Snapshot
+	for deadline := time.Now().Add(10 * time.Second); !settled(s); s = h.status() {
 		select {
 		case <-h.exited:
 			t.Fatalf("the master exited (%v) once its log's reader had gone", h.cmd.ProcessState)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("workers %q; want three within 10s", before)
+			t.Fatalf("no three ready workers of a new generation within 10s: %+v", s)
 		}
 	}
 	time.Sleep(time.Second)
-	if after := children(); after != before {
-		t.Fatalf("workers %q, a second later %q; want the same three", before, after)
+	if after := h.status(); s.Restarts != 0 || after.Restarts != 0 || !slices.Equal(readyPIDs(after, s.Generation), readyPIDs(s, s.Generation)) {
+		t.Fatalf("workers %v (restarts %d), a second later %v (restarts %d); want the same three, none restarted",
+			readyPIDs(s, s.Generation), s.Restarts, readyPIDs(after, s.Generation), after.Restarts)
 	}
 	if code, body, err := get(client(), "http://"+h.addr+"/hello.txt"); err != nil || code != 200 || string(body) != "hello, herd\n" {
 		t.Fatalf("after the reload: %d %q %v", code, body, err)
