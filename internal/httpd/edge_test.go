@@ -722,64 +722,87 @@ func TestOneClientCannotHoldTheLoop(t *testing.T) {
 // which kept them at 3 ms). Measured like the floods above: how many of the
 // flood's requests the loop had answered when it answered the victim's.
 func TestSmallTLSRecordsTakeTheirShare(t *testing.T) {
-	needForcedBuffers(t)
-	root, _ := siteRoot(t)
 	const limit = 400 // requests, against some 60 a share
-	entered, release := make(chan struct{}), make(chan struct{})
-	answered, measured := make(chan struct{}), make(chan struct{})
-	var hold atomic.Bool
-	var before atomic.Int64 // flood requests answered before the victim's
-	cert := testCert(t)
-	addr, _ := inlineEngine(t, root, func(c *Config) {
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
-		c.OnRequest = func(uint64) {
-			if hold.CompareAndSwap(true, false) {
-				close(entered)
-				<-release
-			}
-		}
-		victimsAnswer := holdOnAnswer("/index.html", answered, measured)
-		c.AccessLog = writerFunc(func(line []byte) {
-			if bytes.Contains(line, []byte("GET /hello.txt?f ")) {
-				before.Add(1)
-			}
-			victimsAnswer.Write(line)
-		})
-	})
-	clientTLS := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
-	victim, _ := bigConn(t, addr, clientTLS)
-	vr := bufio.NewReader(victim)
-	io.WriteString(victim, get("/hello.txt"))
-	if resp, err := http.ReadResponse(vr, nil); err != nil {
-		t.Fatalf("the victim's first answer: %v", err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-	}
-
-	flood, sock := bigConn(t, addr, clientTLS)
-	hold.Store(true)
+	rig := newTLSFloodRig(t, "http/1.1")
+	flood, sock := bigConn(t, rig.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	io.WriteString(flood, get("/hello.txt?first"))
-	await(t, entered, "the answer to the flood's first request")
+	await(t, rig.entered, "the answer to the flood's first request")
 	const records = 4000
 	for range records {
 		if _, err := io.WriteString(flood, get("/hello.txt?f")); err != nil { // a record each
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(20 * time.Second); socketQueue(t, sock, unix.SIOCOUTQNSD) > 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server's receive queue did not take the flood")
-		}
-	}
-	io.WriteString(victim, get("/index.html"))
-	close(release)
-	await(t, answered, "the victim's answer")
-	defer close(measured)
-	n := before.Load()
+	waitQueued(t, sock)
+	n := rig.victimAsks()
 	t.Logf("the loop had answered %d of the flood's %d requests when it answered the victim", n, records)
 	if n > limit {
 		t.Errorf("the loop answered %d requests of one connection, in records of their own, before it answered another (limit %d): one client held the loop", n, limit)
 	}
+}
+
+// tlsFloodRig is a TLS engine accepting in its loop, offering protos, with
+// a victim on it: an HTTP/1.1 connection already answered once, so that it
+// is the loop's. The next request the engine answers — the flood's first —
+// holds the loop in OnRequest (entered) until the victim asks (victimAsks),
+// so the flood can be queued whole in the kernel meanwhile; the access log
+// counts the flood's answers (GET /hello.txt?f) until the victim's.
+type tlsFloodRig struct {
+	t                  *testing.T
+	addr               string
+	victim             net.Conn
+	vr                 *bufio.Reader
+	entered, release   chan struct{}
+	answered, measured chan struct{}
+	before             atomic.Int64 // the flood's requests answered before the victim's
+}
+
+func newTLSFloodRig(t *testing.T, protos ...string) *tlsFloodRig {
+	t.Helper()
+	needForcedBuffers(t)
+	root, _ := siteRoot(t)
+	r := &tlsFloodRig{t: t, entered: make(chan struct{}), release: make(chan struct{}),
+		answered: make(chan struct{}), measured: make(chan struct{})}
+	var hold atomic.Bool
+	cert := testCert(t)
+	r.addr, _ = inlineEngine(t, root, func(c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: protos}
+		c.OnRequest = func(uint64) {
+			if hold.CompareAndSwap(true, false) {
+				close(r.entered)
+				<-r.release
+			}
+		}
+		victimsAnswer := holdOnAnswer("/index.html", r.answered, r.measured)
+		c.AccessLog = writerFunc(func(line []byte) {
+			if bytes.Contains(line, []byte("GET /hello.txt?f ")) {
+				r.before.Add(1)
+			}
+			victimsAnswer.Write(line)
+		})
+	})
+	r.victim, _ = bigConn(t, r.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	r.vr = bufio.NewReader(r.victim)
+	io.WriteString(r.victim, get("/hello.txt"))
+	resp, err := http.ReadResponse(r.vr, nil)
+	if err != nil {
+		t.Fatalf("the victim's first answer: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	hold.Store(true)
+	return r
+}
+
+// victimAsks sends the victim's request, lets the loop go on, and returns
+// how many of the flood's requests had been answered when the victim's
+// was; the loop stays held in that answer until the test ends.
+func (r *tlsFloodRig) victimAsks() int64 {
+	r.t.Helper()
+	io.WriteString(r.victim, get("/index.html"))
+	close(r.release)
+	await(r.t, r.answered, "the victim's answer")
+	r.t.Cleanup(func() { close(r.measured) })
+	return r.before.Load()
 }
 
 // A connection that used its share alone on the loop gets the next one at
@@ -973,12 +996,19 @@ func queueFlood(t *testing.T, c net.Conn, sock *net.TCPConn, flood string, once 
 			break
 		}
 	}
+	waitQueued(t, sock)
+	return wrote
+}
+
+// waitQueued waits until all that was written on sock is in the server's
+// receive queue: none of it is left unsent in the client's.
+func waitQueued(t *testing.T, sock *net.TCPConn) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); socketQueue(t, sock, unix.SIOCOUTQNSD) > 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the server's receive queue took %d bytes of %d", wrote-socketQueue(t, sock, unix.SIOCOUTQNSD), wrote)
+			t.Fatalf("the server's receive queue did not take it all: %d bytes left unsent", socketQueue(t, sock, unix.SIOCOUTQNSD))
 		}
 	}
-	return wrote
 }
 
 // await waits until ch is closed, failing the test after 20 s.

@@ -14,14 +14,12 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herd-run/herd/internal/shm"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"golang.org/x/sys/unix"
 )
 
 // h2Engine runs a TLS engine that offers HTTP/2.
@@ -521,40 +519,9 @@ func TestH2UnendedStreamsBounded(t *testing.T) {
 // 0.5 ms, 0.6 ms now). Measured like the floods in edge_test.go: how many
 // of the flood's requests were answered when the victim's was.
 func TestH2RapidResetTakesItsTurn(t *testing.T) {
-	needForcedBuffers(t)
-	root, _ := siteRoot(t)
 	const limit = 600 // requests, against h2TurnStreams (256) a turn
-	entered, release := make(chan struct{}), make(chan struct{})
-	answered, measured := make(chan struct{}), make(chan struct{})
-	var hold atomic.Bool
-	var before atomic.Int64
-	cert := testCert(t)
-	addr, _ := inlineEngine(t, root, func(c *Config) {
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-		c.OnRequest = func(uint64) {
-			if hold.CompareAndSwap(true, false) {
-				close(entered)
-				<-release
-			}
-		}
-		victimsAnswer := holdOnAnswer("/index.html", answered, measured)
-		c.AccessLog = writerFunc(func(line []byte) {
-			if bytes.Contains(line, []byte("GET /hello.txt?f ")) {
-				before.Add(1)
-			}
-			victimsAnswer.Write(line)
-		})
-	})
-	victim, _ := bigConn(t, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-	vr := bufio.NewReader(victim)
-	io.WriteString(victim, get("/hello.txt"))
-	if resp, err := http.ReadResponse(vr, nil); err != nil {
-		t.Fatalf("the victim's first answer: %v", err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-	}
-
-	conn, sock := bigConn(t, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	rig := newTLSFloodRig(t, "h2", "http/1.1")
+	conn, sock := bigConn(t, rig.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
 	go io.Copy(io.Discard, conn)                // the flood's answers
 	packed := bufio.NewWriterSize(conn, 16<<10) // full records
 	fr := http2.NewFramer(packed, nil)
@@ -570,10 +537,9 @@ func TestH2RapidResetTakesItsTurn(t *testing.T) {
 	}
 	io.WriteString(packed, http2.ClientPreface)
 	fr.WriteSettings()
-	hold.Store(true)
 	request(1, "/hello.txt?first")
 	packed.Flush()
-	await(t, entered, "the answer to the flood's first request")
+	await(t, rig.entered, "the answer to the flood's first request")
 	const streams = 20000
 	for id := uint32(3); id < 3+2*streams; id += 2 {
 		request(id, "/hello.txt?f")
@@ -582,16 +548,8 @@ func TestH2RapidResetTakesItsTurn(t *testing.T) {
 	if err := packed.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(20 * time.Second); socketQueue(t, sock, unix.SIOCOUTQNSD) > 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server's receive queue did not take the flood")
-		}
-	}
-	io.WriteString(victim, get("/index.html"))
-	close(release)
-	await(t, answered, "the victim's answer")
-	defer close(measured)
-	n := before.Load()
+	waitQueued(t, sock)
+	n := rig.victimAsks()
 	t.Logf("the loop had answered %d of the flood's %d streams when it answered the victim", n, streams)
 	if n > limit {
 		t.Errorf("the loop answered %d streams of one connection before it answered another (limit %d): one client held the loop", n, limit)
