@@ -273,15 +273,19 @@ func (c *countedConn) Write(p []byte) (int, error) {
 }
 
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
-	var n int64
-	var err error
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{c.Conn}, r)
-	}
+	n, err := readFrom(c.Conn, r)
 	c.st.Add(shm.BytesOut, n)
 	return n, err
+}
+
+// readFrom copies src to w through w's own ReadFrom if it has one (where
+// sendfile happens), else through its Write alone: io.Copy on w itself would
+// find the wrapper's ReadFrom again.
+func readFrom(w io.Writer, src io.Reader) (int64, error) {
+	if rf, ok := w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(struct{ io.Writer }{w}, src)
 }
 
 func (c *countedConn) Close() error {
@@ -369,13 +373,7 @@ func (aw *answerWriter) ReadFrom(src io.Reader) (int64, error) {
 	if aw.status == 0 {
 		aw.status = http.StatusOK
 	}
-	var n int64
-	var err error
-	if rf, ok := aw.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{aw.ResponseWriter}, src)
-	}
+	n, err := readFrom(aw.ResponseWriter, src)
 	aw.sent += n
 	return n, err
 }
